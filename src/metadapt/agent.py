@@ -1,0 +1,96 @@
+"""An MPC agent: an online learner chooses parameters, a planner chooses actions."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import numpy as np
+import torch
+
+from metadapt.adapt.base import OnlineLearner
+from metadapt.models.mlp import FoldedMLP, MLPDynamics
+from metadapt.models.rollout import make_objective
+from metadapt.planning.base import Planner, PlanResult
+from metadapt.types import Params, RewardFn
+
+
+def _params_key(params: Params) -> tuple[Any, ...]:
+    # data_ptr + _version changes whenever a tensor is replaced or modified in place.
+    return tuple((k, v.data_ptr(), v._version) for k, v in params.items())
+
+
+class MPCAgent:
+    """Model-predictive control with a learned, possibly adapting, dynamics model.
+
+    Args:
+        model: the dynamics model (its normalizer included).
+        learner: decides which parameters to plan with, from the stream of windows.
+        planner: optimises action sequences against the model's predicted return.
+        reward_fn: batched ``(obs, act, next_obs) -> N``.
+        window: K, the number of recent transitions handed to the learner.
+        dtype: matrix-product dtype of the planning rollout.
+    """
+
+    def __init__(
+        self,
+        model: MLPDynamics,
+        learner: OnlineLearner,
+        planner: Planner,
+        reward_fn: RewardFn,
+        window: int = 16,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.model, self.learner, self.planner, self.reward_fn = model, learner, planner, reward_fn
+        self.window, self.dtype = window, dtype
+        self.device = planner.device
+        self.warm_start = planner.make_warm_start()
+        self._history: deque[torch.Tensor] = deque(maxlen=window)
+        self._folded: tuple[tuple[Any, ...], int, FoldedMLP] | None = None
+        self._plan_params: Params | None = None
+        self.last_plan: PlanResult | None = None
+
+    def reset(self) -> None:
+        """Start of a trial: forget the learner's adaptation, the warm start and the window."""
+        self.learner.reset()
+        self.new_episode()
+
+    def new_episode(self) -> None:
+        """Start of an episode within a trial: the learner keeps what it learned."""
+        self.warm_start.reset()
+        self._history.clear()
+
+    def _fold(self, params: Params) -> FoldedMLP:
+        key = _params_key(params)
+        if self._folded is None or self._folded[0] != key or self._folded[1] != id(self.model.normalizer):
+            self._folded = (key, id(self.model.normalizer), self.model.fold(params, self.dtype))
+        return self._folded[2]
+
+    def act(self, obs: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Plan from ``obs`` (``O``) and return the first action (``A``, float32)."""
+        params = self.learner.params()
+        self._plan_params = params
+        state = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        objective = make_objective(self._fold(params), state, self.reward_fn)
+        with torch.no_grad():
+            self.last_plan = self.planner.plan(objective, self.warm_start)
+        return self.last_plan.action.cpu().numpy()
+
+    def observe(self, obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray) -> dict[str, float]:
+        """Feed the executed transition to the learner; returns per-step metrics."""
+        o = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        a = torch.as_tensor(act, dtype=torch.float32, device=self.device)
+        o2 = torch.as_tensor(next_obs, dtype=torch.float32, device=self.device)
+        metrics: dict[str, float] = {}
+        if self._plan_params is not None:
+            with torch.no_grad():
+                err = self.model.predict_normalized_delta(self._plan_params, o, a) - self.model.target(o, o2)
+            metrics["model_error"] = float(err.pow(2).mean())
+        self._history.append(torch.cat([o, a, o2]))
+        hist = torch.stack(list(self._history))
+        od = o.shape[0]
+        info = self.learner.observe(hist[:, : hist.shape[1] - od], hist[:, -od:])
+        metrics.update(info.metrics)
+        return metrics

@@ -1,0 +1,166 @@
+"""The ``metadapt`` command: demo | train | run | report | envs | bench."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from metadapt.errors import MetadaptError
+
+DEMO_CONFIG = "demo.yaml"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad options are one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _configs_dir() -> Path:
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "configs" / DEMO_CONFIG).is_file():
+            return parent / "configs"
+    return Path("configs")
+
+
+def _reporter(quiet: bool):  # noqa: ANN202  (rich import stays lazy for fast --help)
+    from metadapt.experiments.progress import Reporter, RichReporter
+
+    return Reporter() if quiet else RichReporter()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from metadapt.experiments import runner
+    from metadapt.experiments.config import load_config
+
+    with _reporter(args.quiet) as rep:
+        if args.resume:
+            run_dir = Path(args.resume)
+            if args.config or args.overrides:
+                raise MetadaptError("--resume takes the run directory only (its config.yaml is reused)")
+            runner.resume_train(run_dir, rep)
+        else:
+            if not args.config:
+                raise MetadaptError("train needs a CONFIG file (or --resume RUN_DIR)")
+            cfg = load_config(args.config, args.overrides)
+            run_dir = Path(args.out) if args.out else runner.unique_dir(Path("runs") / cfg["name"])
+            if (run_dir / "checkpoints").exists():
+                raise MetadaptError(f"{run_dir} already holds a training run: use --resume {run_dir}")
+            runner.train(cfg, run_dir, rep)
+    print(f"model: {run_dir / 'model.pt'}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, config: str | None = None) -> int:
+    from metadapt.experiments import runner
+    from metadapt.experiments.config import load_config
+
+    cfg = load_config(config or args.config, getattr(args, "overrides", []))
+    out = Path(args.out) if args.out else runner.unique_dir(Path("runs") / cfg["name"])
+    with _reporter(args.quiet) as rep:
+        runner.run(cfg, out, rep)
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return cmd_run(args, str(_configs_dir() / DEMO_CONFIG))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from metadapt.experiments.report import write_report
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise MetadaptError(f"run directory not found: {run_dir}")
+    print(f"report: {write_report(run_dir)}")
+    return 0
+
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    from metadapt.envs import registered
+
+    for env_id, doc in registered().items():
+        print(f"{env_id:<28} {doc}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from metadapt.experiments.bench import bench_planner
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    bench_planner(args.num_samples, args.horizon, repeats=args.repeats, dtype=dtype)
+    return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="metadapt", description="Model-based RL agents that keep adapting while they act.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a dynamics model (MB iterative training)")
+    t.add_argument("config", nargs="?", help="YAML config (see configs/)")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.iterations=3")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last completed iteration")
+    t.add_argument("--out", metavar="DIR", help="run directory (default runs/<name>)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("run", help="run trials (training first unless model.checkpoint is set)")
+    r.add_argument("config", help="YAML config")
+    r.add_argument("overrides", nargs="*", help="key=value overrides, e.g. planner.horizon=15")
+    r.add_argument("--out", metavar="DIR", help="run directory (default runs/<name>)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("demo", help="the main job on defaults: train on HalfCheetah, run, write a report")
+    d.add_argument("--out", metavar="DIR", help="run directory (default runs/demo)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(func=cmd_demo)
+
+    rp = sub.add_parser("report", help="(re)write report.md for a run directory")
+    rp.add_argument("run_dir")
+    rp.set_defaults(func=cmd_report)
+
+    e = sub.add_parser("envs", help="list registered environments")
+    e.set_defaults(func=cmd_envs)
+
+    b = sub.add_parser("bench", help="benchmarks that print ratios measured in one run")
+    b.add_argument("which", choices=["planner"], help="planner: planners vs the matrix-product peak")
+    b.add_argument("--num-samples", type=_positive, default=1000)
+    b.add_argument("--horizon", type=_positive, default=10)
+    b.add_argument("--repeats", type=_positive, default=10)
+    b.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except MetadaptError as exc:
+        print(f"metadapt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("metadapt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

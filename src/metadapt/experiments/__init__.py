@@ -1,0 +1,1 @@
+"""Entry-point jobs: configs, trials, training runs, reports, benchmarks."""

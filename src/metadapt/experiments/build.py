@@ -1,0 +1,88 @@
+"""Building library objects from a resolved config (the only config-to-object seam)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from metadapt.adapt.base import OnlineLearner
+from metadapt.adapt.static import StaticLearner
+from metadapt.envs import get_reward_fn, make_env
+from metadapt.errors import MetadaptError
+from metadapt.meta.checkpoint import load_model
+from metadapt.meta.iterate import IterationSettings
+from metadapt.models.mlp import MLPDynamics
+from metadapt.planning import CEM, MPPI, Planner, RandomShooting
+from metadapt.types import Params, RewardFn
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def build_env(cfg: dict[str, Any], max_episode_steps: int | None = None) -> tuple[gym.Env, RewardFn]:
+    kwargs = dict(cfg["env"]["kwargs"])
+    if max_episode_steps is not None:
+        kwargs["max_episode_steps"] = max_episode_steps
+    env = make_env(cfg["env"]["id"], **kwargs)
+    if not isinstance(env.action_space, gym.spaces.Box):
+        raise MetadaptError(f"environment '{cfg['env']['id']}' needs a Box action space")
+    return env, get_reward_fn(env)
+
+
+def dims(env: gym.Env) -> tuple[int, int]:
+    return int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
+
+
+def build_model(cfg: dict[str, Any], env: gym.Env) -> MLPDynamics:
+    m = cfg["model"]
+    return MLPDynamics(*dims(env), m["hidden"], m["activation"], m["sigma"])
+
+
+def load_trained(cfg: dict[str, Any], env: gym.Env) -> tuple[MLPDynamics, Params]:
+    """The model named by ``model.checkpoint`` (a ``model.pt`` or a run directory holding one)."""
+    path = Path(cfg["model"]["checkpoint"])
+    if path.is_dir():
+        path = path / "model.pt"
+    model, params = load_model(path)
+    if (model.obs_dim, model.act_dim) != dims(env):
+        raise MetadaptError(
+            f"checkpoint {path} is for obs/action sizes {model.obs_dim}/{model.act_dim}, "
+            f"environment '{cfg['env']['id']}' has {dims(env)[0]}/{dims(env)[1]}"
+        )
+    return model, params
+
+
+def build_planner(cfg: dict[str, Any], env: gym.Env, seed: int) -> Planner:
+    p = cfg["planner"]
+    space = env.action_space
+    assert isinstance(space, gym.spaces.Box)
+    low, high = torch.as_tensor(space.low.ravel()), torch.as_tensor(space.high.ravel())
+    common: dict[str, Any] = dict(horizon=p["horizon"], num_samples=p["num_samples"], seed=seed,
+                                  device=cfg["device"])
+    if p["type"] == "rs":
+        return RandomShooting(low, high, **common)
+    if p["type"] == "cem":
+        return CEM(low, high, iterations=p["iterations"], num_elites=p["num_elites"],
+                   momentum=p["momentum"], init_std_fraction=p["init_std"], **common)
+    return MPPI(low, high, temperature=p["temperature"], noise_std=p["noise_std"],
+                noise_beta=p["noise_beta"], iterations=p["iterations"], **common)
+
+
+def build_learner(cfg: dict[str, Any], params: Params) -> OnlineLearner:
+    kind = cfg["learner"]["type"]
+    if kind == "mb":
+        return StaticLearner(params)
+    raise MetadaptError(f"unknown learner '{kind}'")
+
+
+def iteration_settings(cfg: dict[str, Any]) -> IterationSettings:
+    t = cfg["train"]
+    return IterationSettings(
+        iterations=t["iterations"], steps_per_iteration=t["steps_per_iteration"],
+        rollout_length=t["rollout_length"], epochs=t["epochs"], batch_size=t["batch_size"], lr=t["lr"],
+        val_fraction=t["val_fraction"], patience=t["patience"], window=cfg["learner"]["window"],
+        buffer_capacity=t["buffer_capacity"],
+    )

@@ -1,0 +1,109 @@
+"""``report.md`` with tables and PNG figures for a run directory."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+
+def read_csv(path: Path) -> dict[str, np.ndarray]:
+    """Columns of a numeric CSV as float arrays (empty dict if missing)."""
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    return {k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows]) for k in rows[0]}
+
+
+def _train_section(run_dir: Path, lines: list[str]) -> None:
+    train_dir = run_dir / "train" if (run_dir / "train").is_dir() else run_dir
+    m = read_csv(train_dir / "metrics.csv")
+    if not m or "iteration" not in m:
+        return
+    lines += ["## Model training", "",
+              "| iteration | env steps | return / 1000 steps | train loss | val loss | epochs |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    for i in range(len(m["iteration"])):
+        lines.append(
+            f"| {int(m['iteration'][i])} | {int(m['env_steps'][i])} | {m['rollout_return_per_1000'][i]:.1f} | "
+            f"{m['train_loss'][i]:.4f} | {m['val_loss'][i]:.4f} | {int(m['epochs'][i])} |"
+        )
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    a.plot(m["env_steps"], m["rollout_return_per_1000"], "o-")
+    a.set_xlabel("environment steps")
+    a.set_ylabel("collection return / 1000 steps")
+    a.set_title("data collection (iteration 0 is random)")
+    b.semilogy(m["iteration"], m["train_loss"], "o-", label="train")
+    b.semilogy(m["iteration"], m["val_loss"], "s-", label="validation")
+    b.set_xlabel("iteration")
+    b.set_ylabel("normalized delta MSE")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "training.png", dpi=100)
+    plt.close(fig)
+    lines += ["", "![training](training.png)", ""]
+
+
+def _trial_section(run_dir: Path, lines: list[str]) -> None:
+    trials = sorted(p for p in run_dir.glob("trial_*") if (p / "metrics.csv").is_file())
+    if not trials:
+        return
+    lines += ["## Trials", "", "| trial | steps | return | mean plan ms | mean model error | non-finite returns |",
+              "|---|---:|---:|---:|---:|---:|"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for t in trials:
+        s: dict[str, Any] = json.loads((t / "summary.json").read_text()) if (t / "summary.json").is_file() else {}
+        m = read_csv(t / "metrics.csv")
+        lines.append(
+            f"| {t.name} | {s.get('steps', len(m.get('step', [])))} | {s.get('total_return', float('nan')):.1f} | "
+            f"{s.get('mean_plan_ms', float('nan')):.1f} | {s.get('mean_model_error', float('nan')):.4f} | "
+            f"{s.get('nonfinite_returns', 0)} |"
+        )
+        if m:
+            ax.plot(m["step"], m["return"], label=t.name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cumulative reward")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "trials.png", dpi=100)
+    plt.close(fig)
+    lines += ["", "![trials](trials.png)", ""]
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        lines += [f"Mean return over {len(s['returns'])} trial(s): **{s['mean_return']:.1f}** "
+                  f"(std {s['std_return']:.1f}).", ""]
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``report.md`` (and its figures) summarising training and trials in ``run_dir``."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
+    lines = [f"# metadapt report: {cfg.get('name', run_dir.name)}", ""]
+    if cfg:
+        lines += [
+            f"- environment: `{cfg['env']['id']}`, seed {cfg['seed']}",
+            f"- model: MLP {cfg['model']['hidden']} {cfg['model']['activation']}",
+            f"- planner: {cfg['planner']['type']} (N={cfg['planner']['num_samples']}, "
+            f"H={cfg['planner']['horizon']}, {cfg['planner']['dtype']})",
+            f"- learner: {cfg['learner']['type']}",
+            "- full configuration: [config.yaml](config.yaml)",
+            "",
+        ]
+    _train_section(run_dir, lines)
+    _trial_section(run_dir, lines)
+    out = run_dir / "report.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out

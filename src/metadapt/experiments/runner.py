@@ -1,0 +1,93 @@
+"""The jobs behind the command line: train a model, run trials, write the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from metadapt.agent import MPCAgent
+from metadapt.errors import CheckpointError
+from metadapt.experiments import build
+from metadapt.experiments.config import dump_config, load_config
+from metadapt.experiments.progress import Reporter
+from metadapt.experiments.report import write_report
+from metadapt.experiments.trial import TrialResult, run_trial
+from metadapt.meta.iterate import IterativeTrainer, iteration_seed
+from metadapt.models.mlp import MLPDynamics
+from metadapt.types import Params
+
+
+def unique_dir(base: str | Path) -> Path:
+    """``base`` if it does not exist yet, else ``base-2``, ``base-3``...: results are never overwritten."""
+    base = Path(base)
+    if not base.exists():
+        return base
+    i = 2
+    while Path(f"{base}-{i}").exists():
+        i += 1
+    return Path(f"{base}-{i}")
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool = False) -> tuple[MLPDynamics, Params]:
+    """Iterative model training (MB) into ``run_dir``; resumes from its checkpoint if asked."""
+    seed_everything(cfg["seed"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        dump_config(cfg, run_dir / "config.yaml")
+    env, reward_fn = build.build_env(cfg)
+    model = build.build_model(cfg, env)
+    trainer = IterativeTrainer(
+        env, reward_fn, model, lambda s: build.build_planner(cfg, env, s), build.iteration_settings(cfg),
+        cfg["seed"], run_dir, lambda p: build.build_learner(cfg, p), build.DTYPES[cfg["planner"]["dtype"]],
+        reporter,
+    )
+    params = trainer.run(resume=resume)
+    env.close()
+    return model, params
+
+
+def resume_train(run_dir: Path, reporter: Reporter) -> tuple[MLPDynamics, Params]:
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"{run_dir} is not a training run directory (no config.yaml)")
+    cfg = load_config(run_dir / "config.yaml")
+    return train(cfg, run_dir, reporter, resume=True)
+
+
+def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter) -> list[TrialResult]:
+    """Train (unless ``model.checkpoint`` names a model), run ``trial.episodes`` trials, report."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out_dir / "config.yaml")
+    env, reward_fn = build.build_env(cfg, max_episode_steps=cfg["trial"]["episode_length"])
+    if cfg["model"]["checkpoint"]:
+        model, params = build.load_trained(cfg, env)
+    else:
+        reporter.log(f"no model.checkpoint: training one into {out_dir / 'train'}")
+        model, params = train(cfg, out_dir / "train", reporter)
+    seed_everything(cfg["seed"])
+    results = []
+    for i in range(cfg["trial"]["episodes"]):
+        trial_seed = iteration_seed(cfg["seed"], i, 100)
+        agent = MPCAgent(
+            model, build.build_learner(cfg, params), build.build_planner(cfg, env, trial_seed), reward_fn,
+            cfg["learner"]["window"], build.DTYPES[cfg["planner"]["dtype"]],
+        )
+        res = run_trial(env, agent, cfg["trial"]["steps"], trial_seed, out_dir / f"trial_{i}", reporter,
+                        label=f"trial {i}")
+        reporter.log(f"trial {i}: return={res.total_return:.1f} over {res.steps} steps, "
+                     f"plan {res.mean_plan_ms:.1f} ms/step")
+        results.append(res)
+    env.close()
+    returns = [r.total_return for r in results]
+    summary = {"returns": returns, "mean_return": float(np.mean(returns)), "std_return": float(np.std(returns))}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_report(out_dir)
+    return results

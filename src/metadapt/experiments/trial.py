@@ -1,0 +1,103 @@
+"""The online trial loop: an agent acts for T steps and every step is logged."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from metadapt.agent import MPCAgent
+from metadapt.experiments.progress import Reporter
+
+BASE_FIELDS = ("step", "episode", "reward", "return", "task_id", "plan_ms", "learner_ms", "nonfinite")
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """Summary of one trial; per-step data is in ``metrics.csv``."""
+
+    steps: int
+    episodes: int
+    total_return: float
+    episode_returns: list[float]
+    mean_plan_ms: float
+    mean_model_error: float
+    nonfinite_returns: int
+
+
+def run_trial(
+    env: gym.Env,
+    agent: MPCAgent,
+    steps: int,
+    seed: int,
+    out_dir: str | Path,
+    reporter: Reporter | None = None,
+    label: str = "trial",
+) -> TrialResult:
+    """Run ``agent`` for ``steps`` steps, resetting the env when an episode ends.
+
+    The learner is reset once, at the start: adaptation carries across
+    episodes of the same trial. Writes ``metrics.csv`` (one row per step) and
+    ``summary.json`` into ``out_dir``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    reporter = reporter or Reporter()
+    agent.reset()
+    obs, info = env.reset(seed=seed)
+    episode, ep_return, total = 0, 0.0, 0.0
+    episode_returns: list[float] = []
+    plan_ms: list[float] = []
+    errors: list[float] = []
+    nonfinite = 0
+    reporter.start(label, label, steps)
+    writer: csv.DictWriter[str] | None = None
+    with open(out / "metrics.csv", "w", newline="") as f:
+        for step in range(steps):
+            t0 = time.perf_counter()
+            action = agent.act(obs)
+            t1 = time.perf_counter()
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            t2 = time.perf_counter()
+            learner_metrics = agent.observe(obs, action, next_obs)
+            t3 = time.perf_counter()
+            plan = agent.last_plan
+            bad = plan.nonfinite if plan is not None else 0
+            nonfinite += bad
+            ep_return += float(reward)
+            total += float(reward)
+            plan_ms.append((t1 - t0) * 1e3)
+            if "model_error" in learner_metrics:
+                errors.append(learner_metrics["model_error"])
+            row: dict[str, Any] = {
+                "step": step, "episode": episode, "reward": float(reward), "return": total,
+                "task_id": int(info.get("task_id", 0)), "plan_ms": plan_ms[-1], "learner_ms": (t3 - t2) * 1e3,
+                "nonfinite": bad, **learner_metrics,
+            }
+            if writer is None:
+                writer = csv.DictWriter(f, fieldnames=list(row), extrasaction="raise")
+                writer.writeheader()
+            writer.writerow(row)
+            reporter.advance(label, ret=total)
+            obs = next_obs
+            if terminated or truncated:
+                episode_returns.append(ep_return)
+                ep_return = 0.0
+                episode += 1
+                obs, info = env.reset()
+                agent.new_episode()
+        if ep_return != 0.0 or not episode_returns:
+            episode_returns.append(ep_return)
+    result = TrialResult(
+        steps=steps, episodes=len(episode_returns), total_return=total, episode_returns=episode_returns,
+        mean_plan_ms=float(np.mean(plan_ms)), mean_model_error=float(np.mean(errors)) if errors else float("nan"),
+        nonfinite_returns=nonfinite,
+    )
+    (out / "summary.json").write_text(json.dumps(asdict(result), indent=2))
+    return result

@@ -1,0 +1,1 @@
+"""Meta-training and the iterative collect-and-fit loop."""

@@ -1,0 +1,96 @@
+"""Supervised fitting of a dynamics model with a held-out split and early stopping."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from metadapt.models.mlp import MLPDynamics
+from metadapt.types import Params, Transitions
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """``train_loss``/``val_loss`` are normalized-delta MSEs of the returned (best) parameters."""
+
+    epochs: int
+    best_epoch: int
+    train_loss: float
+    val_loss: float
+
+
+def evaluate_loss(model: MLPDynamics, params: Params, data: Transitions, batch_size: int = 4096) -> float:
+    """Mean normalized-delta MSE over ``data`` (``nan`` if empty)."""
+    if len(data) == 0:
+        return math.nan
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(data), batch_size):
+            sl = slice(i, i + batch_size)
+            n = data.obs[sl].shape[0]
+            total += float(model.loss(params, data.obs[sl], data.act[sl], data.next_obs[sl])) * n
+    return total / len(data)
+
+
+def fit_dynamics(
+    model: MLPDynamics,
+    params: Params,
+    train: Transitions,
+    val: Transitions,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    patience: int,
+    generator: torch.Generator,
+    optimizer_state: dict[str, Any] | None = None,
+    on_epoch: Callable[[int, float, float], None] | None = None,
+) -> tuple[Params, dict[str, Any], FitResult]:
+    """Adam on the normalized-delta MSE; keeps the parameters with the best validation loss.
+
+    Training stops after ``patience`` epochs without a validation improvement
+    (never, if ``val`` is empty). ``optimizer_state`` continues Adam's moments
+    across calls (one call per data-collection iteration).
+
+    Returns:
+        The best parameters (detached), the optimizer state, and a summary.
+    """
+    if len(train) == 0:
+        raise ValueError("no training transitions")
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    opt = torch.optim.Adam(list(leaves.values()), lr=lr)
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
+        for group in opt.param_groups:
+            group["lr"] = lr
+    best = {k: v.detach().clone() for k, v in leaves.items()}
+    best_val, best_epoch, since_best = evaluate_loss(model, best, val), 0, 0
+    n = len(train)
+    epoch = 0
+    for epoch in range(1, epochs + 1):
+        perm = torch.randperm(n, generator=generator)
+        running, count = 0.0, 0
+        for i in range(0, n, batch_size):
+            idx = perm[i : i + batch_size]
+            loss = model.loss(leaves, train.obs[idx], train.act[idx], train.next_obs[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running += loss.item() * idx.numel()
+            count += idx.numel()
+        val_loss = evaluate_loss(model, leaves, val)
+        if on_epoch is not None:
+            on_epoch(epoch, running / count, val_loss)
+        if math.isnan(val_loss) or val_loss < best_val or math.isnan(best_val):
+            best = {k: v.detach().clone() for k, v in leaves.items()}
+            best_val, best_epoch, since_best = val_loss, epoch, 0
+        else:
+            since_best += 1
+            if since_best >= patience:
+                break
+    result = FitResult(epoch, best_epoch, evaluate_loss(model, best, train), best_val)
+    return best, opt.state_dict(), result

@@ -1,0 +1,247 @@
+"""Iterative model-based training: collect rollouts, refit the model, repeat.
+
+Iteration 0 acts uniformly at random; later iterations act with MPC on the
+current model. All data is aggregated in one buffer of raw transitions and the
+normalizer is recomputed from all of it before every fit. Every iteration
+draws its randomness from ``(seed, iteration)`` alone, so a run resumed from
+the checkpoint of iteration ``i`` repeats iterations ``i+1...`` exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from metadapt.adapt.base import OnlineLearner
+from metadapt.adapt.static import StaticLearner
+from metadapt.agent import MPCAgent
+from metadapt.data.buffer import ReplayBuffer
+from metadapt.data.normalizer import Normalizer
+from metadapt.errors import CheckpointError
+from metadapt.experiments.progress import Reporter
+from metadapt.meta.checkpoint import load_checkpoint, model_state, save_atomic, save_model
+from metadapt.meta.fit import fit_dynamics
+from metadapt.models.mlp import MLPDynamics
+from metadapt.planning.base import Planner
+from metadapt.types import Params, RewardFn
+
+CHECKPOINT = "checkpoints/latest.pt"
+METRIC_FIELDS = (
+    "iteration", "env_steps", "rollouts", "rollout_return_mean", "rollout_return_per_1000",
+    "train_loss", "val_loss", "epochs", "best_epoch", "collect_seconds", "fit_seconds",
+)
+
+
+@dataclass(frozen=True)
+class IterationSettings:
+    """Seed 000 Table 1 defaults (MB/DE row): 12 iterations, 50 epochs, 3000 steps, lr 1e-3."""
+
+    iterations: int = 12
+    steps_per_iteration: int = 3000
+    rollout_length: int = 1000
+    epochs: int = 50
+    batch_size: int = 512
+    lr: float = 1e-3
+    val_fraction: float = 0.1
+    patience: int = 5
+    window: int = 16
+    buffer_capacity: int = 1_000_000
+
+
+def iteration_seed(seed: int, iteration: int, stream: int = 0) -> int:
+    """An independent 31-bit seed for ``(seed, iteration, stream)``."""
+    return int(np.random.SeedSequence([seed, iteration, stream]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+class IterativeTrainer:
+    """Collect -> aggregate -> refit, with a checkpoint after every completed iteration.
+
+    Args:
+        env: the environment to collect from (its ``info["task_id"]`` is recorded).
+        reward_fn: batched reward for MPC.
+        model: dynamics model; its normalizer is replaced as data grows.
+        make_planner: ``seed -> Planner`` used for MPC collection.
+        settings: iteration, fitting and collection sizes.
+        seed: the run's seed.
+        run_dir: where checkpoints, ``metrics.csv`` and ``model.pt`` go.
+        make_learner: ``params -> OnlineLearner`` acting during collection
+            (MB: the static model; meta-learned methods adapt online).
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        reward_fn: RewardFn,
+        model: MLPDynamics,
+        make_planner: Callable[[int], Planner],
+        settings: IterationSettings,
+        seed: int,
+        run_dir: str | Path,
+        make_learner: Callable[[Params], OnlineLearner] = StaticLearner,
+        dtype: torch.dtype = torch.float32,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.env, self.reward_fn, self.model = env, reward_fn, model
+        self.make_planner, self.make_learner = make_planner, make_learner
+        self.settings, self.seed, self.dtype = settings, seed, dtype
+        self.run_dir = Path(run_dir)
+        self.reporter = reporter or Reporter()
+        obs_dim = int(np.prod(env.observation_space.shape))
+        act_dim = int(np.prod(env.action_space.shape))
+        self.buffer = ReplayBuffer(obs_dim, act_dim, settings.buffer_capacity)
+        gen = torch.Generator().manual_seed(iteration_seed(seed, 0, 9))
+        self.params: Params = model.init_params(gen)
+        self.optimizer_state: dict[str, Any] | None = None
+        self.history: list[dict[str, float]] = []
+        self.completed = -1
+        self._episodes = 0
+
+    # -- checkpoints ------------------------------------------------------------
+    def save(self) -> None:
+        state = {
+            "kind": "iterative_trainer",
+            "completed": self.completed,
+            "episodes": self._episodes,
+            "settings": asdict(self.settings),
+            "seed": self.seed,
+            "model": model_state(self.model, self.params),
+            "optimizer": self.optimizer_state,
+            "buffer": self.buffer.state_dict(),
+            "history": self.history,
+        }
+        save_atomic(state, self.run_dir / CHECKPOINT)
+
+    def restore(self) -> None:
+        """Continue from the last completed iteration in ``run_dir``."""
+        path = self.run_dir / CHECKPOINT
+        state = load_checkpoint(path, ("kind", "completed", "model", "buffer", "history"))
+        if state["kind"] != "iterative_trainer":
+            raise CheckpointError(f"{path} is not a training checkpoint")
+        if state.get("seed") != self.seed:
+            raise CheckpointError(f"{path} was written with seed {state.get('seed')}, not {self.seed}")
+        try:
+            self.buffer = ReplayBuffer.from_state_dict(state["buffer"])
+            self.model.normalizer = Normalizer.from_state_dict(state["model"]["normalizer"])
+            self.params = {k: v.float() for k, v in state["model"]["params"].items()}
+        except (KeyError, TypeError, ValueError, AssertionError) as exc:
+            raise CheckpointError(f"{path} is incomplete: {exc}") from exc
+        if {k: tuple(v.shape) for k, v in self.params.items()} != self.model.param_shapes():
+            raise CheckpointError(f"{path} does not match the configured model architecture")
+        self.optimizer_state = state.get("optimizer")
+        self.history = list(state["history"])
+        self.completed = int(state["completed"])
+        self._episodes = int(state.get("episodes", 0))
+
+    # -- one iteration ------------------------------------------------------------
+    def collect(self, iteration: int) -> list[float]:
+        """Gather ``steps_per_iteration`` transitions; returns each rollout's return."""
+        s = self.settings
+        rng = np.random.default_rng(iteration_seed(self.seed, iteration, 1))
+        agent = None
+        if iteration > 0:
+            learner = self.make_learner(self.params)
+            agent = MPCAgent(
+                self.model, learner, self.make_planner(iteration_seed(self.seed, iteration, 2)),
+                self.reward_fn, s.window, self.dtype,
+            )
+        self.env.action_space.seed(iteration_seed(self.seed, iteration, 3))
+        returns: list[float] = []
+        steps = 0
+        self.reporter.start("collect", f"iter {iteration} collect", s.steps_per_iteration)
+        while steps < s.steps_per_iteration:
+            obs, info = self.env.reset(seed=int(rng.integers(2**31)))
+            if agent is not None:
+                agent.reset()
+            rows: dict[str, list[Any]] = {k: [] for k in ("obs", "act", "next_obs", "reward", "task_id")}
+            length = min(s.rollout_length, s.steps_per_iteration - steps)
+            ret = 0.0
+            for _ in range(length):
+                act = agent.act(obs) if agent is not None else self.env.action_space.sample()
+                next_obs, reward, terminated, truncated, info = self.env.step(act)
+                if agent is not None:
+                    agent.observe(obs, act, next_obs)
+                for k, v in (("obs", obs), ("act", act), ("next_obs", next_obs), ("reward", reward),
+                             ("task_id", info.get("task_id", 0))):
+                    rows[k].append(v)
+                ret += float(reward)
+                obs = next_obs
+                self.reporter.advance("collect", ret=ret)
+                if terminated or truncated:
+                    break
+            n = len(rows["obs"])
+            self.buffer.add(
+                np.asarray(rows["obs"]), np.asarray(rows["act"]), np.asarray(rows["next_obs"]),
+                np.asarray(rows["reward"]), np.full(n, self._episodes), np.arange(n),
+                np.asarray(rows["task_id"]), rng.random(n) < s.val_fraction,
+            )
+            self._episodes += 1
+            steps += n
+            returns.append(ret)
+        return returns
+
+    def fit(self, iteration: int) -> dict[str, float]:
+        s = self.settings
+        every = self.buffer.transitions()
+        self.model.normalizer = Normalizer.from_data(every.obs, every.act, every.next_obs)
+        gen = torch.Generator().manual_seed(iteration_seed(self.seed, iteration, 4))
+        self.reporter.start("fit", f"iter {iteration} fit", s.epochs)
+
+        def on_epoch(epoch: int, train_loss: float, val_loss: float) -> None:
+            self.reporter.advance("fit", train=train_loss, val=val_loss)
+
+        self.params, self.optimizer_state, res = fit_dynamics(
+            self.model, self.params, self.buffer.transitions("train"), self.buffer.transitions("val"),
+            epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, patience=s.patience,
+            generator=gen, optimizer_state=self.optimizer_state, on_epoch=on_epoch,
+        )
+        return {"train_loss": res.train_loss, "val_loss": res.val_loss,
+                "epochs": res.epochs, "best_epoch": res.best_epoch}
+
+    def run(self, resume: bool = False) -> Params:
+        """Run the remaining iterations; ``resume`` continues from ``run_dir``'s checkpoint."""
+        if resume:
+            self.restore()
+            self.reporter.log(f"resuming after iteration {self.completed}")
+        for iteration in range(self.completed + 1, self.settings.iterations):
+            t0 = time.perf_counter()
+            returns = self.collect(iteration)
+            t1 = time.perf_counter()
+            fit = self.fit(iteration)
+            t2 = time.perf_counter()
+            row = {
+                "iteration": iteration,
+                "env_steps": self.buffer.total_added,
+                "rollouts": len(returns),
+                "rollout_return_mean": float(np.mean(returns)),
+                "rollout_return_per_1000": float(np.sum(returns) / self.settings.steps_per_iteration * 1000),
+                **fit,
+                "collect_seconds": t1 - t0,
+                "fit_seconds": t2 - t1,
+            }
+            self.history.append(row)
+            self.completed = iteration
+            self.save()
+            self.write_metrics()
+            save_model(self.model, self.params, self.run_dir / "model.pt")
+            self.reporter.log(
+                f"iteration {iteration}: steps={row['env_steps']} return/1000={row['rollout_return_per_1000']:.1f} "
+                f"val_loss={row['val_loss']:.4f}"
+            )
+        return self.params
+
+    def write_metrics(self) -> None:
+        path = self.run_dir / "metrics.csv"
+        tmp = path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            w.writeheader()
+            w.writerows(self.history)
+        tmp.replace(path)

@@ -1,0 +1,189 @@
+"""MLP dynamics model as a pure function of a parameter dict.
+
+The network maps normalized ``(s, a)`` to the normalized state delta
+``(s' - s - delta_mean) / delta_std``. Parameters live in a plain dict
+(``Params``) and are always passed explicitly, through
+``torch.func.functional_call``, so learners can adapt, stack and vmap them.
+The normalizer is model state that is not adapted; it is recomputed from all
+raw data whenever the training data grows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from metadapt.data.normalizer import Normalizer
+from metadapt.types import Params
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "silu": F.silu,
+    "elu": F.elu,
+    "gelu": F.gelu,
+}
+
+
+class _MLP(nn.Module):
+    def __init__(self, sizes: Sequence[int], activation: str) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.Linear(i, o, device="meta") for i, o in zip(sizes[:-1], sizes[1:], strict=True)
+        )
+        self.act = ACTIVATIONS[activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            x = self.act(layer(x))
+        return self.layers[-1](x)
+
+
+class MLPDynamics:
+    """Deterministic MLP dynamics with a fixed-variance Gaussian likelihood.
+
+    Args:
+        obs_dim: ``O``, observation size.
+        act_dim: ``A``, action size.
+        hidden: hidden layer widths (paper default ``(500, 500, 500)``).
+        activation: one of ``ACTIVATIONS``.
+        sigma: the constant standard deviation of the Gaussian likelihood, in
+            normalized delta units (MOLe's sigma).
+        normalizer: statistics of the training data; identity if omitted.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (500, 500, 500),
+        activation: str = "relu",
+        sigma: float = 1.0,
+        normalizer: Normalizer | None = None,
+    ) -> None:
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation '{activation}' (allowed: {', '.join(ACTIVATIONS)})")
+        if sigma <= 0:
+            raise ValueError(f"sigma must be > 0, got {sigma}")
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.hidden = tuple(int(h) for h in hidden)
+        self.activation = activation
+        self.sigma = float(sigma)
+        self.net = _MLP((obs_dim + act_dim, *self.hidden, obs_dim), activation)
+        self.normalizer = normalizer or Normalizer.identity(obs_dim, act_dim)
+
+    # -- parameters ---------------------------------------------------------
+    def init_params(self, generator: torch.Generator, device: torch.device | str = "cpu") -> Params:
+        """Fresh parameters, uniform in ``+-1/sqrt(fan_in)`` like ``nn.Linear``."""
+        params: Params = {}
+        for name, p in self.net.named_parameters():
+            fan_in = p.shape[-1] if p.dim() == 2 else self.net.get_submodule(name.rsplit(".", 1)[0]).in_features
+            bound = 1.0 / math.sqrt(fan_in)
+            t = torch.empty(p.shape).uniform_(-bound, bound, generator=generator)
+            params[name] = t.to(device)
+        return params
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(p.shape) for name, p in self.net.named_parameters()}
+
+    # -- prediction ----------------------------------------------------------
+    def _normalize_inputs(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        n = self.normalizer
+        return torch.cat([(obs - n.obs_mean) / n.obs_std, (act - n.act_mean) / n.act_std], dim=-1)
+
+    def predict_normalized_delta(self, params: Params, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """``... x O`` obs and ``... x A`` act -> ``... x O`` normalized delta."""
+        return functional_call(self.net, params, (self._normalize_inputs(obs, act),))
+
+    def target(self, obs: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+        """The normalized delta the network is trained to output (``... x O``)."""
+        n = self.normalizer
+        return (next_obs - obs - n.delta_mean) / n.delta_std
+
+    def predict(self, params: Params, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """Predicted next observation, ``... x O``."""
+        n = self.normalizer
+        return obs + n.delta_mean + n.delta_std * self.predict_normalized_delta(params, obs, act)
+
+    def loss(self, params: Params, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+        """Mean squared error in normalized delta space (a scalar)."""
+        err = self.predict_normalized_delta(params, obs, act) - self.target(obs, next_obs)
+        return err.pow(2).mean()
+
+    def log_likelihood(
+        self, params: Params, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor
+    ) -> torch.Tensor:
+        """Gaussian log-density of each transition with constant variance ``sigma**2``.
+
+        Computed in normalized delta space and summed over the ``O`` state
+        dimensions: ``... x O`` inputs -> ``...``.
+        """
+        err = self.predict_normalized_delta(params, obs, act) - self.target(obs, next_obs)
+        var = self.sigma**2
+        return -0.5 * err.pow(2).sum(-1) / var - 0.5 * self.obs_dim * math.log(2 * math.pi * var)
+
+    # -- fast planning path --------------------------------------------------
+    def fold(self, params: Params, dtype: torch.dtype = torch.float32) -> FoldedMLP:
+        """Weights with the normalizer folded in, for repeated planning rollouts.
+
+        Call once per parameter update; the result is reused across control steps.
+        """
+        return FoldedMLP(self, params, dtype)
+
+
+class FoldedMLP:
+    """An MLP with input and output normalization folded into its first and last layer.
+
+    Input normalization is an affine map, so ``W1 @ ((x - m) / s) + b1`` is
+    ``(W1 / s) @ x + (b1 - W1 @ (m / s))``; the output affine is folded the same
+    way. The first layer is split into state and action blocks so a whole
+    ``N x H x A`` action tensor is projected in one product before the rollout.
+    """
+
+    def __init__(self, model: MLPDynamics, params: Params, dtype: torch.dtype = torch.float32) -> None:
+        n = model.normalizer
+        layers = len(model.hidden) + 1
+        o = model.obs_dim
+        with torch.no_grad():
+            w1 = params["layers.0.weight"].float()
+            b1 = params["layers.0.bias"].float()
+            device = w1.device
+            n = n.to(device)
+            ws = w1[:, :o] / n.obs_std
+            wa = w1[:, o:] / n.act_std
+            b1 = b1 - ws @ n.obs_mean - wa @ n.act_mean
+            wl = params[f"layers.{layers - 1}.weight"].float() * n.delta_std[:, None]
+            bl = params[f"layers.{layers - 1}.bias"].float() * n.delta_std + n.delta_mean
+            self.ws_t = ws.t().contiguous().to(dtype)
+            self.wa_t = wa.t().contiguous().to(dtype)
+            self.b1 = b1.to(dtype)
+            self.mid = [
+                (params[f"layers.{i}.weight"].t().contiguous().to(dtype), params[f"layers.{i}.bias"].to(dtype))
+                for i in range(1, layers - 1)
+            ]
+            self.wl_t = wl.t().contiguous().to(dtype)
+            self.bl = bl.to(dtype)
+        self.dtype = dtype
+        self.relu = model.activation == "relu"
+        self.act_fn = ACTIVATIONS[model.activation]
+
+    def _act(self, h: torch.Tensor) -> torch.Tensor:
+        return h.relu_() if self.relu else self.act_fn(h)
+
+    def project_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """``N x H x A`` -> ``H x N x hidden``: the action block of layer 1 plus its bias."""
+        a = actions.transpose(0, 1).to(self.dtype)
+        return torch.matmul(a, self.wa_t).add_(self.b1)
+
+    def step(self, obs: torch.Tensor, act_proj: torch.Tensor) -> torch.Tensor:
+        """One model step: ``N x O`` float32 state, ``N x hidden`` projection -> ``N x O`` next state."""
+        h = self._act(torch.addmm(act_proj, obs.to(self.dtype), self.ws_t))
+        for w_t, b in self.mid:
+            h = self._act(torch.addmm(b, h, w_t))
+        # The delta is added in float32 so the state does not accumulate bfloat16 rounding.
+        return torch.addmm(self.bl, h, self.wl_t).float().add_(obs)
