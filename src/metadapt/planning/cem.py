@@ -19,7 +19,7 @@ class CEM(Planner):
 
     Args:
         iterations: refits per control step.
-        num_elites: elites per refit (``<= num_samples``).
+        num_elites: elites per refit (``<= num_samples``; default a tenth of them).
         momentum: weight of the previous mean and variance (0 keeps none).
         init_std_fraction: initial standard deviation as a fraction of the action range.
     """
@@ -31,13 +31,15 @@ class CEM(Planner):
         horizon: int,
         num_samples: int = 500,
         iterations: int = 5,
-        num_elites: int = 50,
+        num_elites: int | None = None,
         momentum: float = 0.1,
         init_std_fraction: float = 0.25,
         seed: int = 0,
         device: torch.device | str = "cpu",
     ) -> None:
         super().__init__(action_low, action_high, horizon, num_samples, seed, device)
+        if num_elites is None:
+            num_elites = max(1, num_samples // 10)
         if not 1 <= num_elites <= num_samples:
             raise ValueError(f"num_elites must be in [1, num_samples={num_samples}], got {num_elites}")
         if iterations < 1:

@@ -1,0 +1,143 @@
+"""Dynamics model, normalizer, buffer and fitting."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.func import functional_call, vmap
+
+from metadapt.data import Normalizer, ReplayBuffer
+from metadapt.meta.fit import fit_dynamics
+from metadapt.models import MLPDynamics, make_objective, rollout_returns
+from metadapt.types import Transitions
+
+
+def _model(obs=3, act=2, hidden=(16, 16), activation="relu") -> tuple[MLPDynamics, dict]:
+    m = MLPDynamics(obs, act, hidden, activation, sigma=0.7)
+    g = torch.Generator().manual_seed(0)
+    m.normalizer = Normalizer.from_data(torch.randn(50, obs, generator=g) * 3 + 1,
+                                        torch.rand(50, act, generator=g), torch.randn(50, obs, generator=g))
+    return m, m.init_params(g)
+
+
+def test_params_are_a_functional_call_dict():
+    m, p = _model()
+    assert set(p) == set(m.param_shapes())
+    x = torch.randn(7, 5)
+    assert functional_call(m.net, p, (x,)).shape == (7, 3)
+
+
+def test_log_likelihood_matches_torch_normal():
+    m, p = _model()
+    obs, act, nxt = torch.randn(9, 3), torch.randn(9, 2), torch.randn(9, 3)
+    mean = m.predict_normalized_delta(p, obs, act)
+    ref = torch.distributions.Normal(mean, m.sigma).log_prob(m.target(obs, nxt)).sum(-1)
+    torch.testing.assert_close(m.log_likelihood(p, obs, act, nxt), ref)
+
+
+def test_predict_inverts_target():
+    m, p = _model()
+    obs, act = torch.randn(4, 3), torch.randn(4, 2)
+    nxt = m.predict(p, obs, act)
+    torch.testing.assert_close(m.target(obs, nxt), m.predict_normalized_delta(p, obs, act), atol=1e-5, rtol=1e-5)
+
+
+def test_stacked_params_vmap():
+    m, p = _model()
+    q = m.init_params(torch.Generator().manual_seed(1))
+    stacked = {k: torch.stack([p[k], q[k]]) for k in p}
+    obs, act = torch.randn(5, 3), torch.randn(5, 2)
+    out = vmap(lambda prm: m.predict(prm, obs, act))(stacked)
+    torch.testing.assert_close(out[0], m.predict(p, obs, act))
+    torch.testing.assert_close(out[1], m.predict(q, obs, act))
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_folded_rollout_equals_plain_rollout(activation):
+    m, p = _model(activation=activation)
+    obs = torch.randn(3)
+    actions = torch.rand(6, 4, 2) * 2 - 1
+    reward = lambda o, a, o2: o2[:, 0] - 0.1 * a.pow(2).sum(-1)  # noqa: E731
+    s, ref = obs.expand(6, -1), torch.zeros(6)
+    for t in range(4):
+        s2 = m.predict(p, s, actions[:, t])
+        ref += reward(s, actions[:, t], s2)
+        s = s2
+    torch.testing.assert_close(rollout_returns(m.fold(p), obs, actions, reward), ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(make_objective(m.fold(p), obs, reward)(actions), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_bfloat16_fold_is_close_to_float32():
+    m, p = _model(hidden=(64, 64))
+    obs, actions = torch.randn(3), torch.rand(32, 5, 2) * 2 - 1
+    reward = lambda o, a, o2: o2[:, 0]  # noqa: E731
+    r32 = rollout_returns(m.fold(p), obs, actions, reward)
+    r16 = rollout_returns(m.fold(p, torch.bfloat16), obs, actions, reward)
+    assert r16.dtype == torch.float32
+    assert float((r16 - r32).abs().max()) < 0.05 * float(r32.abs().max()) + 0.05
+
+
+def test_normalizer_uses_all_raw_data():
+    buf = ReplayBuffer(2, 1, capacity=100)
+    first = torch.zeros(10, 2)
+    buf.add(first, torch.zeros(10, 1), first + 1, torch.zeros(10), torch.zeros(10), torch.arange(10),
+            torch.zeros(10))
+    second = torch.full((10, 2), 4.0)
+    buf.add(second, torch.ones(10, 1), second + 3, torch.zeros(10), torch.ones(10), torch.arange(10),
+            torch.zeros(10))
+    d = buf.transitions()
+    n = Normalizer.from_data(d.obs, d.act, d.next_obs)
+    torch.testing.assert_close(n.obs_mean, torch.full((2,), 2.0))
+    torch.testing.assert_close(n.delta_mean, torch.full((2,), 2.0))
+    torch.testing.assert_close(n.obs_std, torch.full((2,), float(torch.tensor([0.0] * 10 + [4.0] * 10).std())))
+
+
+def test_ring_buffer_overwrites_oldest_and_keeps_order():
+    buf = ReplayBuffer(1, 1, capacity=5)
+    for i in range(3):
+        v = torch.arange(3 * i, 3 * i + 3, dtype=torch.float32)[:, None]
+        buf.add(v, v, v, v[:, 0], torch.full((3,), i), torch.arange(3), torch.full((3,), i))
+    assert len(buf) == 5 and buf.total_added == 9
+    assert buf.column("obs")[:, 0].tolist() == [4, 5, 6, 7, 8]
+    restored = ReplayBuffer.from_state_dict(buf.state_dict())
+    assert restored.column("obs")[:, 0].tolist() == [4, 5, 6, 7, 8]
+
+
+def test_windows_are_contiguous_within_one_episode_and_m_k_independent():
+    buf = ReplayBuffer(1, 1, capacity=100)
+    for ep, length in enumerate([7, 3, 12]):
+        t = torch.arange(length, dtype=torch.float32)
+        buf.add(t[:, None] + 100 * ep, t[:, None], t[:, None] + 1 + 100 * ep, t, torch.full((length,), ep),
+                torch.arange(length), torch.full((length,), 10 + ep))
+    g = torch.Generator().manual_seed(0)
+    w = buf.sample_windows(past=4, future=2, batch=200, generator=g)
+    assert w.obs.shape == (200, 6, 1)
+    steps = w.obs[..., 0] % 100
+    assert bool((steps[:, 1:] - steps[:, :-1] == 1).all())  # contiguous
+    assert set(w.task_id.tolist()) <= {10, 12}  # episode 1 is too short for 6 steps
+    past, future = w.past(), w.future()
+    assert past[0].shape[1] == 4 and future[0].shape[1] == 2
+    w2 = buf.sample_windows(past=1, future=9, batch=10, generator=g)
+    assert set(w2.task_id.tolist()) == {12}
+    with pytest.raises(ValueError, match="consecutive"):
+        buf.sample_windows(past=10, future=10, batch=1, generator=g)
+
+
+def test_fit_learns_a_linear_system_with_early_stopping():
+    g = torch.Generator().manual_seed(0)
+    A = torch.tensor([[0.9, 0.1], [-0.1, 0.95]])
+    obs, act = torch.randn(2000, 2, generator=g), torch.rand(2000, 1, generator=g) * 2 - 1
+    nxt = obs @ A.T + 0.3 * act
+    m = MLPDynamics(2, 1, (32, 32))
+    m.normalizer = Normalizer.from_data(obs, act, nxt)
+    p0 = m.init_params(g)
+    train = Transitions(obs[:1600], act[:1600], nxt[:1600], torch.zeros(1600))
+    val = Transitions(obs[1600:], act[1600:], nxt[1600:], torch.zeros(400))
+    p, state, res = fit_dynamics(m, p0, train, val, epochs=60, batch_size=64, lr=3e-3, patience=3, generator=g)
+    assert res.val_loss < 0.01 * float(m.loss(p0, val.obs, val.act, val.next_obs))
+    assert 1 <= res.best_epoch <= res.epochs <= 60
+    assert "state" in state
+    assert not any(v.requires_grad for v in p.values())
+    assert math.isfinite(res.train_loss)
