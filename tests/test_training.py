@@ -83,8 +83,8 @@ def test_trial_is_reproducible_and_logs_every_step(tmp_path):
             "trial.episode_length=25", "--quiet"]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
-    a = list(csv.DictReader(open(tmp_path / "a" / "trial_0" / "metrics.csv")))
-    b = list(csv.DictReader(open(tmp_path / "b" / "trial_0" / "metrics.csv")))
+    with open(tmp_path / "a" / "trial_0" / "metrics.csv") as fa, open(tmp_path / "b" / "trial_0" / "metrics.csv") as fb:
+        a, b = list(csv.DictReader(fa)), list(csv.DictReader(fb))
     assert len(a) == 40
     assert [r["reward"] for r in a] == [r["reward"] for r in b]
     assert {r["episode"] for r in a} == {"0", "1"}  # the env reset after 25 steps, the trial went on

@@ -27,7 +27,7 @@ def _configs_dir() -> Path:
     return Path("configs")
 
 
-def _reporter(quiet: bool):  # noqa: ANN202  (rich import stays lazy for fast --help)
+def _reporter(quiet: bool):
     from metadapt.experiments.progress import Reporter, RichReporter
 
     return Reporter() if quiet else RichReporter()

@@ -137,37 +137,35 @@ class MLPDynamics:
 
 
 class FoldedMLP:
-    """An MLP with input and output normalization folded into its first and last layer.
+    """An MLP prepared for repeated planning rollouts with fixed parameters.
 
-    Input normalization is an affine map, so ``W1 @ ((x - m) / s) + b1`` is
-    ``(W1 / s) @ x + (b1 - W1 @ (m / s))``; the output affine is folded the same
-    way. The first layer is split into state and action blocks so a whole
-    ``N x H x A`` action tensor is projected in one product before the rollout.
+    The output de-normalization is folded into the last layer
+    (``s' = s + delta_mean + delta_std * (W h + b)``). The input normalization is
+    applied to the state in float32 before the product rather than folded into
+    the weights: folding it would subtract large, nearly equal terms, which
+    bfloat16 inputs cannot resolve. The first layer is split into state and
+    action blocks so a whole ``N x H x A`` action tensor is projected in one
+    product before the rollout.
     """
 
     def __init__(self, model: MLPDynamics, params: Params, dtype: torch.dtype = torch.float32) -> None:
-        n = model.normalizer
         layers = len(model.hidden) + 1
         o = model.obs_dim
         with torch.no_grad():
             w1 = params["layers.0.weight"].float()
-            b1 = params["layers.0.bias"].float()
-            device = w1.device
-            n = n.to(device)
-            ws = w1[:, :o] / n.obs_std
-            wa = w1[:, o:] / n.act_std
-            b1 = b1 - ws @ n.obs_mean - wa @ n.act_mean
-            wl = params[f"layers.{layers - 1}.weight"].float() * n.delta_std[:, None]
-            bl = params[f"layers.{layers - 1}.bias"].float() * n.delta_std + n.delta_mean
-            self.ws_t = ws.t().contiguous().to(dtype)
-            self.wa_t = wa.t().contiguous().to(dtype)
-            self.b1 = b1.to(dtype)
+            n = model.normalizer.to(w1.device)
+            self.obs_mean, self.obs_inv_std = n.obs_mean, 1.0 / n.obs_std
+            self.act_mean, self.act_inv_std = n.act_mean, 1.0 / n.act_std
+            self.ws_t = w1[:, :o].t().contiguous().to(dtype)
+            self.wa_t = w1[:, o:].t().contiguous().to(dtype)
+            self.b1 = params["layers.0.bias"].float()
             self.mid = [
                 (params[f"layers.{i}.weight"].t().contiguous().to(dtype), params[f"layers.{i}.bias"].to(dtype))
                 for i in range(1, layers - 1)
             ]
+            wl = params[f"layers.{layers - 1}.weight"].float() * n.delta_std[:, None]
             self.wl_t = wl.t().contiguous().to(dtype)
-            self.bl = bl.to(dtype)
+            self.bl = params[f"layers.{layers - 1}.bias"].float() * n.delta_std + n.delta_mean
         self.dtype = dtype
         self.relu = model.activation == "relu"
         self.act_fn = ACTIVATIONS[model.activation]
@@ -177,13 +175,14 @@ class FoldedMLP:
 
     def project_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """``N x H x A`` -> ``H x N x hidden``: the action block of layer 1 plus its bias."""
-        a = actions.transpose(0, 1).to(self.dtype)
-        return torch.matmul(a, self.wa_t).add_(self.b1)
+        a = ((actions.transpose(0, 1).float() - self.act_mean) * self.act_inv_std).to(self.dtype)
+        return torch.matmul(a, self.wa_t).add_(self.b1.to(self.dtype))
 
     def step(self, obs: torch.Tensor, act_proj: torch.Tensor) -> torch.Tensor:
         """One model step: ``N x O`` float32 state, ``N x hidden`` projection -> ``N x O`` next state."""
-        h = self._act(torch.addmm(act_proj, obs.to(self.dtype), self.ws_t))
+        x = ((obs - self.obs_mean) * self.obs_inv_std).to(self.dtype)
+        h = self._act(torch.addmm(act_proj, x, self.ws_t))
         for w_t, b in self.mid:
             h = self._act(torch.addmm(b, h, w_t))
-        # The delta is added in float32 so the state does not accumulate bfloat16 rounding.
-        return torch.addmm(self.bl, h, self.wl_t).float().add_(obs)
+        # Bias and delta are added in float32 so the state does not accumulate bfloat16 rounding.
+        return torch.mm(h, self.wl_t).float().add_(self.bl).add_(obs)
