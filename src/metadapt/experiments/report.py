@@ -26,6 +26,12 @@ def read_csv(path: Path) -> dict[str, np.ndarray]:
     return {k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows]) for k in rows[0]}
 
 
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _train_section(run_dir: Path, lines: list[str]) -> None:
     train_dir = run_dir / "train" if (run_dir / "train").is_dir() else run_dir
     m = read_csv(train_dir / "metrics.csv")
@@ -49,9 +55,7 @@ def _train_section(run_dir: Path, lines: list[str]) -> None:
     b.set_xlabel("iteration")
     b.set_ylabel("normalized delta MSE")
     b.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "training.png", dpi=100)
-    plt.close(fig)
+    _save(fig, run_dir / "training.png")
     lines += ["", "![training](training.png)", ""]
 
 
@@ -75,9 +79,7 @@ def _trial_section(run_dir: Path, lines: list[str]) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("cumulative reward")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "trials.png", dpi=100)
-    plt.close(fig)
+    _save(fig, run_dir / "trials.png")
     lines += ["", "![trials](trials.png)", ""]
     summary = run_dir / "summary.json"
     if summary.is_file():

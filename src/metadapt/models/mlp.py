@@ -158,7 +158,7 @@ class FoldedMLP:
             self.act_mean, self.act_inv_std = n.act_mean, 1.0 / n.act_std
             self.ws_t = w1[:, :o].t().contiguous().to(dtype)
             self.wa_t = w1[:, o:].t().contiguous().to(dtype)
-            self.b1 = params["layers.0.bias"].float()
+            self.b1 = params["layers.0.bias"].to(dtype)
             self.mid = [
                 (params[f"layers.{i}.weight"].t().contiguous().to(dtype), params[f"layers.{i}.bias"].to(dtype))
                 for i in range(1, layers - 1)
@@ -176,7 +176,7 @@ class FoldedMLP:
     def project_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """``N x H x A`` -> ``H x N x hidden``: the action block of layer 1 plus its bias."""
         a = ((actions.transpose(0, 1).float() - self.act_mean) * self.act_inv_std).to(self.dtype)
-        return torch.matmul(a, self.wa_t).add_(self.b1.to(self.dtype))
+        return torch.matmul(a, self.wa_t).add_(self.b1)
 
     def step(self, obs: torch.Tensor, act_proj: torch.Tensor) -> torch.Tensor:
         """One model step: ``N x O`` float32 state, ``N x hidden`` projection -> ``N x O`` next state."""
