@@ -13,14 +13,16 @@ from metadapt.errors import MetadaptError
 
 @pytest.mark.parametrize("env_id", sorted(registered()))
 def test_batched_reward_reproduces_step_rewards(env_id):
-    env = make_env(env_id)
+    # Tasks switch every 30-80 steps, so the rewards of every kind of task (and of the switches) are checked.
+    env = make_env(env_id, schedule={"type": "random", "min_len": 30, "max_len": 80})
     reward_fn = get_reward_fn(env)
     rng = np.random.default_rng(0)
     obs_l, act_l, next_l, rew_l = [], [], [], []
     obs, _ = env.reset(seed=0)
     for t in range(400):
         # random actions, then a smooth gait-like signal that drives the robot fast
-        act = rng.uniform(-1, 1, env.action_space.shape) if t < 200 else np.sin(0.3 * t + np.arange(6))
+        dim = env.action_space.shape[0]
+        act = rng.uniform(-1, 1, dim) if t < 200 else np.sin(0.3 * t + np.arange(dim))
         act = act.astype(np.float32)
         nxt, r, term, trunc, info = env.step(act)
         assert "task_id" in info and "task" in info

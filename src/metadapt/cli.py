@@ -83,9 +83,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_envs(args: argparse.Namespace) -> int:
     from metadapt.envs import registered
+    from metadapt.envs.describe import markdown_table, show
 
-    for env_id, doc in registered().items():
-        print(f"{env_id:<28} {doc}")
+    if args.show:
+        print(show(args.show))
+    elif args.markdown:
+        print(markdown_table())
+    else:
+        for env_id, doc in registered().items():
+            print(f"{env_id:<36} {doc}")
     return 0
 
 
@@ -138,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
 
     e = sub.add_parser("envs", help="list registered environments")
+    e.add_argument("--show", metavar="ID", help="print one environment's tasks and preset schedules")
+    e.add_argument("--markdown", action="store_true", help="print the README's table of environments")
     e.set_defaults(func=cmd_envs)
 
     b = sub.add_parser("bench", help="benchmarks that print ratios measured in one run")

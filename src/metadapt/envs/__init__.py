@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import gymnasium as gym
@@ -9,33 +10,48 @@ import gymnasium as gym
 from metadapt.errors import MetadaptError
 from metadapt.types import RewardFn
 
-_REGISTERED: dict[str, str] = {
-    "metadapt/HalfCheetah-v0": "HalfCheetah-v5 with the forward velocity the reward needs in its observation",
+# id -> (entry point, default episode length)
+REGISTRY: dict[str, tuple[str, int]] = {
+    "metadapt/HalfCheetah-v0": ("metadapt.envs.halfcheetah:HalfCheetahEnv", 1000),
+    "metadapt/HalfCheetahMalfunction-v0": ("metadapt.envs.halfcheetah_malfunction:HalfCheetahMalfunctionEnv", 1000),
+    "metadapt/HalfCheetahDisabledJoint-v0": ("metadapt.envs.halfcheetah_disabled:HalfCheetahDisabledJointEnv", 1000),
+    "metadapt/HalfCheetahTerrain-v0": ("metadapt.envs.halfcheetah_terrain:HalfCheetahTerrainEnv", 1000),
+    "metadapt/HalfCheetahPier-v0": ("metadapt.envs.halfcheetah_pier:HalfCheetahPierEnv", 1000),
+    "metadapt/AntCrippled-v0": ("metadapt.envs.ant_crippled:AntCrippledEnv", 1000),
+    "metadapt/Crawler-v0": ("metadapt.envs.crawler:CrawlerEnv", 1000),
 }
 
 
 def register_all() -> None:
     """Register every metadapt environment with Gymnasium (idempotent)."""
-    entry_points = {"metadapt/HalfCheetah-v0": "metadapt.envs.halfcheetah:HalfCheetahEnv"}
-    for env_id, entry in entry_points.items():
+    for env_id, (entry, steps) in REGISTRY.items():
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point=entry, max_episode_steps=1000)
+            gym.register(id=env_id, entry_point=entry, max_episode_steps=steps)
+
+
+def env_class(env_id: str) -> type:
+    """The class behind a registered metadapt id."""
+    if env_id not in REGISTRY:
+        raise MetadaptError(f"unknown environment id '{env_id}' (metadapt environments: {', '.join(REGISTRY)})")
+    module, name = REGISTRY[env_id][0].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def registered() -> dict[str, str]:
-    """Environment id -> one-line description."""
-    return dict(_REGISTERED)
+    """Environment id -> one-line description (the first line of its docstring)."""
+    return {i: (env_class(i).__doc__ or "").strip().splitlines()[0] for i in REGISTRY}
 
 
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:
     """``gym.make`` with errors turned into one readable line."""
     register_all()
     if env_id not in gym.registry:
-        known = ", ".join(sorted(_REGISTERED))
-        raise MetadaptError(f"unknown environment id '{env_id}' (metadapt environments: {known})")
+        raise MetadaptError(f"unknown environment id '{env_id}' (metadapt environments: {', '.join(REGISTRY)})")
     try:
         return gym.make(env_id, **kwargs)
-    except TypeError as exc:
+    except MetadaptError as exc:
+        raise type(exc)(f"environment '{env_id}': {exc}") from None
+    except (TypeError, ValueError) as exc:
         raise MetadaptError(f"environment '{env_id}' rejected its keyword arguments: {exc}") from exc
     except gym.error.Error as exc:
         raise MetadaptError(f"environment '{env_id}' could not be made: {exc}") from exc
@@ -55,4 +71,4 @@ def get_reward_fn(env: gym.Env) -> RewardFn:
 
 register_all()
 
-__all__ = ["get_reward_fn", "make_env", "register_all", "registered"]
+__all__ = ["REGISTRY", "env_class", "get_reward_fn", "make_env", "register_all", "registered"]

@@ -1,0 +1,76 @@
+"""Simulation speed of every environment against its unperturbed robot, measured side by side.
+
+Each environment runs 1,000 random-action steps on a test schedule that switches
+tasks (so switching is timed too); its unperturbed robot runs the same number of
+steps in the same round. Rounds are interleaved and the best of ``--repeats`` is
+kept, which is what survives a noisy shared machine. Prints seconds per 1,000
+steps, the ratio to the unperturbed robot, and ``max_slowdown=<x>`` last.
+
+    OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/envs.py --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import gymnasium as gym
+import numpy as np
+
+from metadapt.envs import make_env
+
+# env id, its schedule for timing, its unperturbed robot (id, kwargs)
+CASES = [
+    ("metadapt/HalfCheetahMalfunction-v0", "alternating_100", ("metadapt/HalfCheetah-v0", {})),
+    ("metadapt/HalfCheetahDisabledJoint-v0", {"type": "alternating", "tasks": ["normal", "joint_0"], "period": 100},
+     ("metadapt/HalfCheetah-v0", {})),
+    ("metadapt/HalfCheetahTerrain-v0", {"type": "alternating", "tasks": ["basin", "hill", "gentle", "steep"],
+                                        "period": 250}, ("metadapt/HalfCheetah-v0", {})),
+    ("metadapt/HalfCheetahPier-v0", {"type": "alternating", "tasks": ["bouncy", "stiff"], "period": 250},
+     ("metadapt/HalfCheetah-v0", {})),
+    # The pier simulates five more bodies than the plain cheetah; against itself, only the damping changes.
+    ("metadapt/HalfCheetahPier-v0", {"type": "alternating", "tasks": ["bouncy", "stiff"], "period": 250},
+     ("metadapt/HalfCheetahPier-v0", {"schedule": "calm"})),
+    ("metadapt/AntCrippled-v0", {"type": "alternating", "tasks": ["normal", "leg_3"], "period": 100},
+     ("Ant-v5", {"include_cfrc_ext_in_observation": False})),
+    ("metadapt/Crawler-v0", {"type": "alternating", "tasks": ["normal", "leg_0", "turn_left"], "period": 100},
+     ("metadapt/Crawler-v0", {"schedule": "normal"})),
+]
+
+
+def rollout_seconds(env: gym.Env, steps: int, seed: int) -> float:
+    """CPU seconds of ``steps`` random-action steps (resets included, as a trial would)."""
+    env.reset(seed=seed)
+    actions = np.random.default_rng(seed).uniform(-1, 1, (steps, *env.action_space.shape)).astype(np.float32)
+    start = time.process_time()  # CPU time of this process: less sensitive to other jobs on a shared machine
+    for a in actions:
+        _, _, term, trunc, _ = env.step(a)
+        if term or trunc:
+            env.reset()
+    return time.process_time() - start
+
+
+def main(argv: list[str] | None = None) -> float:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=1000)
+    args = parser.parse_args(argv)
+    worst = 0.0
+    print(f"{'environment':<38}{'s/1000 steps':>13}{'robot s/1000':>14}{'ratio':>8}   unperturbed robot")
+    for env_id, schedule, (base_id, base_kwargs) in CASES:
+        env = make_env(env_id, schedule=schedule, max_episode_steps=10 * args.steps)
+        base = make_env(base_id, max_episode_steps=10 * args.steps, **base_kwargs)
+        ours, theirs = [], []
+        for r in range(args.repeats):
+            ours.append(rollout_seconds(env, args.steps, r))
+            theirs.append(rollout_seconds(base, args.steps, r))
+        t, b = min(ours) * 1000 / args.steps, min(theirs) * 1000 / args.steps
+        worst = max(worst, t / b)
+        label = base_id + (f" {base_kwargs}" if base_kwargs else "")
+        print(f"{env_id:<38}{t:>13.3f}{b:>14.3f}{t / b:>8.2f}   {label}")
+    print(f"max_slowdown={worst:.2f}")
+    return worst
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""What every non-stationary metadapt environment shares: tasks, schedules, switching, task info.
+
+A subclass (a Gymnasium ``MujocoEnv``) declares its task catalog and how a task
+changes the compiled model (``apply_task``); this mixin parses the
+``schedule`` / ``task_sampler`` keyword arguments, switches tasks between
+steps without touching the simulator state, and reports the true task in
+``info["task_id"]`` / ``info["task"]`` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from metadapt.envs.tasks import Resolve, Task, TaskSchedule, TaskSpec, parametric_id, parse_sampler, parse_schedule
+from metadapt.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class EnvInfo:
+    """What the README's environment table says about one environment."""
+
+    robot: str
+    obs: str
+    action: str
+    reward: str
+    train: str
+    test: str
+
+
+class TaskEnv:
+    """Mixin: catalog, sampler, schedule and switching. Subclasses set the class attributes below.
+
+    ``CATALOG`` maps task names to parameter mappings; a task's id is its index
+    in the catalog (parametric tasks outside it get a stable hashed id).
+    ``TRAIN`` / ``TEST`` name the catalog tasks of the training and held-out
+    test distributions (a subclass may override ``sample_train_task`` with a
+    continuous distribution). ``PRESETS`` are named default schedules.
+    """
+
+    CATALOG: ClassVar[dict[str, dict[str, Any]]] = {"normal": {}}
+    TRAIN: ClassVar[tuple[str, ...]] = ("normal",)
+    TEST: ClassVar[tuple[str, ...]] = ("normal",)
+    PRESETS: ClassVar[dict[str, Any]] = {}
+    DEFAULT_SCHEDULE: ClassVar[Any] = {"type": "sampled"}
+    INFO: ClassVar[EnvInfo]
+
+    def _init_tasks(self, schedule: Any, task_sampler: Any) -> None:
+        self._catalog_keys = {self.canonical(p)[0]: i for i, p in enumerate(self.CATALOG.values())}
+        self.schedule: TaskSchedule = parse_schedule(
+            self.DEFAULT_SCHEDULE if schedule is None else schedule, self.resolve_task, self.PRESETS
+        )
+        self._sample = parse_sampler(
+            "train" if task_sampler is None else task_sampler, self.sample_train_task, self.sample_test_task,
+            self.resolve_task,
+        )
+        self._task: Task | None = None
+        self._step_in_episode = 0
+
+    # ---- tasks -----------------------------------------------------------------------------------------------
+    @classmethod
+    def canonical(cls, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Validate task parameters; return (canonical key, normalized params). Raises ``ConfigError``."""
+        if params:
+            raise ConfigError(f"this environment's tasks take no parameters, got {dict(params)}")
+        return "normal", {}
+
+    def resolve_task(self, spec: TaskSpec) -> Task:
+        """A catalog name or a parameter mapping -> ``Task`` (one error line for anything else)."""
+        if isinstance(spec, str):
+            if spec not in self.CATALOG:
+                raise ConfigError(f"unknown task '{spec}' (tasks: {', '.join(self.CATALOG)})")
+            key, params = self.canonical(self.CATALOG[spec])
+            return Task(spec, list(self.CATALOG).index(spec), params)
+        if isinstance(spec, Mapping):
+            key, params = self.canonical(spec)
+            if key in self._catalog_keys:
+                index = self._catalog_keys[key]
+                return Task(list(self.CATALOG)[index], index, params)
+            return Task(key, parametric_id(key), params)
+        raise ConfigError(f"a task is a name or a mapping of parameters, got {spec!r}")
+
+    def _uniform(self, names: tuple[str, ...], rng: np.random.Generator) -> Task:
+        return self.resolve_task(names[int(rng.integers(len(names)))])
+
+    def sample_train_task(self, rng: np.random.Generator) -> Task:
+        """One task of the training distribution."""
+        return self._uniform(self.TRAIN, rng)
+
+    def sample_test_task(self, rng: np.random.Generator) -> Task:
+        """One held-out test task."""
+        return self._uniform(self.TEST, rng)
+
+    def apply_task(self, task: Task) -> None:
+        """Change the compiled model to ``task`` (from the unperturbed robot, not the previous task)."""
+
+    # ---- switching ----------------------------------------------------------------------------------------------
+    @property
+    def task(self) -> Task:
+        assert self._task is not None, "reset() first"
+        return self._task
+
+    def _set_task(self, task: Task) -> None:
+        if self._task is None or task.task_id != self._task.task_id:
+            self.apply_task(task)
+            self._task = task
+
+    def _begin_episode(self, rng: np.random.Generator) -> None:
+        """Call at the start of ``reset_model``, before the robot's pose is set."""
+        self.schedule.reset(rng, self._sample)
+        self._step_in_episode = 0
+        self._task = None
+        self._set_task(self.schedule.task_at(0))
+
+    def _begin_step(self) -> None:
+        """Call at the start of ``step``: switch to this step's task; the simulator state is untouched."""
+        self._set_task(self.schedule.task_at(self._step_in_episode))
+        self._step_in_episode += 1
+
+    def task_info(self) -> dict[str, Any]:
+        return {"task_id": self.task.task_id, "task": self.task.name}
+
+    @classmethod
+    def describe_tasks(cls) -> list[tuple[int, str, str, dict[str, Any]]]:
+        """(id, name, split, params) of every catalog task."""
+        out = []
+        for i, (name, params) in enumerate(cls.CATALOG.items()):
+            split = "/".join(s for s, names in (("train", cls.TRAIN), ("test", cls.TEST)) if name in names) or "-"
+            out.append((i, name, split, cls.canonical(params)[1]))
+        return out
+
+
+def split_task_kwargs(kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """Pop ``schedule`` and ``task_sampler`` from constructor keyword arguments."""
+    return kwargs.pop("schedule", None), kwargs.pop("task_sampler", None)
+
+
+__all__ = ["EnvInfo", "Resolve", "TaskEnv", "split_task_kwargs"]

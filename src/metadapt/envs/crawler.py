@@ -1,0 +1,198 @@
+"""A six-legged crawler (seed 000, section 3.2): crippled joints, crippled legs, walking straight or turning.
+
+The robot is metadapt's own MJCF (``assets/crawler.xml``): six legs with a hip
+and a knee each, about the size of Gymnasium's Ant, with Ant-v5's physics
+(RK4, 0.01 s, five substeps: dt 0.05 s).
+
+A task has two parts. ``disabled``: any subset of the 12 joints (``2 * leg``
+is a hip, ``2 * leg + 1`` a knee) whose actuators produce no torque; a leg with
+both joints disabled is *crippled* and its foot segment is drawn and collides
+half as long. ``command``: ``straight`` rewards world-x velocity, ``left`` /
+``right`` reward turning (yaw rate, counter-clockwise / clockwise).
+
+The command is a goal, not a hidden dynamics change: the reward must be a
+function of the observation, so the command's two reward weights are the last
+two observations. The crippling is not observed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import mujoco
+import numpy as np
+import torch
+from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+from gymnasium.spaces import Box
+
+from metadapt.envs.base import EnvInfo, TaskEnv, split_task_kwargs
+from metadapt.envs.mujoco_model import load_model
+from metadapt.envs.tasks import Task
+from metadapt.errors import ConfigError
+
+N_LEGS = 6
+N_JOINTS = 12
+SHORTEN = 0.5
+COMMANDS: dict[str, tuple[float, float]] = {"straight": (1.0, 0.0), "left": (0.0, 1.0), "right": (0.0, -1.0)}
+XML = Path(__file__).parent / "assets" / "crawler.xml"
+OBS_DIM = 17 + 18 + 2 + 2
+
+
+def _task(disabled: list[int], command: str = "straight") -> dict[str, Any]:
+    return {"disabled": disabled, "command": command}
+
+
+def _yaw(quat: np.ndarray) -> float:
+    w, x, y, z = quat
+    return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
+
+
+class CrawlerEnv(TaskEnv, MujocoEnv):
+    """Six-legged crawler; task parameters ``disabled`` (joint indices 0-11) and ``command``.
+
+    Observation (39): ``qpos[2:]`` (17: height, orientation quaternion, 12
+    joints), ``qvel`` (18), the torso's average x velocity and yaw rate over the
+    step, then the command's weights ``(w_x, w_yaw)``. Reward: ``w_x v_x + w_yaw
+    yaw_rate - 0.1 |a|^2``. No termination: a trial keeps going whatever happens.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["human", "rgb_array", "depth_array"], "render_fps": 20}
+    INFO: ClassVar[EnvInfo] = EnvInfo(
+        robot="metadapt crawler: 6 legs x 2 joints (dt 0.05 s)",
+        obs="39: qpos[2:], qvel, mean v_x and yaw rate over the step, command weights",
+        action="12 torques in [-1, 1]",
+        reward="w_x v_x + w_yaw yaw_rate - 0.1 |a|^2",
+        train="0-2 random joints disabled; command straight/left/right",
+        test="one crippled leg (leg_0 ... leg_5), straight or turning",
+    )
+    CATALOG: ClassVar[dict[str, dict[str, Any]]] = {
+        "normal": _task([]),
+        "turn_left": _task([], "left"),
+        "turn_right": _task([], "right"),
+        **{f"leg_{i}": _task([2 * i, 2 * i + 1]) for i in range(N_LEGS)},
+        **{f"leg_{i}_left": _task([2 * i, 2 * i + 1], "left") for i in range(N_LEGS)},
+    }
+    TRAIN: ClassVar[tuple[str, ...]] = ("normal", "turn_left", "turn_right")
+    TEST: ClassVar[tuple[str, ...]] = tuple(f"leg_{i}" for i in range(N_LEGS))
+    PRESETS: ClassVar[dict[str, Any]] = {
+        "train_distribution": {"type": "sampled"},
+        "test_leg_0": {"type": "constant", "task": "leg_0"},
+        "alternating_500": {"type": "alternating", "tasks": ["normal", "leg_0"], "period": 500},
+        # Seed 000 Fig. 4 (right): crippled during steps 500-1000 and 1500-2000.
+        "crippled_periods": {"type": "sequence", "entries": [[0, "normal"], [500, "leg_0"], [1000, "normal"],
+                                                             [1500, "leg_0"]]},
+        "straight_turn_crippled": {"type": "sequence", "entries": [[0, "normal"], [500, "turn_left"],
+                                                                   [1000, "leg_0"], [1500, "normal"]]},
+    }
+
+    def __init__(
+        self,
+        frame_skip: int = 5,
+        ctrl_cost_weight: float = 0.1,
+        reset_noise_scale: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        schedule, sampler = split_task_kwargs(kwargs)
+        self._ctrl_cost_weight = ctrl_cost_weight
+        self._reset_noise_scale = reset_noise_scale
+        obs_space = Box(-np.inf, np.inf, shape=(OBS_DIM,), dtype=np.float64)
+        kwargs.setdefault("default_camera_config", {"distance": 4.0})
+        MujocoEnv.__init__(self, str(XML), frame_skip, observation_space=obs_space, **kwargs)
+        m = self.model
+        self._gain = m.actuator_gainprm[:, 0].copy()
+        self._feet = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, f"foot_{i}") for i in range(N_LEGS)]
+        self._foot_pos = m.geom_pos[self._feet].copy()
+        self._foot_size = m.geom_size[self._feet].copy()
+        self._velocity = np.zeros(2)
+        self._command = COMMANDS["straight"]
+        self._init_tasks(schedule, sampler)
+
+    def _initialize_simulation(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
+        model = load_model(self.fullpath, self.width, self.height)
+        return model, mujoco.MjData(model)
+
+    @classmethod
+    def canonical(cls, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        unknown = set(params) - {"disabled", "command"}
+        if unknown:
+            raise ConfigError(f"a crawler task takes 'disabled' and 'command', got unknown keys {sorted(unknown)}")
+        disabled = params.get("disabled", [])
+        if not isinstance(disabled, list | tuple) or any(
+            isinstance(j, bool) or not isinstance(j, int | np.integer) or not 0 <= j < N_JOINTS for j in disabled
+        ):
+            raise ConfigError(f"crawler 'disabled' must be a list of joint indices in 0-11, got {disabled!r}")
+        command = params.get("command", "straight")
+        if command not in COMMANDS:
+            raise ConfigError(f"crawler 'command' must be one of {', '.join(COMMANDS)}, got {command!r}")
+        joints = sorted({int(j) for j in disabled})
+        return f"crawler({command}; off {','.join(map(str, joints)) or '-'})", _task(joints, command)
+
+    def sample_train_task(self, rng: np.random.Generator) -> Task:
+        command = ("straight", "straight", "left", "right")[int(rng.integers(4))]
+        joints = rng.choice(N_JOINTS, size=int(rng.integers(3)), replace=False)
+        return self.resolve_task(_task([int(j) for j in joints], command))
+
+    def apply_task(self, task: Task) -> None:
+        m = self.model
+        disabled = task.params["disabled"]
+        m.actuator_gainprm[:, 0] = self._gain
+        m.actuator_gainprm[disabled, 0] = 0.0
+        m.geom_pos[self._feet] = self._foot_pos
+        m.geom_size[self._feet] = self._foot_size
+        for leg in range(N_LEGS):
+            if 2 * leg in disabled and 2 * leg + 1 in disabled:
+                # The foot capsule starts at the knee (its body's origin): shrink it towards that end.
+                m.geom_pos[self._feet[leg]] = self._foot_pos[leg] * SHORTEN
+                m.geom_size[self._feet[leg], 1] = self._foot_size[leg, 1] * SHORTEN
+        self._command = COMMANDS[task.params["command"]]
+
+    def crippled_legs(self) -> list[int]:
+        disabled = self.task.params["disabled"]
+        return [leg for leg in range(N_LEGS) if 2 * leg in disabled and 2 * leg + 1 in disabled]
+
+    def _get_obs(self) -> np.ndarray:
+        return np.concatenate((self.data.qpos[2:], self.data.qvel, self._velocity, self._command))
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        self._begin_step()
+        x_before, yaw_before = float(self.data.qpos[0]), _yaw(self.data.qpos[3:7])
+        self.do_simulation(action, self.frame_skip)
+        turn = (_yaw(self.data.qpos[3:7]) - yaw_before + np.pi) % (2 * np.pi) - np.pi
+        self._velocity = np.array([(self.data.qpos[0] - x_before) / self.dt, turn / self.dt])
+        obs = self._get_obs()
+        forward = self._command[0] * self._velocity[0]
+        turning = self._command[1] * self._velocity[1]
+        ctrl = self._ctrl_cost_weight * float(np.square(action).sum())
+        info = {
+            "x_position": self.data.qpos[0],
+            "y_position": self.data.qpos[1],
+            "x_velocity": self._velocity[0],
+            "yaw_rate": self._velocity[1],
+            "reward_forward": forward,
+            "reward_turn": turning,
+            "reward_ctrl": -ctrl,
+            **self.task_info(),
+        }
+        if self.render_mode == "human":
+            self.render()
+        return obs, float(forward + turning - ctrl), False, False, info
+
+    def reset_model(self) -> np.ndarray:
+        self._begin_episode(self.np_random)
+        c = self._reset_noise_scale
+        qpos = self.init_qpos + self.np_random.uniform(-c, c, size=self.model.nq)
+        qvel = self.init_qvel + c * self.np_random.standard_normal(self.model.nv)
+        qpos[3:7] /= np.linalg.norm(qpos[3:7])
+        self.set_state(qpos, qvel)
+        self._velocity = np.zeros(2)
+        return self._get_obs()
+
+    def _get_reset_info(self) -> dict[str, Any]:
+        return {"x_position": self.data.qpos[0], "y_position": self.data.qpos[1], **self.task_info()}
+
+    def reward_fn(self, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+        """Batched reward: ``N x 39, N x 12, N x 39 -> N``; equals ``env.step``'s reward."""
+        velocity, command = next_obs[..., -4:-2], next_obs[..., -2:]
+        return (velocity * command).sum(-1) - self._ctrl_cost_weight * act.pow(2).sum(-1)
