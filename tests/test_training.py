@@ -10,14 +10,23 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from metadapt.meta.checkpoint import load_checkpoint, load_model
+from metadapt.meta.prior import load_prior
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
     "train.iterations=4", "train.steps_per_iteration=150", "train.rollout_length=75", "train.epochs=3",
     "model.hidden=[32,32]", "planner.num_samples=40", "planner.horizon=4", "seed=7",
+]
+
+
+META = [  # GrBAL: a prior meta-trained on the malfunction tasks, collected with the adapted prior
+    "meta.enabled=true", "learner.type=ts", "env.id=metadapt/HalfCheetahMalfunction-v0", "meta.meta_batch=8",
+    "meta.batches_per_epoch=3", "meta.val_batches=2", "meta.past=8", "meta.future=8", "train.val_fraction=0.3",
+    "train.rollout_length=30",
 ]
 
 
@@ -37,13 +46,15 @@ def _rows(path: Path) -> list[dict[str, str]]:
     return rows
 
 
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("method", ["mb", "grbal"])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, method):
+    extra = META if method == "grbal" else []
     full = tmp_path / "full"
-    proc = _train(full)
+    proc = _train(full, *extra)
     assert proc.wait(timeout=600) == 0, proc.stderr.read()
 
     killed = tmp_path / "killed"
-    proc = _train(killed)
+    proc = _train(killed, *extra)
     ckpt = killed / "checkpoints" / "latest.pt"
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -65,6 +76,11 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     _, p_res = load_model(killed / "model.pt")
     for k in p_full:
         assert torch.equal(p_full[k], p_res[k]), k
+    if method == "grbal":
+        prior_full, prior_res = load_prior(full), load_prior(killed)
+        assert all(torch.equal(prior_full.params[k], prior_res.params[k]) for k in p_full)
+        rows = _rows(full / "metrics.csv")
+        assert any(r["val_loss_prior"] not in ("", "nan") for r in rows)  # validated on held-out trajectories
 
 
 def test_train_refuses_to_overwrite_and_resume_rejects_extra_args(tmp_path):

@@ -61,7 +61,7 @@ class ReplayBuffer:
         self._ptr = 0
         self._size = 0
         self.total_added = 0
-        self._starts_cache: tuple[tuple[int, int], torch.Tensor] | None = None
+        self._starts_cache: dict[tuple[int, int, str], torch.Tensor] = {}
 
     def __len__(self) -> int:
         return self._size
@@ -102,7 +102,7 @@ class ReplayBuffer:
         self._ptr = (self._ptr + n) % self.capacity
         self._size = min(self._size + n, self.capacity)
         self.total_added += n
-        self._starts_cache = None
+        self._starts_cache = {}
 
     def _order(self) -> torch.Tensor:
         if self._size < self.capacity:
@@ -122,11 +122,16 @@ class ReplayBuffer:
         d = self._data
         return Transitions(d["obs"][order], d["act"][order], d["next_obs"][order], d["reward"][order])
 
-    def window_starts(self, length: int) -> torch.Tensor:
-        """Chronological indices where ``length`` consecutive steps of one episode begin."""
-        key = (self.total_added, length)
-        if self._starts_cache is not None and self._starts_cache[0] == key:
-            return self._starts_cache[1]
+    def window_starts(self, length: int, split: str = "all") -> torch.Tensor:
+        """Chronological indices where ``length`` consecutive steps of one episode begin.
+
+        ``split="train"`` / ``"val"`` keeps windows whose steps are all training
+        / all validation steps (with per-episode marks: windows of held-out
+        trajectories).
+        """
+        key = (self.total_added, length, split)
+        if key in self._starts_cache:
+            return self._starts_cache[key]
         ep, st = self.column("episode"), self.column("step")
         n = ep.shape[0]
         if n < length:
@@ -135,18 +140,26 @@ class ReplayBuffer:
             first = torch.arange(n - length + 1)
             last = first + length - 1
             ok = (ep[first] == ep[last]) & (st[last] - st[first] == length - 1)
+            if split != "all":
+                marks = torch.cat([torch.zeros(1, dtype=torch.long), self.column("val").long().cumsum(0)])
+                held_out = marks[last + 1] - marks[first]
+                ok &= held_out == (length if split == "val" else 0)
             starts = first[ok]
-        self._starts_cache = (key, starts)
+        self._starts_cache = {k: v for k, v in self._starts_cache.items() if k[0] == self.total_added}
+        self._starts_cache[key] = starts
         return starts
 
-    def sample_windows(self, past: int, future: int, batch: int, generator: torch.Generator) -> Windows:
+    def sample_windows(
+        self, past: int, future: int, batch: int, generator: torch.Generator, split: str = "all"
+    ) -> Windows:
         """``batch`` windows of ``past`` (M) then ``future`` (K) steps; M and K are independent."""
         if past < 0 or future < 1:
             raise ValueError(f"need past >= 0 and future >= 1, got M={past}, K={future}")
         length = past + future
-        starts = self.window_starts(length)
+        starts = self.window_starts(length, split)
         if starts.numel() == 0:
-            raise ValueError(f"no episode in the buffer has {length} consecutive steps")
+            raise ValueError(f"no {'' if split == 'all' else split + ' '}episode in the buffer has {length} "
+                             "consecutive steps")
         pick = starts[torch.randint(starts.numel(), (batch,), generator=generator)]
         idx = self._order()[pick[:, None] + torch.arange(length)]
         d = self._data

@@ -11,10 +11,13 @@ import torch
 
 from metadapt.adapt.base import OnlineLearner
 from metadapt.adapt.static import StaticLearner
+from metadapt.adapt.ts import KShotLearner
 from metadapt.envs import get_reward_fn, make_env
-from metadapt.errors import MetadaptError
+from metadapt.errors import ConfigError, MetadaptError
 from metadapt.meta.checkpoint import load_model
 from metadapt.meta.iterate import IterationSettings
+from metadapt.meta.maml import MetaSettings
+from metadapt.meta.prior import Prior, load_prior
 from metadapt.models.mlp import MLPDynamics
 from metadapt.planning import CEM, MPPI, Planner, RandomShooting
 from metadapt.types import Params, RewardFn
@@ -71,11 +74,36 @@ def build_planner(cfg: dict[str, Any], env: gym.Env, seed: int) -> Planner:
                 noise_beta=p["noise_beta"], iterations=p["iterations"], **common)
 
 
-def build_learner(cfg: dict[str, Any], params: Params) -> OnlineLearner:
+def build_learner(cfg: dict[str, Any], params: Params, prior: Prior | None = None) -> OnlineLearner:
     kind = cfg["learner"]["type"]
     if kind == "mb":
         return StaticLearner(params)
+    if kind == "ts":
+        if prior is None:
+            raise MetadaptError("learner 'ts' needs a meta-trained prior (model.checkpoint=PRIOR or meta.enabled=true)")
+        return KShotLearner(prior.model, prior.params, prior.inner_lr, prior.inner_steps)
     raise MetadaptError(f"unknown learner '{kind}'")
+
+
+def meta_settings(cfg: dict[str, Any]) -> MetaSettings | None:
+    m = cfg["meta"]
+    if not m["enabled"]:
+        return None
+    if m["past"] + m["future"] > cfg["train"]["rollout_length"]:
+        raise ConfigError(
+            f"config keys 'meta.past' + 'meta.future' ({m['past']} + {m['future']}) must fit in one rollout "
+            f"('train.rollout_length' is {cfg['train']['rollout_length']})"
+        )
+    return MetaSettings(
+        inner_lr=m["inner_lr"], inner_steps=m["inner_steps"], first_order=m["first_order"],
+        learn_inner_lr=m["learn_inner_lr"], past=m["past"], future=m["future"], meta_batch=m["meta_batch"],
+        batches_per_epoch=m["batches_per_epoch"], val_batches=m["val_batches"],
+    )
+
+
+def load_trained_prior(cfg: dict[str, Any], env: gym.Env) -> Prior:
+    """The prior named by ``model.checkpoint`` (a ``prior.pt`` or a run directory holding one)."""
+    return load_prior(cfg["model"]["checkpoint"], *dims(env))
 
 
 def iteration_settings(cfg: dict[str, Any]) -> IterationSettings:

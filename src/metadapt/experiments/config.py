@@ -78,8 +78,20 @@ SCHEMA: dict[str, Any] = {
         "dtype": _f("str", "float32", choices=("float32", "bfloat16")),
     },
     "learner": {
-        "type": _f("str", "mb", choices=("mb",)),
-        "window": _f("int", 16, low=1, doc="K, recent transitions handed to the learner"),
+        "type": _f("str", "mb", choices=("mb", "ts"), doc="mb: fixed model; ts: prior adapted on the last M steps"),
+        "window": _f("int", 16, low=1, doc="K, recent transitions handed to the learner (ts: the prior's M)"),
+    },
+    "meta": {
+        "enabled": _f("bool", False, doc="meta-train a prior (GrBAL) instead of fitting the plain loss"),
+        "inner_lr": _f("float", 0.01, low=0, low_open=True, doc="inner SGD learning rate (eta)"),
+        "inner_steps": _f("int", 1, low=1),
+        "first_order": _f("bool", False, doc="first-order MAML (no second derivatives)"),
+        "learn_inner_lr": _f("bool", False, doc="Meta-SGD: learn one inner learning rate per parameter entry"),
+        "past": _f("int", 16, low=1, doc="M, steps adapted on"),
+        "future": _f("int", 16, low=1, doc="K, steps evaluated after adaptation"),
+        "meta_batch": _f("int", 32, low=1, doc="windows per outer step"),
+        "batches_per_epoch": _f("int", 100, low=1),
+        "val_batches": _f("int", 8, low=1, doc="validation meta-batches (held-out trajectories)"),
     },
     "train": {
         "iterations": _f("int", 12, low=1),

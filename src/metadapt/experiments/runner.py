@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from metadapt.adapt.static import StaticLearner
 from metadapt.agent import MPCAgent
-from metadapt.errors import CheckpointError
+from metadapt.errors import CheckpointError, ConfigError
 from metadapt.experiments import build
 from metadapt.experiments.config import dump_config, load_config
 from metadapt.experiments.progress import Reporter
@@ -47,8 +48,8 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
     model = build.build_model(cfg, env)
     trainer = IterativeTrainer(
         env, reward_fn, model, lambda s: build.build_planner(cfg, env, s), build.iteration_settings(cfg),
-        cfg["seed"], run_dir, lambda p: build.build_learner(cfg, p), build.DTYPES[cfg["planner"]["dtype"]],
-        reporter,
+        cfg["seed"], run_dir, StaticLearner, build.DTYPES[cfg["planner"]["dtype"]],
+        reporter, meta=build.meta_settings(cfg), env_id=cfg["env"]["id"],
     )
     params = trainer.run(resume=resume)
     env.close()
@@ -67,7 +68,19 @@ def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter) -> list[TrialRes
     out_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out_dir / "config.yaml")
     env, reward_fn = build.build_env(cfg, max_episode_steps=cfg["trial"]["episode_length"])
-    if cfg["model"]["checkpoint"]:
+    prior = None
+    if cfg["learner"]["type"] == "ts":
+        if cfg["model"]["checkpoint"]:
+            prior = build.load_trained_prior(cfg, env)
+        elif not cfg["meta"]["enabled"]:
+            raise ConfigError("learner.type=ts plans with a meta-trained prior: set model.checkpoint=PRIOR "
+                              "or meta.enabled=true to meta-train one first")
+        else:
+            reporter.log(f"no model.checkpoint: meta-training a prior into {out_dir / 'train'}")
+            train(cfg, out_dir / "train", reporter)
+            prior = build.load_trained_prior({**cfg, "model": {"checkpoint": str(out_dir / "train")}}, env)
+        model, params = prior.model, prior.params
+    elif cfg["model"]["checkpoint"]:
         model, params = build.load_trained(cfg, env)
     else:
         reporter.log(f"no model.checkpoint: training one into {out_dir / 'train'}")
@@ -76,9 +89,10 @@ def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter) -> list[TrialRes
     results = []
     for i in range(cfg["trial"]["episodes"]):
         trial_seed = iteration_seed(cfg["seed"], i, 100)
+        window = prior.past if prior is not None else cfg["learner"]["window"]
         agent = MPCAgent(
-            model, build.build_learner(cfg, params), build.build_planner(cfg, env, trial_seed), reward_fn,
-            cfg["learner"]["window"], build.DTYPES[cfg["planner"]["dtype"]],
+            model, build.build_learner(cfg, params, prior), build.build_planner(cfg, env, trial_seed), reward_fn,
+            window, build.DTYPES[cfg["planner"]["dtype"]],
         )
         res = run_trial(env, agent, cfg["trial"]["steps"], trial_seed, out_dir / f"trial_{i}", reporter,
                         label=f"trial {i}")

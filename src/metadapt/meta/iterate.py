@@ -22,6 +22,7 @@ import torch
 
 from metadapt.adapt.base import OnlineLearner
 from metadapt.adapt.static import StaticLearner
+from metadapt.adapt.ts import KShotLearner
 from metadapt.agent import MPCAgent
 from metadapt.data.buffer import ReplayBuffer
 from metadapt.data.normalizer import Normalizer
@@ -29,6 +30,8 @@ from metadapt.errors import CheckpointError
 from metadapt.experiments.progress import Reporter
 from metadapt.meta.checkpoint import load_checkpoint, model_state, save_atomic, save_model
 from metadapt.meta.fit import fit_dynamics
+from metadapt.meta.maml import MetaSettings, fit_meta
+from metadapt.meta.prior import Prior, save_prior
 from metadapt.models.mlp import MLPDynamics
 from metadapt.planning.base import Planner
 from metadapt.types import Params, RewardFn
@@ -36,7 +39,7 @@ from metadapt.types import Params, RewardFn
 CHECKPOINT = "checkpoints/latest.pt"
 METRIC_FIELDS = (
     "iteration", "env_steps", "rollouts", "rollout_return_mean", "rollout_return_per_1000",
-    "train_loss", "val_loss", "epochs", "best_epoch", "collect_seconds", "fit_seconds",
+    "train_loss", "val_loss", "val_loss_prior", "epochs", "best_epoch", "collect_seconds", "fit_seconds",
 )
 
 
@@ -73,7 +76,12 @@ class IterativeTrainer:
         seed: the run's seed.
         run_dir: where checkpoints, ``metrics.csv`` and ``model.pt`` go.
         make_learner: ``params -> OnlineLearner`` acting during collection
-            (MB: the static model; meta-learned methods adapt online).
+            (MB: the static model). Ignored with ``meta``: the prior is then
+            adapted on the last K steps at every step (TS / GrBAL).
+        meta: meta-train the prior (GrBAL) instead of fitting the plain loss;
+            validation then holds out whole trajectories and ``prior.pt`` is
+            written after every iteration.
+        env_id: recorded in ``prior.pt``.
     """
 
     def __init__(
@@ -88,8 +96,11 @@ class IterativeTrainer:
         make_learner: Callable[[Params], OnlineLearner] = StaticLearner,
         dtype: torch.dtype = torch.float32,
         reporter: Reporter | None = None,
+        meta: MetaSettings | None = None,
+        env_id: str | None = None,
     ) -> None:
         self.env, self.reward_fn, self.model = env, reward_fn, model
+        self.meta, self.env_id = meta, env_id
         self.make_planner, self.make_learner = make_planner, make_learner
         self.settings, self.seed, self.dtype = settings, seed, dtype
         self.run_dir = Path(run_dir)
@@ -99,6 +110,9 @@ class IterativeTrainer:
         self.buffer = ReplayBuffer(obs_dim, act_dim, settings.buffer_capacity)
         gen = torch.Generator().manual_seed(iteration_seed(seed, 0, 9))
         self.params: Params = model.init_params(gen)
+        self.inner_lrs: Params | None = None
+        if meta is not None and meta.learn_inner_lr:
+            self.inner_lrs = {k: torch.full_like(v, meta.inner_lr) for k, v in self.params.items()}
         self.optimizer_state: dict[str, Any] | None = None
         self.history: list[dict[str, float]] = []
         self.completed = -1
@@ -114,6 +128,7 @@ class IterativeTrainer:
             "seed": self.seed,
             "model": model_state(self.model, self.params),
             "optimizer": self.optimizer_state,
+            "inner_lrs": self.inner_lrs,
             "buffer": self.buffer.state_dict(),
             "history": self.history,
         }
@@ -136,6 +151,9 @@ class IterativeTrainer:
         if {k: tuple(v.shape) for k, v in self.params.items()} != self.model.param_shapes():
             raise CheckpointError(f"{path} does not match the configured model architecture")
         self.optimizer_state = state.get("optimizer")
+        self.inner_lrs = state.get("inner_lrs")
+        if (self.inner_lrs is None) != (self.meta is None or not self.meta.learn_inner_lr):
+            raise CheckpointError(f"{path} does not match the configured meta-learning settings")
         self.history = list(state["history"])
         self.completed = int(state["completed"])
         self._episodes = int(state.get("episodes", 0))
@@ -147,10 +165,10 @@ class IterativeTrainer:
         rng = np.random.default_rng(iteration_seed(self.seed, iteration, 1))
         agent = None
         if iteration > 0:
-            learner = self.make_learner(self.params)
+            learner = self.make_learner(self.params) if self.meta is None else self.prior_learner()
             agent = MPCAgent(
                 self.model, learner, self.make_planner(iteration_seed(self.seed, iteration, 2)),
-                self.reward_fn, s.window, self.dtype,
+                self.reward_fn, self.meta.past if self.meta else s.window, self.dtype,
             )
         self.env.action_space.seed(iteration_seed(self.seed, iteration, 3))
         returns: list[float] = []
@@ -177,10 +195,12 @@ class IterativeTrainer:
                 if terminated or truncated:
                     break
             n = len(rows["obs"])
+            # Meta-learning validates on held-out trajectories (whole windows); MB on held-out steps.
+            held_out = np.full(n, rng.random() < s.val_fraction) if self.meta else rng.random(n) < s.val_fraction
             self.buffer.add(
                 np.asarray(rows["obs"]), np.asarray(rows["act"]), np.asarray(rows["next_obs"]),
                 np.asarray(rows["reward"]), np.full(n, self._episodes), np.arange(n),
-                np.asarray(rows["task_id"]), rng.random(n) < s.val_fraction,
+                np.asarray(rows["task_id"]), held_out,
             )
             self._episodes += 1
             steps += n
@@ -197,6 +217,14 @@ class IterativeTrainer:
         def on_epoch(epoch: int, train_loss: float, val_loss: float) -> None:
             self.reporter.advance("fit", train=train_loss, val=val_loss)
 
+        if self.meta is not None:
+            self.params, self.inner_lrs, self.optimizer_state, meta_res = fit_meta(
+                self.model, self.params, self.buffer, self.meta, epochs=s.epochs, lr=s.lr, patience=s.patience,
+                generator=gen, inner_lrs=self.inner_lrs, optimizer_state=self.optimizer_state, on_epoch=on_epoch,
+            )
+            return {"train_loss": meta_res.train_loss, "val_loss": meta_res.val_loss,
+                    "val_loss_prior": meta_res.val_prior, "epochs": meta_res.epochs,
+                    "best_epoch": meta_res.best_epoch}
         self.params, self.optimizer_state, res = fit_dynamics(
             self.model, self.params, self.buffer.transitions("train"), self.buffer.transitions("val"),
             epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, patience=s.patience,
@@ -204,6 +232,17 @@ class IterativeTrainer:
         )
         return {"train_loss": res.train_loss, "val_loss": res.val_loss,
                 "epochs": res.epochs, "best_epoch": res.best_epoch}
+
+    def prior(self) -> Prior:
+        """The current parameters as a meta-trained prior (requires ``meta``)."""
+        assert self.meta is not None, "not meta-training"
+        m = self.meta
+        lr = self.inner_lrs if self.inner_lrs is not None else m.inner_lr
+        return Prior(self.model, self.params, lr, m.inner_steps, m.past, m.future, self.env_id)
+
+    def prior_learner(self) -> KShotLearner:
+        p = self.prior()
+        return KShotLearner(self.model, p.params, p.inner_lr, p.inner_steps)
 
     def run(self, resume: bool = False) -> Params:
         """Run the remaining iterations; ``resume`` continues from ``run_dir``'s checkpoint."""
@@ -231,6 +270,8 @@ class IterativeTrainer:
             self.save()
             self.write_metrics()
             save_model(self.model, self.params, self.run_dir / "model.pt")
+            if self.meta is not None:
+                save_prior(self.prior(), self.run_dir / "prior.pt")
             self.reporter.log(
                 f"iteration {iteration}: steps={row['env_steps']} return/1000={row['rollout_return_per_1000']:.1f} "
                 f"val_loss={row['val_loss']:.4f}"

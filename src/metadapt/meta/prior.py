@@ -1,0 +1,80 @@
+"""A meta-trained prior on disk: the model, ``theta*``, its inner learning rate(s) and window sizes.
+
+The file loads with ``torch.load(weights_only=True)``; a wrong format version, a
+truncated file or dimensions that do not match the environment are refused
+with one line (``CheckpointError``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metadapt.errors import CheckpointError
+from metadapt.meta.checkpoint import load_checkpoint, model_from_state, model_state, save_atomic
+from metadapt.meta.maml import InnerLR, adapt
+from metadapt.models.mlp import MLPDynamics
+from metadapt.types import Params
+
+PRIOR_FORMAT = "metadapt.prior.v1"
+
+
+@dataclass
+class Prior:
+    """``theta*`` with what adapting it needs. ``inner_lr`` is a float or per-entry tensors (Meta-SGD)."""
+
+    model: MLPDynamics
+    params: Params
+    inner_lr: InnerLR
+    inner_steps: int
+    past: int
+    future: int
+    env_id: str | None = None
+
+    def adapt(self, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> Params:
+        """Adapted parameters from recent transitions (``M x O``, ``M x A``, ``M x O``, raw)."""
+        obs, act, next_obs = (torch.as_tensor(t, dtype=torch.float32) for t in (obs, act, next_obs))
+        with torch.no_grad():
+            out = adapt(self.model, self.params, obs, act, next_obs, self.inner_lr, self.inner_steps, True)
+        return {k: v.detach() for k, v in out.items()}
+
+
+def save_prior(prior: Prior, path: str | Path) -> None:
+    lr: Any = prior.inner_lr
+    state = {
+        "format": PRIOR_FORMAT,
+        "model": model_state(prior.model, prior.params),
+        "inner_lr": {k: v.detach().cpu().clone() for k, v in lr.items()} if isinstance(lr, dict) else float(lr),
+        "inner_steps": prior.inner_steps,
+        "past": prior.past,
+        "future": prior.future,
+        "env_id": prior.env_id,
+    }
+    save_atomic(state, path)
+
+
+def load_prior(path: str | Path, obs_dim: int | None = None, act_dim: int | None = None) -> Prior:
+    """Load a prior; with ``obs_dim`` / ``act_dim`` also check it fits the environment."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "prior.pt"
+    state = load_checkpoint(path, ("format",))
+    if state["format"] != PRIOR_FORMAT:
+        raise CheckpointError(f"{path} is not a metadapt prior of format {PRIOR_FORMAT} (found {state['format']!r})")
+    try:
+        model, params = model_from_state(state["model"], str(path))
+        lr = state["inner_lr"]
+        inner_lr: InnerLR = {k: v.float() for k, v in lr.items()} if isinstance(lr, dict) else float(lr)
+        prior = Prior(model, params, inner_lr, int(state["inner_steps"]), int(state["past"]), int(state["future"]),
+                      state.get("env_id"))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path} is incomplete: {exc}") from exc
+    if isinstance(inner_lr, dict) and {k: tuple(v.shape) for k, v in inner_lr.items()} != model.param_shapes():
+        raise CheckpointError(f"{path}: its per-parameter inner learning rates do not match the model")
+    for name, want, have in (("observation", obs_dim, model.obs_dim), ("action", act_dim, model.act_dim)):
+        if want is not None and want != have:
+            raise CheckpointError(f"{path} is a prior for {name} size {have}, the environment has {want}")
+    return prior

@@ -1,0 +1,197 @@
+"""Meta-learning (GrBAL): meta-gradients against plain autograd, Meta-SGD, fitting, priors on disk."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from metadapt.adapt.ts import KShotLearner
+from metadapt.data.buffer import ReplayBuffer
+from metadapt.data.normalizer import Normalizer
+from metadapt.errors import CheckpointError
+from metadapt.meta.checkpoint import save_model
+from metadapt.meta.maml import MetaSettings, adapted_loss, fit_meta
+from metadapt.meta.prior import Prior, load_prior, save_prior
+from metadapt.models.mlp import MLPDynamics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _model64(obs: int = 3, act: int = 2) -> tuple[MLPDynamics, dict[str, torch.Tensor]]:
+    model = MLPDynamics(obs, act, [8, 8], "tanh", 1.0)
+    n = Normalizer.identity(obs, act)
+    model.normalizer = Normalizer(**{k: getattr(n, k).double() for k in Normalizer.__dataclass_fields__})
+    init = model.init_params(torch.Generator().manual_seed(0))
+    params = {k: v.double().requires_grad_(True) for k, v in init.items()}
+    return model, params
+
+
+def _windows(b: int, m: int, k: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+
+    def mk(n, d):
+        return torch.randn(b, n, d, generator=g, dtype=torch.float64)
+
+    return (mk(m, 3), mk(m, 2), mk(m, 3)), (mk(k, 3), mk(k, 2), mk(k, 3))
+
+
+def _reference_meta_grad(model, params, past, fut, lr, steps, first_order):
+    """MAML with plain autograd, one window at a time (an independent implementation)."""
+    total = 0.0
+    for b in range(past[0].shape[0]):
+        fast = dict(params)
+        for _ in range(steps):
+            loss = model.loss(fast, past[0][b], past[1][b], past[2][b])
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
+            step = {k: (lr[k] if isinstance(lr, dict) else lr) * g for k, g in zip(fast, grads, strict=True)}
+            fast = {k: v - step[k] for k, v in fast.items()}
+        total = total + model.loss(fast, fut[0][b], fut[1][b], fut[2][b])
+    wrt = list(params.values()) + (list(lr.values()) if isinstance(lr, dict) else [])
+    return torch.autograd.grad(total / past[0].shape[0], wrt)
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_second_order_meta_gradient_matches_plain_autograd(steps):
+    model, params = _model64()
+    past, fut = _windows(4, 5, 3)
+    loss = adapted_loss(model, params, past, fut, 0.1, steps, first_order=False)
+    ours = torch.autograd.grad(loss, list(params.values()))
+    ref = _reference_meta_grad(model, params, past, fut, 0.1, steps, first_order=False)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_first_order_meta_gradient_is_the_gradient_at_the_adapted_parameters():
+    model, params = _model64()
+    past, fut = _windows(4, 5, 3, seed=1)
+    loss = adapted_loss(model, params, past, fut, 0.1, 1, first_order=True)
+    ours = torch.autograd.grad(loss, list(params.values()))
+    # Definition: (1/B) sum_b grad_{theta'} L_future(theta'_b), theta'_b = theta - lr grad L_past(theta).
+    expected = [torch.zeros_like(p) for p in params.values()]
+    for b in range(4):
+        g = torch.autograd.grad(model.loss(params, past[0][b], past[1][b], past[2][b]), list(params.values()))
+        fast = {k: (v - 0.1 * gi).detach().requires_grad_(True) for (k, v), gi in zip(params.items(), g, strict=True)}
+        gf = torch.autograd.grad(model.loss(fast, fut[0][b], fut[1][b], fut[2][b]), list(fast.values()))
+        expected = [e + x / 4 for e, x in zip(expected, gf, strict=True)]
+    for a, b in zip(ours, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    second = torch.autograd.grad(adapted_loss(model, params, past, fut, 0.1, 1, False), list(params.values()))
+    assert any(not torch.allclose(a, b) for a, b in zip(ours, second, strict=True))
+
+
+def test_meta_sgd_gradient_reaches_the_inner_learning_rates():
+    model, params = _model64()
+    past, fut = _windows(3, 4, 4, seed=2)
+    lrs = {k: torch.full_like(v, 0.05).requires_grad_(True) for k, v in params.items()}
+    loss = adapted_loss(model, params, past, fut, lrs, 1, False)
+    ours = torch.autograd.grad(loss, list(params.values()) + list(lrs.values()))
+    ref = _reference_meta_grad(model, params, past, fut, lrs, 1, False)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def _two_task_buffer(episodes: int = 40, length: int = 40, seed: int = 0) -> ReplayBuffer:
+    """x' = x + a * u with a = +1 or -1 per episode: a prior must adapt to the sign from a few steps."""
+    rng = np.random.default_rng(seed)
+    buf = ReplayBuffer(2, 2, 100_000)
+    for ep in range(episodes):
+        a = 1.0 if ep % 2 == 0 else -1.0
+        obs = rng.normal(size=(length, 2))
+        act = rng.uniform(-1, 1, size=(length, 2))
+        nxt = obs + 0.3 * a * act
+        buf.add(obs, act, nxt, np.zeros(length), np.full(length, ep), np.arange(length), np.full(length, int(a > 0)),
+                np.full(length, ep >= episodes - 6))
+    return buf
+
+
+def test_meta_training_makes_adaptation_work_on_held_out_trajectories():
+    buf = _two_task_buffer()
+    every = buf.transitions()
+    model = MLPDynamics(2, 2, [32, 32], "tanh", 1.0, Normalizer.from_data(every.obs, every.act, every.next_obs))
+    params = model.init_params(torch.Generator().manual_seed(0))
+    settings = MetaSettings(inner_lr=0.5, past=8, future=8, meta_batch=16, batches_per_epoch=40, val_batches=4)
+    _, _, _, res = fit_meta(model, params, buf, settings, epochs=15, lr=3e-3, patience=15,
+                            generator=torch.Generator().manual_seed(1))
+    assert res.val_loss < 0.5 * res.val_prior, res  # adaptation more than halves the held-out error
+
+
+def test_meta_sgd_learns_its_rates():
+    buf = _two_task_buffer(episodes=20)
+    every = buf.transitions()
+    model = MLPDynamics(2, 2, [16], "tanh", 1.0, Normalizer.from_data(every.obs, every.act, every.next_obs))
+    params = model.init_params(torch.Generator().manual_seed(0))
+    lrs = {k: torch.full_like(v, 0.1) for k, v in params.items()}
+    settings = MetaSettings(inner_lr=0.1, learn_inner_lr=True, past=8, future=8, meta_batch=8, batches_per_epoch=10)
+    _, new_lrs, _, _ = fit_meta(model, params, buf, settings, epochs=2, lr=1e-2, patience=5,
+                                generator=torch.Generator().manual_seed(0), inner_lrs=lrs)
+    assert new_lrs is not None and any(not torch.equal(new_lrs[k], lrs[k]) for k in lrs)
+
+
+def _prior(tmp_path: Path) -> tuple[Prior, Path]:
+    model = MLPDynamics(3, 2, [16, 16], "relu", 1.0)
+    prior = Prior(model, model.init_params(torch.Generator().manual_seed(0)), 0.01, 1, 16, 16, "metadapt/X-v0")
+    path = tmp_path / "prior.pt"
+    save_prior(prior, path)
+    return prior, path
+
+
+def test_prior_round_trip_and_one_call_adaptation(tmp_path):
+    prior, path = _prior(tmp_path)
+    loaded = load_prior(path, 3, 2)
+    assert loaded.env_id == "metadapt/X-v0" and (loaded.past, loaded.future, loaded.inner_lr) == (16, 16, 0.01)
+    for k in prior.params:
+        assert torch.equal(prior.params[k], loaded.params[k])
+    g = torch.Generator().manual_seed(3)
+    obs, act = torch.randn(16, 3, generator=g), torch.randn(16, 2, generator=g)
+    nxt = obs + 0.5 * act.sum(-1, keepdim=True)
+    loaded.inner_lr = 0.1
+    adapted = loaded.adapt(obs, act, nxt)
+    assert float(loaded.model.loss(adapted, obs, act, nxt)) < float(loaded.model.loss(loaded.params, obs, act, nxt))
+    learner = KShotLearner(loaded.model, loaded.params, 0.1)
+    info = learner.observe(torch.cat([obs, act], -1), nxt)
+    assert info.metrics["window_loss_adapted"] < info.metrics["window_loss_prior"]
+    for k in adapted:
+        torch.testing.assert_close(learner.params()[k], adapted[k])
+    learner.reset()
+    assert learner.params() is learner.prior
+
+
+def test_bad_priors_are_refused_with_one_line(tmp_path):
+    _, path = _prior(tmp_path)
+    with pytest.raises(CheckpointError, match="observation size 3, the environment has 18"):
+        load_prior(path, 18, 2)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_prior(truncated)
+    state = torch.load(path, weights_only=True)
+    state["format"] = "metadapt.prior.v0"
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    with pytest.raises(CheckpointError, match=r"not a metadapt prior of format metadapt\.prior\.v1"):
+        load_prior(old)
+    mb = tmp_path / "model.pt"
+    model = MLPDynamics(3, 2, [8], "relu", 1.0)
+    save_model(model, model.init_params(torch.Generator().manual_seed(0)), mb)
+    with pytest.raises(CheckpointError, match="not a metadapt prior"):
+        load_prior(mb)
+    with pytest.raises(CheckpointError) as err:
+        load_prior(truncated)
+    assert "\n" not in str(err.value)
+
+
+def test_cli_ts_with_a_model_that_is_not_a_prior_is_one_line(tmp_path):
+    mb = tmp_path / "model.pt"
+    model = MLPDynamics(18, 6, [8], "relu", 1.0)
+    save_model(model, model.init_params(torch.Generator().manual_seed(0)), mb)
+    proc = subprocess.run(
+        [sys.executable, "-m", "metadapt.cli", "run", str(ROOT / "configs/grbal_halfcheetah_malfunction.yaml"),
+         f"model.checkpoint={mb}", "trial.steps=5", "--out", str(tmp_path / "r")],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "not a metadapt prior" in proc.stderr
