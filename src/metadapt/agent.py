@@ -78,12 +78,12 @@ class MPCAgent:
             self.last_plan = self.planner.plan(objective, self.warm_start)
         return self.last_plan.action.cpu().numpy()
 
-    def observe(self, obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray) -> dict[str, float]:
+    def observe(self, obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray) -> dict[str, float | str]:
         """Feed the executed transition to the learner; returns per-step metrics."""
         o = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         a = torch.as_tensor(act, dtype=torch.float32, device=self.device)
         o2 = torch.as_tensor(next_obs, dtype=torch.float32, device=self.device)
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float | str] = {}
         if self._plan_params is not None:
             with torch.no_grad():
                 err = self.model.predict_normalized_delta(self._plan_params, o, a) - self.model.target(o, o2)

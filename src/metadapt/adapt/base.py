@@ -12,9 +12,9 @@ from metadapt.types import Params
 
 @dataclass(frozen=True)
 class StepInfo:
-    """What a learner did on one step, as scalars for ``metrics.csv``."""
+    """What a learner did on one step, as scalars (or short strings) for ``metrics.csv``."""
 
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float | str] = field(default_factory=dict)
 
 
 @runtime_checkable

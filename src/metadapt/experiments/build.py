@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 from metadapt.adapt.base import OnlineLearner
+from metadapt.adapt.continual import ContinualLearner
+from metadapt.adapt.mole import MOLeLearner
 from metadapt.adapt.static import StaticLearner
 from metadapt.adapt.ts import KShotLearner
 from metadapt.envs import get_reward_fn, make_env
@@ -74,14 +76,33 @@ def build_planner(cfg: dict[str, Any], env: gym.Env, seed: int) -> Planner:
                 noise_beta=p["noise_beta"], iterations=p["iterations"], **common)
 
 
-def build_learner(cfg: dict[str, Any], params: Params, prior: Prior | None = None) -> OnlineLearner:
-    kind = cfg["learner"]["type"]
+PRIOR_LEARNERS = ("ts", "gs", "mole")
+
+
+def build_learner(
+    cfg: dict[str, Any], params: Params, prior: Prior | None = None, model: MLPDynamics | None = None
+) -> OnlineLearner:
+    """The online learner of ``learner.type``: mb/de from an MB model's ``params``, ts/gs/mole from ``prior``."""
+    lc = cfg["learner"]
+    kind = lc["type"]
     if kind == "mb":
         return StaticLearner(params)
+    if kind == "de":
+        if model is None:
+            raise MetadaptError("learner 'de' needs the MB model it adapts")
+        return ContinualLearner(model, params, lc["lr"] if lc["lr"] is not None else 0.01)
+    if prior is None:
+        raise MetadaptError(f"learner '{kind}' needs a meta-trained prior (model.checkpoint or meta.enabled=true)")
+    lr = lc["lr"] if lc["lr"] is not None else prior.inner_lr
     if kind == "ts":
-        if prior is None:
-            raise MetadaptError("learner 'ts' needs a meta-trained prior (model.checkpoint=PRIOR or meta.enabled=true)")
         return KShotLearner(prior.model, prior.params, prior.inner_lr, prior.inner_steps)
+    if kind == "gs":
+        return ContinualLearner(prior.model, prior.params, lr)
+    if kind == "mole":
+        return MOLeLearner(
+            prior.model, prior.params, lr, alpha=lc["alpha"], choose=lc["choose"], creation_test=lc["creation_test"],
+            max_components=lc["max_components"], creation_margin=lc["creation_margin"], merge_kl=lc["merge_kl"],
+        )
     raise MetadaptError(f"unknown learner '{kind}'")
 
 

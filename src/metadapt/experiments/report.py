@@ -16,14 +16,50 @@ import yaml
 
 
 def read_csv(path: Path) -> dict[str, np.ndarray]:
-    """Columns of a numeric CSV as float arrays (empty dict if missing)."""
+    """Columns of a CSV: float arrays, or string arrays for text columns (empty dict if missing)."""
     if not path.is_file():
         return {}
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
         return {}
-    return {k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows]) for k in rows[0]}
+    out = {}
+    for k in rows[0]:
+        try:
+            out[k] = np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows])
+        except ValueError:
+            out[k] = np.array([r[k] for r in rows], dtype=object)
+    return out
+
+
+def posterior_matrix(column: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """MOLe's ``posterior`` column ("id:p;id:p") -> (component ids, ``T x C`` probabilities)."""
+    parsed = [dict((int(i), float(p)) for i, p in (kv.split(":") for kv in str(cell).split(";"))) for cell in column]
+    ids = sorted({i for row in parsed for i in row})
+    return ids, np.array([[row.get(i, 0.0) for i in ids] for row in parsed])
+
+
+def plot_task_probabilities(m: dict[str, np.ndarray], path: Path, title: str = "") -> None:
+    """Seed 000 Figure 2: the latent task probabilities over time, the true task shaded behind."""
+    ids, probs = posterior_matrix(m["posterior"])
+    steps, tasks = m["step"], m["task_id"]
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    switches = np.flatnonzero(np.diff(tasks) != 0) + 1
+    bounds = [0, *switches.tolist(), len(tasks)]
+    palette = plt.get_cmap("Pastel1")
+    order = {t: i for i, t in enumerate(dict.fromkeys(tasks.tolist()))}
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        ax.axvspan(steps[a], steps[b - 1] + 1, color=palette(order[tasks[a]] % 9), alpha=0.6, lw=0)
+    shown = [j for j in range(len(ids)) if probs[:, j].max() > 0.5] or list(range(len(ids)))
+    for j in shown:
+        ax.plot(steps, probs[:, j], lw=1, label=f"component {ids[j]}")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("step")
+    ax.set_ylabel("P(task)")
+    ax.set_title(title or "latent task probabilities (true task shaded)")
+    if len(shown) <= 10:
+        ax.legend(fontsize=7, loc="upper right")
+    _save(fig, path)
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -66,6 +102,7 @@ def _trial_section(run_dir: Path, lines: list[str]) -> None:
     lines += ["## Trials", "", "| trial | steps | return | mean plan ms | mean model error | non-finite returns |",
               "|---|---:|---:|---:|---:|---:|"]
     fig, ax = plt.subplots(figsize=(7, 3.5))
+    task_figures: list[str] = []
     for t in trials:
         s: dict[str, Any] = json.loads((t / "summary.json").read_text()) if (t / "summary.json").is_file() else {}
         m = read_csv(t / "metrics.csv")
@@ -76,11 +113,14 @@ def _trial_section(run_dir: Path, lines: list[str]) -> None:
         )
         if m:
             ax.plot(m["step"], m["return"], label=t.name)
+        if "posterior" in m:
+            plot_task_probabilities(m, run_dir / f"{t.name}_tasks.png")
+            task_figures.append(f"![task probabilities of {t.name}]({t.name}_tasks.png)")
     ax.set_xlabel("step")
     ax.set_ylabel("cumulative reward")
     ax.legend()
     _save(fig, run_dir / "trials.png")
-    lines += ["", "![trials](trials.png)", ""]
+    lines += ["", "![trials](trials.png)", "", *task_figures, ""]
     summary = run_dir / "summary.json"
     if summary.is_file():
         s = json.loads(summary.read_text())

@@ -69,12 +69,12 @@ def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter) -> list[TrialRes
     dump_config(cfg, out_dir / "config.yaml")
     env, reward_fn = build.build_env(cfg, max_episode_steps=cfg["trial"]["episode_length"])
     prior = None
-    if cfg["learner"]["type"] == "ts":
+    if cfg["learner"]["type"] in build.PRIOR_LEARNERS:
         if cfg["model"]["checkpoint"]:
             prior = build.load_trained_prior(cfg, env)
         elif not cfg["meta"]["enabled"]:
-            raise ConfigError("learner.type=ts plans with a meta-trained prior: set model.checkpoint=PRIOR "
-                              "or meta.enabled=true to meta-train one first")
+            raise ConfigError(f"learner.type={cfg['learner']['type']} plans with a meta-trained prior: set "
+                              "model.checkpoint=PRIOR or meta.enabled=true to meta-train one first")
         else:
             reporter.log(f"no model.checkpoint: meta-training a prior into {out_dir / 'train'}")
             train(cfg, out_dir / "train", reporter)
@@ -89,9 +89,10 @@ def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter) -> list[TrialRes
     results = []
     for i in range(cfg["trial"]["episodes"]):
         trial_seed = iteration_seed(cfg["seed"], i, 100)
-        window = prior.past if prior is not None else cfg["learner"]["window"]
+        # TS adapts on exactly the M steps its prior was meta-trained to adapt on.
+        window = prior.past if prior is not None and cfg["learner"]["type"] == "ts" else cfg["learner"]["window"]
         agent = MPCAgent(
-            model, build.build_learner(cfg, params, prior), build.build_planner(cfg, env, trial_seed), reward_fn,
+            model, build.build_learner(cfg, params, prior, model), build.build_planner(cfg, env, trial_seed), reward_fn,
             window, build.DTYPES[cfg["planner"]["dtype"]],
         )
         res = run_trial(env, agent, cfg["trial"]["steps"], trial_seed, out_dir / f"trial_{i}", reporter,

@@ -1,0 +1,48 @@
+"""GS and DE: one gradient step per time step from the previous parameters (continual adaptation).
+
+GS (seed 000) starts from the meta-trained prior; DE (dynamic evaluation,
+Krause et al. 2017) starts from a model trained without meta-learning. Both
+keep what they learn, which is how they overfit to the recent task and forget
+the others.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from metadapt.adapt.base import StepInfo
+from metadapt.meta.maml import InnerLR, adapt
+from metadapt.models.mlp import MLPDynamics
+from metadapt.types import Params
+
+
+class ContinualLearner:
+    """``observe`` takes ``steps`` SGD steps on the window from the current parameters.
+
+    Args:
+        model: the dynamics model.
+        init: the parameters a trial starts from (a prior for GS, an MB model for DE).
+        lr: the step size (seed 000 Table 2: 0.01).
+        steps: gradient steps per time step.
+    """
+
+    def __init__(self, model: MLPDynamics, init: Params, lr: InnerLR = 0.01, steps: int = 1) -> None:
+        self.model, self.steps = model, steps
+        self.init = {k: v.detach() for k, v in init.items()}
+        self.lr = {k: v.detach() for k, v in lr.items()} if isinstance(lr, dict) else lr
+        self._params = self.init
+
+    def reset(self) -> None:
+        self._params = self.init
+
+    def observe(self, x: torch.Tensor, y: torch.Tensor) -> StepInfo:
+        """``x``: ``K x (O + A)``, ``y``: ``K x O`` (raw observations)."""
+        o = self.model.obs_dim
+        obs, act = x[:, :o], x[:, o:]
+        with torch.no_grad():
+            before = float(self.model.loss(self._params, obs, act, y))
+            self._params = adapt(self.model, self._params, obs, act, y, self.lr, self.steps, first_order=True)
+        return StepInfo({"window_loss": before})
+
+    def params(self) -> Params:
+        return self._params

@@ -1,0 +1,217 @@
+"""MOLe (seed 000, section 2 and Algorithm 1): online EM over a growing mixture of adapted models.
+
+Every component is a copy of the meta-trained prior that has been adapted on
+the data it was responsible for. All components live in one stacked parameter
+dict (``C x ...`` per entry) evaluated with ``torch.func.vmap``, so an E and an M
+step cost one batched call whatever the number of components.
+
+Per time step, with the window ``x_t`` (the K previous states and actions) and
+``y_t`` (the K states that followed):
+
+1. E step: ``log p_T = log N(y_t; f_theta_T(x_t), sigma^2)`` summed over the
+   window, for every component; the CRP prior is the soft count ``n_T`` (the sum
+   of the component's past posteriors; Eq. 3-4, the normaliser cancels), so the
+   posterior is ``softmax(log p_T + log n_T)`` (Eq. 5), computed in log space.
+2. New-component test: ``theta_new`` is the prior adapted on the previous
+   window. It is added when it explains the current window better than every
+   component; by default "better" compares the CRP-weighted terms of Eq. 5,
+   ``log alpha + log p_new > log n_T + log p_T``, which is how alpha "controls
+   the instantiation of new tasks" (with alpha -> 0 none is ever created);
+   ``creation_test="likelihood"`` compares the likelihoods alone, as Algorithm 1's
+   pseudo-code reads. After an addition the posterior includes the new
+   component with prior weight alpha.
+3. M step (Eq. 7): every component takes one gradient step on the window,
+   scaled by its posterior. ``grad log p`` is proportional to the gradient of the
+   normalized-delta MSE that meta-training adapted with, so ``lr`` means the
+   same step size as the prior's inner learning rate (seed 000 Table 2: 0.01).
+4. The component planned with: ``choose="likelihood"`` (Algorithm 1:
+   ``argmax_T p_theta_t(T)(y_t | x_t)``, the new component included when it was
+   just added) or ``choose="posterior"`` (the text's "highest task
+   probability"); its updated parameters ``theta_{t+1}(T*)`` are used.
+
+Options against the extra components that Algorithm 1 creates from the mixed
+windows around a switch (all off by default, which is the literal algorithm):
+``creation_margin`` (nats) that ``theta_new`` must win by, and ``merge_kl``: after
+each step, components whose predictions on the window are within ``merge_kl``
+nats of the chosen component's are folded into it (counts added).
+
+Optional cap (off by default, as in the paper): with ``max_components`` set, a
+creation that would exceed it first removes the component with the smallest
+soft count (the least used one); the prior is never stored as a component, so
+it always stays available through the creation test.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.func import grad, vmap
+
+from metadapt.adapt.base import StepInfo
+from metadapt.meta.maml import InnerLR, adapt
+from metadapt.models.mlp import MLPDynamics
+from metadapt.types import Params
+
+CHOICES = ("likelihood", "posterior")
+CREATION_TESTS = ("weighted", "likelihood")
+
+
+class MOLeLearner:
+    """Mixture of online-adapted models with a CRP prior. See the module docstring for the algorithm.
+
+    Args:
+        model: the dynamics model (``log_likelihood`` with its constant ``sigma``).
+        prior: ``theta*``, the meta-trained parameters.
+        lr: M-step size ``beta`` (and the step that makes ``theta_new``).
+        alpha: CRP concentration.
+        choose: ``"likelihood"`` (Algorithm 1) or ``"posterior"`` (the text's variant).
+        creation_test: ``"weighted"`` (Eq. 5 terms, default) or ``"likelihood"``.
+        max_components: optional cap on the number of components (``None``: no cap).
+    """
+
+    def __init__(
+        self,
+        model: MLPDynamics,
+        prior: Params,
+        lr: InnerLR = 0.01,
+        alpha: float = 1.0,
+        choose: str = "likelihood",
+        creation_test: str = "weighted",
+        max_components: int | None = None,
+        creation_margin: float = 0.0,
+        merge_kl: float | None = None,
+    ) -> None:
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        if choose not in CHOICES:
+            raise ValueError(f"choose must be one of {CHOICES}, got {choose!r}")
+        if creation_test not in CREATION_TESTS:
+            raise ValueError(f"creation_test must be one of {CREATION_TESTS}, got {creation_test!r}")
+        if max_components is not None and max_components < 1:
+            raise ValueError(f"max_components must be >= 1, got {max_components}")
+        self.model, self.alpha, self.choose = model, alpha, choose
+        self.creation_test, self.max_components = creation_test, max_components
+        self.creation_margin, self.merge_kl = creation_margin, merge_kl
+        self._window_pred = vmap(model.predict_normalized_delta, in_dims=(0, None, None))
+        self.prior = {k: v.detach() for k, v in prior.items()}
+        self.lr = {k: v.detach() for k, v in lr.items()} if isinstance(lr, dict) else lr
+        self._window_ll = vmap(self._log_lik, in_dims=(0, None, None, None))
+        self._window_grad = vmap(grad(model.loss), in_dims=(0, None, None, None))
+        self.reset()
+
+    def reset(self) -> None:
+        """One component, the prior; no counts, no previous window."""
+        self.stack: Params = {k: v[None].clone() for k, v in self.prior.items()}
+        self.counts = torch.zeros(1, dtype=torch.float64)
+        self.ids = [0]  # a component's id never changes, even when others are removed
+        self.steps = 0
+        self.chosen = 0
+        self.created_total = 0
+        self.last_posterior = torch.ones(1, dtype=torch.float64)
+        self._prev: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def num_components(self) -> int:
+        return int(self.counts.shape[0])
+
+    def _log_lik(self, params: Params, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+        return self.model.log_likelihood(params, obs, act, next_obs).sum()
+
+    def _lr(self, k: str) -> float | torch.Tensor:
+        return self.lr[k] if isinstance(self.lr, dict) else self.lr
+
+    def _drop_least_used(self) -> None:
+        keep = torch.ones(self.num_components, dtype=torch.bool)
+        keep[int(torch.argmin(self.counts))] = False
+        self._keep(keep)
+
+    def observe(self, x: torch.Tensor, y: torch.Tensor) -> StepInfo:
+        """One EM step on the window ``x``: ``K x (O + A)``, ``y``: ``K x O`` (raw)."""
+        o = self.model.obs_dim
+        obs, act = x[:, :o], x[:, o:]
+        with torch.no_grad():
+            ll = self._window_ll(self.stack, obs, act, y).double()
+            # The first step has no history: the prior's single component is responsible for it.
+            log_prior = torch.log(self.counts) if self.steps > 0 else torch.zeros(1, dtype=torch.float64)
+            created = False
+            if self._prev is not None and self.alpha > 0:
+                new = adapt(self.model, self.prior, *self._prev, self.lr, 1, first_order=True)
+                ll_new = self._log_lik(new, obs, act, y).double()
+                log_alpha = math.log(self.alpha)
+                if self.creation_test == "weighted":
+                    created = bool(log_alpha + ll_new > torch.max(log_prior + ll) + self.creation_margin)
+                else:
+                    created = bool(ll_new > torch.max(ll) + self.creation_margin)
+                if created:
+                    if self.max_components is not None and self.num_components >= self.max_components:
+                        self._drop_least_used()
+                        ll = self._window_ll(self.stack, obs, act, y).double()
+                        log_prior = torch.log(self.counts)
+                    self.stack = {k: torch.cat([v, new[k][None]]) for k, v in self.stack.items()}
+                    self.counts = torch.cat([self.counts, torch.zeros(1, dtype=torch.float64)])
+                    self.ids.append(self.created_total + 1)
+                    ll = torch.cat([ll, ll_new[None]])
+                    log_prior = torch.cat([log_prior, torch.tensor([log_alpha], dtype=torch.float64)])
+                    self.created_total += 1
+            log_post = ll + log_prior
+            post = torch.softmax(log_post, 0)
+            grads = self._window_grad(self.stack, obs, act, y)
+            scale = post.to(obs.dtype)
+            self.stack = {
+                k: v - self._lr(k) * scale.view(-1, *([1] * (v.dim() - 1))) * grads[k] for k, v in self.stack.items()
+            }
+            self.counts = self.counts + post
+            self.chosen = int(torch.argmax(ll if self.choose == "likelihood" else log_post))
+            self.last_posterior = post
+            merged = self._merge(obs, act) if self.merge_kl is not None else 0
+            self._prev = (obs, act, y)
+            self.steps += 1
+        return StepInfo({
+            "components": float(self.num_components),
+            "chosen": float(self.chosen_id),
+            "created": float(created),
+            "merged": float(merged),
+            "posterior_chosen": float(self.last_posterior[self.chosen]),
+            "posterior_entropy": float(-(post * torch.log(post.clamp_min(1e-300))).sum()),
+            # id:probability of every component, for the task-probability figure
+            "posterior": ";".join(f"{i}:{p:.4g}" for i, p in zip(self.ids, self.last_posterior.tolist(), strict=True)),
+        })
+
+    def _merge(self, obs: torch.Tensor, act: torch.Tensor) -> int:
+        """Fold the chosen component's duplicates into it; returns how many were removed.
+
+        Two components are duplicates when their predictive Gaussians on the
+        current window are within ``merge_kl`` nats (KL of the product of the
+        window's Gaussians). The chosen one survives and inherits the soft counts.
+        """
+        assert self.merge_kl is not None
+        if self.num_components < 2:
+            return 0
+        pred = self._window_pred(self.stack, obs, act)  # C x K x O
+        kl = (pred - pred[self.chosen]).pow(2).sum((1, 2)) / (2 * self.model.sigma**2)
+        dup = kl < self.merge_kl
+        dup[self.chosen] = False
+        if not bool(dup.any()):
+            return 0
+        keep = ~dup
+        self.counts[self.chosen] += self.counts[dup].sum()
+        self.last_posterior[self.chosen] += self.last_posterior[dup].sum()
+        self.chosen = int(keep[: self.chosen].sum())
+        self._keep(keep)
+        return int(dup.sum())
+
+    def _keep(self, keep: torch.Tensor) -> None:
+        self.stack = {k: v[keep] for k, v in self.stack.items()}
+        self.counts = self.counts[keep]
+        if self.last_posterior.shape == keep.shape:
+            self.last_posterior = self.last_posterior[keep]
+        self.ids = [i for i, k in zip(self.ids, keep.tolist(), strict=True) if k]
+
+    @property
+    def chosen_id(self) -> int:
+        """The persistent id of the component planned with (0 is the first, the prior's)."""
+        return self.ids[self.chosen]
+
+    def params(self) -> Params:
+        return {k: v[self.chosen] for k, v in self.stack.items()}

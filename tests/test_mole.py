@@ -1,0 +1,148 @@
+"""MOLe and the continual learners on streams whose answers are known."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from metadapt.adapt.continual import ContinualLearner
+from metadapt.adapt.mole import MOLeLearner
+from metadapt.adapt.ts import KShotLearner
+from metadapt.experiments.metrics import adjusted_rand_index, away_from_switches, effective_components
+from metadapt.models.mlp import MLPDynamics
+
+K = 16
+
+
+def _linear_model(sigma: float = 0.1) -> tuple[MLPDynamics, dict[str, torch.Tensor]]:
+    """A linear model s' - s = w . [s, a] + b (identity normalizer); the prior predicts no change."""
+    model = MLPDynamics(1, 1, [], "relu", sigma)
+    prior = {k: torch.zeros_like(v) for k, v in model.init_params(torch.Generator().manual_seed(0)).items()}
+    return model, prior
+
+
+def _stream(learner, steps: int, period: int, seed: int = 0, noise: float = 0.05):
+    """Two linear-Gaussian tasks s' = s + c a + noise, c = +1 / -1, alternating every ``period`` steps.
+
+    With s = 0 and a = +-1, one SGD step of size 0.5 on a window's MSE takes the
+    prior (w = 0) to the task's c: the prior reaches either model in one step.
+    """
+    rng = np.random.default_rng(seed)
+    hist, truth, chosen = [], [], []
+    for t in range(steps):
+        c = 1 if (t // period) % 2 == 0 else -1
+        a = float(rng.choice([-1.0, 1.0]))
+        hist.append((0.0, a, c * a + noise * rng.normal()))
+        win = torch.tensor(hist[-K:], dtype=torch.float32)
+        learner.observe(win[:, :2], win[:, 2:])
+        truth.append(c)
+        chosen.append(learner.chosen_id if isinstance(learner, MOLeLearner) else 0)
+    return np.array(truth), np.array(chosen)
+
+
+def test_mole_recovers_two_alternating_tasks_and_recalls_them():
+    model, prior = _linear_model()
+    mole = MOLeLearner(model, prior, lr=0.5, alpha=1.0, creation_margin=5.0)
+    truth, chosen = _stream(mole, 1000, 100)
+    keep = away_from_switches(truth, K)
+    assert adjusted_rand_index(truth[keep], chosen[keep]) >= 0.95
+    # When a task returns, the component that served it before is chosen again.
+    first_pos = np.bincount(chosen[K:100]).argmax()
+    first_neg = np.bincount(chosen[100 + K : 200]).argmax()
+    assert first_pos != first_neg
+    for start in range(200, 1000, 100):
+        served = np.bincount(chosen[start + K : start + 100]).argmax()
+        assert served == (first_pos if (start // 100) % 2 == 0 else first_neg)
+    assert effective_components(chosen) == 2
+
+
+def test_literal_algorithm_creates_extra_components_around_switches():
+    """Algorithm 1 as written creates components from mixed windows; the count is what the report shows."""
+    model, prior = _linear_model()
+    mole = MOLeLearner(model, prior, lr=0.5, alpha=1.0)
+    truth, chosen = _stream(mole, 1000, 100)
+    switches = int((truth[1:] != truth[:-1]).sum())
+    assert mole.created_total > switches  # more than one creation per switch
+    keep = away_from_switches(truth, K)
+    assert adjusted_rand_index(truth[keep], chosen[keep]) < 0.95
+
+
+def test_posterior_matches_a_hand_computed_value():
+    sigma = 0.5
+    model, prior = _linear_model(sigma)
+    mole = MOLeLearner(model, prior, lr=0.1, alpha=0.0)  # alpha 0: no creation, only the E and M steps
+    w = torch.tensor([[[0.0, 1.0]], [[0.0, -0.5]]])  # two components: c = 1 and c = -0.5
+    mole.stack = {"layers.0.weight": w.clone(), "layers.0.bias": torch.zeros(2, 1)}
+    mole.counts = torch.tensor([3.0, 1.0], dtype=torch.float64)
+    mole.ids, mole.steps = [0, 1], 4
+    a = torch.tensor([1.0, -1.0, 1.0])
+    y = torch.tensor([0.8, -0.6, 0.9])
+    x = torch.stack([torch.zeros(3), a], -1)
+    mole.observe(x, y[:, None])
+    log_terms = []
+    for c, n in ((1.0, 3.0), (-0.5, 1.0)):
+        ll = sum(-((yk - c * ak) ** 2) / (2 * sigma**2) - 0.5 * math.log(2 * math.pi * sigma**2)
+                 for yk, ak in zip(y.tolist(), a.tolist(), strict=True))
+        log_terms.append(ll + math.log(n))
+    expected = np.exp(np.array(log_terms) - np.logaddexp(*log_terms))
+    np.testing.assert_allclose(mole.last_posterior.numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(mole.counts.numpy(), np.array([3.0, 1.0]) + expected, rtol=1e-6)
+    # M step (Eq. 7): each component moved by its posterior times the gradient of the window MSE.
+    for i, c in enumerate((1.0, -0.5)):
+        grad_w = 2 * float(((c * a - y) * a).mean())
+        assert float(mole.stack["layers.0.weight"][i, 0, 1]) == pytest.approx(c - 0.1 * expected[i] * grad_w, rel=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1e-300])
+def test_alpha_to_zero_never_creates_a_component(alpha):
+    model, prior = _linear_model()
+    mole = MOLeLearner(model, prior, lr=0.5, alpha=alpha)
+    _stream(mole, 400, 50)
+    assert mole.num_components == 1 and mole.created_total == 0
+
+
+def test_component_cap_drops_the_least_used():
+    model, prior = _linear_model()
+    mole = MOLeLearner(model, prior, lr=0.5, alpha=1.0, max_components=3)
+    _stream(mole, 600, 100)
+    assert mole.created_total > 3 and mole.num_components <= 3
+
+
+def test_no_nan_or_inf_with_huge_log_likelihoods():
+    model, prior = _linear_model(sigma=1e-3)
+    mole = MOLeLearner(model, prior, lr=1e-4, alpha=1.0)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        x = torch.tensor(rng.normal(scale=100, size=(K, 2)), dtype=torch.float32)
+        y = torch.tensor(rng.normal(scale=1e4, size=(K, 1)), dtype=torch.float32)  # log-likelihoods ~ -1e13
+        info = mole.observe(x, y)
+        assert all(math.isfinite(v) for v in info.metrics.values() if isinstance(v, float))
+        assert torch.isfinite(mole.last_posterior).all() and abs(float(mole.last_posterior.sum()) - 1) < 1e-9
+        assert all(torch.isfinite(v).all() for v in mole.stack.values())
+
+
+def test_components_are_one_stacked_dict_and_params_is_the_chosen_slice():
+    model, prior = _linear_model()
+    mole = MOLeLearner(model, prior, lr=0.5, alpha=1.0, creation_margin=5.0)
+    _stream(mole, 300, 100)
+    assert all(v.shape[0] == mole.num_components for v in mole.stack.values())
+    for k, v in mole.params().items():
+        assert torch.equal(v, mole.stack[k][mole.chosen])
+
+
+def test_gs_keeps_adapting_while_ts_restarts_from_the_prior():
+    model, prior = _linear_model()
+    gs, ts = ContinualLearner(model, prior, lr=0.1), KShotLearner(model, prior, 0.1)
+    a = torch.tensor([1.0, -1.0] * 8)
+    x, y = torch.stack([torch.zeros(16), a], -1), (0.7 * a)[:, None]
+    for _ in range(30):
+        gs.observe(x, y)
+        ts.observe(x, y)
+    # GS accumulates 30 steps and converges to w = 0.7; TS is always one step from the prior.
+    assert float(gs.params()["layers.0.weight"][0, 1]) == pytest.approx(0.7, abs=1e-3)
+    assert float(ts.params()["layers.0.weight"][0, 1]) == pytest.approx(0.1 * 2 * 0.7, abs=1e-5)
+    gs.reset()
+    assert gs.params() is gs.init
