@@ -146,3 +146,14 @@ def test_gs_keeps_adapting_while_ts_restarts_from_the_prior():
     assert float(ts.params()["layers.0.weight"][0, 1]) == pytest.approx(0.1 * 2 * 0.7, abs=1e-5)
     gs.reset()
     assert gs.params() is gs.init
+
+
+def test_window_log_likelihood_from_the_loss_equals_the_models():
+    model = MLPDynamics(3, 2, [8], "tanh", 0.7)
+    params = model.init_params(torch.Generator().manual_seed(0))
+    mole = MOLeLearner(model, params)
+    g = torch.Generator().manual_seed(1)
+    obs, act, nxt = torch.randn(5, 3, generator=g), torch.randn(5, 2, generator=g), torch.randn(5, 3, generator=g)
+    direct = model.log_likelihood(params, obs, act, nxt).sum().double()
+    via_loss = mole._log_lik(model.loss(params, obs, act, nxt), 5)
+    assert float(via_loss) == pytest.approx(float(direct), rel=1e-5)

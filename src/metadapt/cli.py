@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from metadapt.errors import MetadaptError
+from metadapt.errors import ConfigError, MetadaptError
 
 DEMO_CONFIG = "demo.yaml"
 
@@ -98,10 +98,40 @@ def cmd_envs(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
+    if args.which == "adaptation":
+        return _bench_adaptation(args)
     from metadapt.experiments.bench import bench_planner
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     bench_planner(args.num_samples, args.horizon, repeats=args.repeats, dtype=dtype)
+    return 0
+
+
+def _bench_adaptation(args: argparse.Namespace) -> int:
+    from metadapt.envs import env_class, make_env
+    from metadapt.errors import CheckpointError
+    from metadapt.experiments.adaptation import adaptation_errors, format_table
+    from metadapt.meta.checkpoint import load_model
+    from metadapt.meta.prior import load_prior
+
+    if not args.case:
+        raise ConfigError("bench adaptation needs at least one --case ENV_ID TASK MB_MODEL PRIOR")
+    rows = []
+    for env_id, task, mb_path, prior_path in args.case:
+        env_class(env_id)  # one clear line for an unknown id
+        probe = make_env(env_id)
+        obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
+        probe.close()
+        mb_file = Path(mb_path) / "model.pt" if Path(mb_path).is_dir() else Path(mb_path)
+        mb = load_model(mb_file)
+        if (mb[0].obs_dim, mb[0].act_dim) != (obs_dim, act_dim):
+            raise CheckpointError(f"{mb_file} is a model for obs/action sizes {mb[0].obs_dim}/{mb[0].act_dim}, "
+                                  f"{env_id} has {obs_dim}/{act_dim}")
+        prior = load_prior(prior_path, obs_dim, act_dim)
+        rows.append(adaptation_errors(env_id, task, mb, prior, steps=args.steps, windows=args.windows,
+                                      seed=args.seed))
+        print(format_table(rows[-1:]).splitlines()[1], flush=True)
+    print(format_table(rows))
     return 0
 
 
@@ -149,11 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_envs)
 
     b = sub.add_parser("bench", help="benchmarks that print ratios measured in one run")
-    b.add_argument("which", choices=["planner"], help="planner: planners vs the matrix-product peak")
+    b.add_argument("which", choices=["planner", "adaptation"],
+                   help="planner: planners vs the matrix-product peak; adaptation: K-step errors on held-out tasks")
     b.add_argument("--num-samples", type=_positive, default=1000)
     b.add_argument("--horizon", type=_positive, default=10)
     b.add_argument("--repeats", type=_positive, default=10)
     b.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    b.add_argument("--case", nargs=4, action="append", metavar=("ENV_ID", "TASK", "MB_MODEL", "PRIOR"),
+                   help="adaptation: one held-out task, an MB model.pt (or run dir) and a prior.pt (repeatable)")
+    b.add_argument("--steps", type=_positive, default=4000, help="adaptation: random-action steps collected")
+    b.add_argument("--windows", type=_positive, default=400, help="adaptation: windows scored")
+    b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.func import grad, vmap
+from torch.func import grad, grad_and_value, vmap
 
 from metadapt.adapt.base import StepInfo
 from metadapt.meta.maml import InnerLR, adapt
@@ -96,8 +96,9 @@ class MOLeLearner:
         self._window_pred = vmap(model.predict_normalized_delta, in_dims=(0, None, None))
         self.prior = {k: v.detach() for k, v in prior.items()}
         self.lr = {k: v.detach() for k, v in lr.items()} if isinstance(lr, dict) else lr
-        self._window_ll = vmap(self._log_lik, in_dims=(0, None, None, None))
-        self._window_grad = vmap(grad(model.loss), in_dims=(0, None, None, None))
+        # One batched pass gives every component's window loss (hence its log-likelihood) and gradient.
+        self._grad_and_loss = vmap(grad_and_value(model.loss), in_dims=(0, None, None, None))
+        self._grad = grad(model.loss)
         self.reset()
 
     def reset(self) -> None:
@@ -115,29 +116,49 @@ class MOLeLearner:
     def num_components(self) -> int:
         return int(self.counts.shape[0])
 
-    def _log_lik(self, params: Params, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
-        return self.model.log_likelihood(params, obs, act, next_obs).sum()
+    def _log_lik(self, loss: torch.Tensor, n: int) -> torch.Tensor:
+        """Window log-likelihood from the window's normalized-delta MSE (float64).
+
+        ``sum_k log N(y_k; f(x_k), sigma^2 I)`` over ``n`` transitions of ``O``
+        dimensions equals ``-n O (mse / (2 sigma^2) + log(2 pi sigma^2) / 2)``:
+        the same number as ``model.log_likelihood`` summed, from the pass that
+        also gives the gradient.
+        """
+        size = n * self.model.obs_dim
+        var = self.model.sigma**2
+        return -size * (loss.double() / (2 * var) + 0.5 * math.log(2 * math.pi * var))
 
     def _lr(self, k: str) -> float | torch.Tensor:
         return self.lr[k] if isinstance(self.lr, dict) else self.lr
 
-    def _drop_least_used(self) -> None:
+    def _m_step(self, key: str, value: torch.Tensor, scale: torch.Tensor, grad_: torch.Tensor) -> torch.Tensor:
+        """Eq. 7 for every component at once: ``theta_T - lr * P(T) * grad_T`` (one fused pass)."""
+        shaped = scale.view(-1, *([1] * (value.dim() - 1)))
+        lr = self._lr(key)
+        if isinstance(lr, torch.Tensor):
+            return value - lr * shaped * grad_
+        return torch.addcmul(value, shaped, grad_, value=-lr)
+
+    def _drop_least_used(self) -> torch.Tensor:
         keep = torch.ones(self.num_components, dtype=torch.bool)
         keep[int(torch.argmin(self.counts))] = False
         self._keep(keep)
+        return keep
 
     def observe(self, x: torch.Tensor, y: torch.Tensor) -> StepInfo:
         """One EM step on the window ``x``: ``K x (O + A)``, ``y``: ``K x O`` (raw)."""
         o = self.model.obs_dim
         obs, act = x[:, :o], x[:, o:]
+        n = obs.shape[0]
         with torch.no_grad():
-            ll = self._window_ll(self.stack, obs, act, y).double()
+            grads, loss = self._grad_and_loss(self.stack, obs, act, y)
+            ll = self._log_lik(loss, n)
             # The first step has no history: the prior's single component is responsible for it.
             log_prior = torch.log(self.counts) if self.steps > 0 else torch.zeros(1, dtype=torch.float64)
             created = False
             if self._prev is not None and self.alpha > 0:
                 new = adapt(self.model, self.prior, *self._prev, self.lr, 1, first_order=True)
-                ll_new = self._log_lik(new, obs, act, y).double()
+                ll_new = self._log_lik(self.model.loss(new, obs, act, y), n)
                 log_alpha = math.log(self.alpha)
                 if self.creation_test == "weighted":
                     created = bool(log_alpha + ll_new > torch.max(log_prior + ll) + self.creation_margin)
@@ -145,9 +166,11 @@ class MOLeLearner:
                     created = bool(ll_new > torch.max(ll) + self.creation_margin)
                 if created:
                     if self.max_components is not None and self.num_components >= self.max_components:
-                        self._drop_least_used()
-                        ll = self._window_ll(self.stack, obs, act, y).double()
-                        log_prior = torch.log(self.counts)
+                        keep = self._drop_least_used()
+                        grads = {k: g[keep] for k, g in grads.items()}
+                        ll, log_prior = ll[keep], log_prior[keep]
+                    new_grad = self._grad(new, obs, act, y)
+                    grads = {k: torch.cat([g, new_grad[k][None]]) for k, g in grads.items()}
                     self.stack = {k: torch.cat([v, new[k][None]]) for k, v in self.stack.items()}
                     self.counts = torch.cat([self.counts, torch.zeros(1, dtype=torch.float64)])
                     self.ids.append(self.created_total + 1)
@@ -156,11 +179,8 @@ class MOLeLearner:
                     self.created_total += 1
             log_post = ll + log_prior
             post = torch.softmax(log_post, 0)
-            grads = self._window_grad(self.stack, obs, act, y)
             scale = post.to(obs.dtype)
-            self.stack = {
-                k: v - self._lr(k) * scale.view(-1, *([1] * (v.dim() - 1))) * grads[k] for k, v in self.stack.items()
-            }
+            self.stack = {k: self._m_step(k, v, scale, grads[k]) for k, v in self.stack.items()}
             self.counts = self.counts + post
             self.chosen = int(torch.argmax(ll if self.choose == "likelihood" else log_post))
             self.last_posterior = post
