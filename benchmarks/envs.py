@@ -2,9 +2,10 @@
 
 Each environment runs 1,000 random-action steps on a test schedule that switches
 tasks (so switching is timed too); its unperturbed robot runs the same number of
-steps in the same round. Rounds are interleaved and the best of ``--repeats`` is
-kept, which is what survives a noisy shared machine. Prints seconds per 1,000
-steps, the ratio to the unperturbed robot, and ``max_slowdown=<x>`` last.
+steps in the same round. Rounds are interleaved; the times shown are the best of ``--repeats`` and the
+ratio is the median of the per-round ratios, which is what survives a noisy
+shared machine. Prints seconds per 1,000 steps, the ratio to the unperturbed
+robot, and ``max_slowdown=<x>`` last.
 
     OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/envs.py --repeats 5
 """
@@ -52,8 +53,8 @@ def rollout_seconds(env: gym.Env, steps: int, seed: int) -> float:
 
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=500)
     args = parser.parse_args(argv)
     worst = 0.0
     print(f"{'environment':<38}{'s/1000 steps':>13}{'robot s/1000':>14}{'ratio':>8}   unperturbed robot")
@@ -65,9 +66,12 @@ def main(argv: list[str] | None = None) -> float:
             ours.append(rollout_seconds(env, args.steps, r))
             theirs.append(rollout_seconds(base, args.steps, r))
         t, b = min(ours) * 1000 / args.steps, min(theirs) * 1000 / args.steps
-        worst = max(worst, t / b)
+        # Each round's two runs are adjacent in time and see the same load: the median of per-round
+        # ratios is steadier than the ratio of the minima on a busy machine.
+        ratio = float(np.median(np.array(ours) / np.array(theirs)))
+        worst = max(worst, ratio)
         label = base_id + (f" {base_kwargs}" if base_kwargs else "")
-        print(f"{env_id:<38}{t:>13.3f}{b:>14.3f}{t / b:>8.2f}   {label}")
+        print(f"{env_id:<38}{t:>13.3f}{b:>14.3f}{ratio:>8.2f}   {label}")
     print(f"max_slowdown={worst:.2f}")
     return worst
 

@@ -195,3 +195,14 @@ def test_cli_ts_with_a_model_that_is_not_a_prior_is_one_line(tmp_path):
         capture_output=True, text=True, cwd=ROOT,
     )
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "not a metadapt prior" in proc.stderr
+
+
+def test_unknown_builtin_prior_is_one_line():
+    with pytest.raises(CheckpointError, match="no shipped prior 'nope'"):
+        load_prior("builtin:nope")
+
+
+def test_run_directory_resolves_to_its_prior(tmp_path):
+    prior, path = _prior(tmp_path)
+    loaded = load_prior(tmp_path)
+    assert all(torch.equal(loaded.params[k], prior.params[k]) for k in prior.params)

@@ -113,11 +113,13 @@ def test_pier_recycles_blocks_around_the_robot():
     u.set_state(qpos, u.data.qvel.copy())
     env.step(np.zeros(6))
     xs = np.sort(u.model.body_pos[u._bodies, 0])
-    np.testing.assert_allclose(np.diff(xs), 1.0)
-    from metadapt.envs.halfcheetah_pier import AHEAD, BEHIND
+    from metadapt.envs.halfcheetah_pier import AHEAD, BEHIND, BLOCK
 
+    np.testing.assert_allclose(np.diff(xs), BLOCK)
     x = u.data.qpos[0]
-    assert x - BEHIND <= xs[0] < x - 1.0 and x + 1.0 < xs[-1] <= x + AHEAD
+    # the blocks cover at least 1 m behind and ahead of the torso, none beyond the recycling bounds
+    assert x - BEHIND * BLOCK <= xs[0] and xs[0] - BLOCK / 2 <= x - 1.0
+    assert xs[-1] <= x + AHEAD * BLOCK and xs[-1] + BLOCK / 2 >= x + 1.0
 
 
 def _foot_length(env, geom: str) -> float:

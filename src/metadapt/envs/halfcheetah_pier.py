@@ -4,7 +4,7 @@ Each block is a body on a vertical slide joint with a spring (stiffness
 ``STIFFNESS``) whose rest length offsets the block's weight (it floats at
 height 0 when nothing stands on it); the task is the joints' damping, drawn per task, which decides
 how much a block sinks and bounces when the cheetah lands on it. There is no
-other floor. ``N_BLOCKS`` blocks of 1 m are recycled from behind the robot to
+other floor. ``N_BLOCKS`` blocks of 1.5 m are recycled from behind the robot to
 in front of it (and back when it runs backwards), so episodes of any length
 work; a recycled block starts at rest. The blocks' state is not observed: the
 observation is the cheetah's, as in metadapt/HalfCheetah-v0.
@@ -23,11 +23,11 @@ from metadapt.envs.halfcheetah import HalfCheetahEnv
 from metadapt.envs.tasks import Task
 from metadapt.errors import ConfigError
 
-N_BLOCKS = 5
-BLOCK = 1.0
-FIRST_BLOCK = -2  # block i starts centred at x = (FIRST_BLOCK + i) metres
-BEHIND = 2.0  # the robot's torso stays at most this far ahead of the rearmost block's centre...
-AHEAD = 3.0  # ...and the frontmost block's centre at most this far ahead of the torso
+N_BLOCKS = 3  # three 1.5 m blocks keep the simulation within 25% of the plain cheetah's cost (5 x 1 m: 45%)
+BLOCK = 1.5
+FIRST_BLOCK = -1  # block i starts centred at x = (FIRST_BLOCK + i) * BLOCK
+BEHIND = 1.2  # in blocks: the torso stays at most this far ahead of the rearmost block's centre...
+AHEAD = 2.0  # ...and the frontmost block's centre at most this far ahead of the torso
 STIFFNESS = 1500.0
 BLOCK_MASS = 4.0
 GRAVITY = 9.81  # MuJoCo's default; the spring's rest length offsets the block's weight, so it floats at 0
@@ -50,7 +50,7 @@ class HalfCheetahPierEnv(HalfCheetahEnv):
     """HalfCheetah on floating blocks; task parameter ``damping`` (N s/m) of the blocks' springs."""
 
     INFO: ClassVar[EnvInfo] = EnvInfo(
-        robot="HalfCheetah-v5 on 5 floating 1 m blocks (dt 0.05 s)",
+        robot="HalfCheetah-v5 on 3 floating 1.5 m blocks (dt 0.05 s)",
         obs="18: as metadapt/HalfCheetah-v0 (blocks unobserved)",
         action="6 torques in [-1, 1]",
         reward="v_x - 0.1 |a|^2",
@@ -113,21 +113,26 @@ class HalfCheetahPierEnv(HalfCheetahEnv):
         self.model.body_pos[self._bodies, 0] = self._start_x
         self.data.qpos[self._qadr] = 0.0
         self.data.qvel[self._dofs] = 0.0
+        # Block centres as Python floats, front to back order kept by recycling: a step's bookkeeping is then
+        # two float comparisons, not array operations (the simulation itself is as cheap as the plain cheetah's).
+        self._xs = [float(x) for x in self._start_x]
         mujoco.mj_forward(self.model, self.data)
 
     def after_step(self) -> None:
         x = float(self.data.qpos[0])
+        xs = self._xs
         # Recycle the farthest block behind to the front (or the other way round when running backwards).
         while True:
-            xs = self.model.body_pos[self._bodies, 0]
-            if x - xs.min() > BEHIND * BLOCK:
-                self._move(int(np.argmin(xs)), xs.max() + BLOCK)
-            elif xs.max() - x > AHEAD * BLOCK:
-                self._move(int(np.argmax(xs)), xs.min() - BLOCK)
+            lo, hi = min(xs), max(xs)
+            if x - lo > BEHIND * BLOCK:
+                self._move(xs.index(lo), hi + BLOCK)
+            elif hi - x > AHEAD * BLOCK:
+                self._move(xs.index(hi), lo - BLOCK)
             else:
                 return
 
     def _move(self, i: int, x: float) -> None:
+        self._xs[i] = x
         self.model.body_pos[self._bodies[i], 0] = x
         self.data.qpos[self._qadr[i]] = 0.0
         self.data.qvel[self._dofs[i]] = 0.0

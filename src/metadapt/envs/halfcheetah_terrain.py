@@ -2,7 +2,7 @@
 
 The floor plane of HalfCheetah-v5 is replaced by a MuJoCo heightfield. A task is
 a piecewise-linear height profile over one period of ``PERIOD`` metres (knots on
-the heightfield's 1 m grid, starting at height 0), repeated forever: period
+the heightfield's 2 m grid, starting at height 0), repeated forever: period
 ``k`` is raised by ``k`` times the period's net rise. The heightfield covers
 1.5 periods around the robot and is moved by whole periods as the robot runs,
 which leaves the ground under it unchanged, so episodes of any length work and
@@ -28,7 +28,7 @@ from metadapt.envs.tasks import Task
 from metadapt.errors import ConfigError
 
 PERIOD = 16.0
-GRID = 1.0
+GRID = 2.0  # metres between heightfield columns: fewer prisms under each geom keep collisions cheap
 MARGIN = 4.0  # heightfield beyond half a period on each side: the cheetah is about 1.2 m long
 HALF_X = PERIOD / 2 + MARGIN
 NCOL = round(2 * HALF_X / GRID) + 1

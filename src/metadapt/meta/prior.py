@@ -56,11 +56,30 @@ def save_prior(prior: Prior, path: str | Path) -> None:
     save_atomic(state, path)
 
 
+BUILTIN = "builtin:"
+PRIORS_DIR = Path(__file__).resolve().parent.parent / "priors"
+
+
+def builtin_priors() -> list[str]:
+    """Names of the priors shipped inside the package (``builtin:<name>``)."""
+    return sorted(p.stem for p in PRIORS_DIR.glob("*.pt"))
+
+
+def resolve_prior_path(path: str | Path) -> Path:
+    """``builtin:<name>`` -> the shipped file; a run directory -> its ``prior.pt``; else the path itself."""
+    text = str(path)
+    if text.startswith(BUILTIN):
+        name = text[len(BUILTIN):]
+        if name not in builtin_priors():
+            raise CheckpointError(f"no shipped prior '{name}' (shipped: {', '.join(builtin_priors()) or 'none'})")
+        return PRIORS_DIR / f"{name}.pt"
+    p = Path(path)
+    return p / "prior.pt" if p.is_dir() else p
+
+
 def load_prior(path: str | Path, obs_dim: int | None = None, act_dim: int | None = None) -> Prior:
-    """Load a prior; with ``obs_dim`` / ``act_dim`` also check it fits the environment."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "prior.pt"
+    """Load a prior (a file, a run directory or ``builtin:<name>``); with dims, check it fits the environment."""
+    path = resolve_prior_path(path)
     state = load_checkpoint(path, ("format",))
     if state["format"] != PRIOR_FORMAT:
         raise CheckpointError(f"{path} is not a metadapt prior of format {PRIOR_FORMAT} (found {state['format']!r})")
