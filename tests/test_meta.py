@@ -203,6 +203,6 @@ def test_unknown_builtin_prior_is_one_line():
 
 
 def test_run_directory_resolves_to_its_prior(tmp_path):
-    prior, path = _prior(tmp_path)
+    prior, _ = _prior(tmp_path)
     loaded = load_prior(tmp_path)
     assert all(torch.equal(loaded.params[k], prior.params[k]) for k in prior.params)
