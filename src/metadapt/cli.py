@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from metadapt.errors import ConfigError, MetadaptError
 
@@ -77,7 +77,63 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise MetadaptError(f"run directory not found: {run_dir}")
+    if (run_dir / "results.csv").is_file():
+        from metadapt.experiments.sweep import write_sweep_report
+
+        print(f"report: {write_sweep_report(run_dir)}")
+        return 0
     print(f"report: {write_report(run_dir)}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+    import time
+
+    from metadapt.experiments.sweep import load_sweep, run_sweep, write_sweep_report
+
+    sweep = load_sweep(args.sweep)
+    out = Path(args.out) if args.out else Path("runs") / "sweeps" / sweep.name
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(args.sweep, out / "sweep.yaml")
+    counts = {"skip": 0, "done": 0, "failed": 0, "start": 0}
+    total = len(sweep.points)
+
+    with _reporter(args.quiet) as rep:
+        rep.start("sweep", f"sweep {sweep.name}", total)
+
+        began = time.perf_counter()
+        state = {"running": 0, "finished": 0}
+
+        def on_event(kind: str, point: Any, result: dict[str, Any] | None) -> None:
+            counts[kind] += 1
+            if kind == "start":
+                state["running"] += 1
+                rep.advance("sweep", 0, running=state["running"], failed=counts["failed"])
+                return
+            labels = " ".join(f"{k}={v}" for k, v in point.labels.items())
+            if kind == "skip":
+                rep.log(f"skip {point.run_id} ({labels}): already done")
+            else:
+                if point.config is not None:
+                    state["running"] -= 1
+                    state["finished"] += 1
+                if kind == "done":
+                    rep.log(f"done {point.run_id} ({labels}): return {result['mean_return']:.1f} "
+                            f"in {result['seconds']:.0f} s")
+                else:
+                    rep.log(f"FAILED {point.run_id} ({labels}): {result.get('error', '')}")
+            left = total - counts["skip"] - counts["done"] - counts["failed"]
+            per_run = (time.perf_counter() - began) / max(1, state["finished"])
+            eta = f"{per_run * left / max(1, args.workers or os.cpu_count() or 1) / 60:.1f}min" if left else "0"
+            rep.advance("sweep", 1, running=state["running"], failed=counts["failed"], eta=eta)
+
+        results = run_sweep(sweep, out, args.workers, args.backend, args.ray_address, on_event)
+    failed = sum(r["status"] != "done" for r in results)
+    print(f"sweep {sweep.name}: {total} runs, {counts['skip']} skipped (already done), "
+          f"{total - failed} done, {failed} failed; results: {out / 'results.csv'}")
+    print(f"report: {write_sweep_report(out)}")
     return 0
 
 
@@ -169,7 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
 
-    rp = sub.add_parser("report", help="(re)write report.md for a run directory")
+    sw = sub.add_parser("sweep", help="run a grid of configs (resumable), then aggregate")
+    sw.add_argument("sweep", help="sweep YAML (see configs/sweeps/)")
+    sw.add_argument("--out", help="sweep directory (default runs/sweeps/NAME); rerun to resume")
+    sw.add_argument("--workers", type=_positive, default=None, help="local processes (default: the cores)")
+    sw.add_argument("--backend", choices=["local", "ray"], default="local")
+    sw.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start one locally)")
+    sw.add_argument("--quiet", action="store_true")
+    sw.set_defaults(func=cmd_sweep)
+
+    rp = sub.add_parser("report", help="(re)write report.md for a run or sweep directory")
     rp.add_argument("run_dir")
     rp.set_defaults(func=cmd_report)
 

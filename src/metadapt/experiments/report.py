@@ -59,10 +59,10 @@ def plot_task_probabilities(m: dict[str, np.ndarray], path: Path, title: str = "
     ax.set_title(title or "latent task probabilities (true task shaded)")
     if len(shown) <= 10:
         ax.legend(fontsize=7, loc="upper right")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def save_figure(fig: plt.Figure, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -91,7 +91,7 @@ def _train_section(run_dir: Path, lines: list[str]) -> None:
     b.set_xlabel("iteration")
     b.set_ylabel("normalized delta MSE")
     b.legend()
-    _save(fig, run_dir / "training.png")
+    save_figure(fig, run_dir / "training.png")
     lines += ["", "![training](training.png)", ""]
 
 
@@ -119,7 +119,7 @@ def _trial_section(run_dir: Path, lines: list[str]) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("cumulative reward")
     ax.legend()
-    _save(fig, run_dir / "trials.png")
+    save_figure(fig, run_dir / "trials.png")
     lines += ["", "![trials](trials.png)", "", *task_figures, ""]
     summary = run_dir / "summary.json"
     if summary.is_file():

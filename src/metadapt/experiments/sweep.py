@@ -1,0 +1,360 @@
+"""Sweeps: a grid of configs run as independent, resumable runs, then one table.
+
+A sweep file names a base config, fixed overrides and a grid::
+
+    name: mb_planners
+    base: ../mb_halfcheetah.yaml        # relative to the sweep file
+    command: run                        # run (train if needed, then trials) | train
+    set: {trial.steps: 1000}            # overrides for every run
+    grid:                               # the product of these lists
+      seed: [0, 1, 2]
+      planner.type: [rs, cem, mppi]
+    resources: {cpus: 1, gpus: 0}       # per run (ray backend)
+
+Every grid point becomes a run directory ``<sweep>/runs/<hash>`` named by a
+hash of its fully resolved config, holding ``status.json`` (``done`` or
+``failed`` with the traceback in ``error.txt``). Rerunning a sweep skips done
+runs, resumes interrupted trainings from their checkpoints and reruns the
+rest; a point whose config is invalid fails alone. ``results.csv`` has one row
+per run; ``report.md`` aggregates over seeds (mean, std, 95% CI, n).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import math
+import os
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from metadapt.errors import ConfigError, MetadaptError
+from metadapt.experiments.config import dump_config, load_config
+
+RESULT_FIELDS = ("run", "status", "mean_return", "std_return", "trials", "seconds")
+_KEYS = {"name", "base", "command", "set", "grid", "resources"}
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point: its overrides, resolved config (or the error that made it invalid) and directory."""
+
+    labels: dict[str, Any]
+    overrides: list[str]
+    config: dict[str, Any] | None
+    error: str | None
+    run_id: str
+
+
+@dataclass
+class Sweep:
+    name: str
+    command: str
+    points: list[Point]
+    grid_keys: list[str]
+    resources: dict[str, float] = field(default_factory=dict)
+
+
+def _override_text(key: str, value: Any) -> str:
+    return f"{key}={json.dumps(value) if not isinstance(value, str) else value}"
+
+
+def config_hash(cfg: dict[str, Any]) -> str:
+    """Stable id of a resolved config (the run directory's name)."""
+    return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Parse and expand a sweep file; an invalid grid point is kept as a failed point, not an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file not found: {path}")
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"sweep file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"sweep file {path} must be a mapping")
+    unknown = set(spec) - _KEYS
+    if unknown:
+        raise ConfigError(f"sweep file {path}: unknown key(s) {sorted(unknown)} (allowed: {sorted(_KEYS)})")
+    command = spec.get("command", "run")
+    if command not in ("run", "train"):
+        raise ConfigError(f"sweep file {path}: 'command' must be run or train, got {command!r}")
+    base = spec.get("base")
+    base_path = (path.parent / base) if base else None
+    if base_path is not None and not base_path.is_file():
+        raise ConfigError(f"sweep file {path}: base config not found: {base_path}")
+    fixed = spec.get("set") or {}
+    grid = spec.get("grid") or {}
+    if not isinstance(fixed, dict) or not isinstance(grid, dict):
+        raise ConfigError(f"sweep file {path}: 'set' and 'grid' must be mappings of config keys")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep file {path}: grid key '{key}' must map to a non-empty list")
+    keys = list(grid)
+    points = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        labels = dict(zip(keys, combo, strict=True))
+        overrides = [_override_text(k, v) for k, v in fixed.items()] + [_override_text(k, v) for k, v in labels.items()]
+        try:
+            cfg = load_config(base_path, overrides)
+            points.append(Point(labels, overrides, cfg, None, config_hash(cfg)))
+        except MetadaptError as exc:
+            bad = hashlib.sha1(json.dumps(overrides).encode()).hexdigest()[:12]
+            points.append(Point(labels, overrides, None, str(exc), f"invalid-{bad}"))
+    resources = spec.get("resources") or {}
+    return Sweep(str(spec.get("name", path.stem)), command, points, keys, dict(resources))
+
+
+def _status(run_dir: Path) -> str | None:
+    status = run_dir / "status.json"
+    if not status.is_file():
+        return None
+    try:
+        return str(json.loads(status.read_text()).get("status"))
+    except (json.JSONDecodeError, OSError):
+        return None
+
+
+def execute_point(command: str, config: dict[str, Any], run_dir: str, threads: int) -> dict[str, Any]:
+    """Run one grid point in this process; never raises (failures are recorded in the run directory)."""
+    import torch
+
+    from metadapt.experiments import runner
+    from metadapt.experiments.progress import Reporter
+
+    torch.set_num_threads(max(1, threads))
+    out = Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    result: dict[str, Any] = {"run": out.name, "status": "failed", "mean_return": math.nan,
+                              "std_return": math.nan, "trials": 0}
+    try:
+        if command == "train":
+            resume = (out / "checkpoints" / "latest.pt").is_file()
+            runner.train(config, out, Reporter(), resume=resume)
+        else:
+            # A trial that was interrupted is rerun whole; an interrupted training resumes from its checkpoint.
+            train_dir = out / "train"
+            if not config["model"]["checkpoint"] and (train_dir / "checkpoints" / "latest.pt").is_file():
+                runner.train(config, train_dir, Reporter(), resume=True)
+                config = {**config, "model": {**config["model"], "checkpoint": str(train_dir)}}
+            trials = runner.run(config, out, Reporter())
+            returns = [t.total_return for t in trials]
+            result.update(mean_return=float(np.mean(returns)), std_return=float(np.std(returns)), trials=len(trials))
+        result["status"] = "done"
+    except Exception as exc:  # a failing run must not stop the sweep: record it and go on
+        (out / "error.txt").write_text("".join(traceback.format_exception(exc)))
+        result["error"] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    result["seconds"] = time.perf_counter() - start
+    (out / "status.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _die_with_parent() -> None:
+    """Pool initializer: on Linux, a worker is killed when the sweep process dies (even by SIGKILL).
+
+    Without it an orphaned worker would go on writing into a run directory that
+    the rerun of the sweep is redoing.
+    """
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _record_invalid(point: Point, run_dir: Path) -> dict[str, Any]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "error.txt").write_text(f"invalid config: {point.error}\noverrides: {point.overrides}\n")
+    result = {"run": run_dir.name, "status": "failed", "mean_return": math.nan, "std_return": math.nan,
+              "trials": 0, "seconds": 0.0, "error": point.error}
+    (run_dir / "status.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def run_sweep(
+    sweep: Sweep,
+    out_dir: str | Path,
+    workers: int | None = None,
+    backend: str = "local",
+    ray_address: str | None = None,
+    on_event: Callable[[str, Point, dict[str, Any] | None], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every grid point not already done; returns one result per point (grid order).
+
+    ``on_event(kind, point, result)`` is called with kind ``skip``, ``start``,
+    ``done`` or ``failed``.
+    """
+    out = Path(out_dir)
+    runs = out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    emit = on_event or (lambda kind, point, result: None)
+    results: dict[str, dict[str, Any]] = {}
+    todo: list[Point] = []
+    for p in sweep.points:
+        run_dir = runs / p.run_id
+        if p.config is None:
+            results[p.run_id] = _record_invalid(p, run_dir)
+            emit("failed", p, results[p.run_id])
+        elif _status(run_dir) == "done":
+            results[p.run_id] = json.loads((run_dir / "status.json").read_text())
+            emit("skip", p, results[p.run_id])
+        else:
+            dump_config(p.config, _prepare(run_dir))
+            todo.append(p)
+    cores = os.cpu_count() or 1
+    workers = max(1, min(workers or cores, len(todo) or 1))
+    if backend == "ray":
+        results.update(_run_ray(sweep, todo, runs, ray_address, emit))
+    elif backend == "local":
+        threads = max(1, cores // workers)
+        with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent) as pool:
+            pending: dict[Future[dict[str, Any]], Point] = {}
+            queue = list(todo)
+            while queue or pending:
+                while queue and len(pending) < workers:
+                    p = queue.pop(0)
+                    emit("start", p, None)
+                    pending[pool.submit(execute_point, sweep.command, p.config, str(runs / p.run_id), threads)] = p
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    p = pending.pop(fut)
+                    results[p.run_id] = fut.result()
+                    emit(results[p.run_id]["status"], p, results[p.run_id])
+    else:
+        raise ConfigError(f"unknown backend '{backend}' (allowed: local, ray)")
+    ordered = [results[p.run_id] for p in sweep.points]
+    write_results(sweep, ordered, out)
+    return ordered
+
+
+def _prepare(run_dir: Path) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir / "sweep_config.yaml"
+
+
+def _run_ray(sweep: Sweep, todo: list[Point], runs: Path, address: str | None,
+             emit: Callable[[str, Point, dict[str, Any] | None], None]) -> dict[str, dict[str, Any]]:
+    try:
+        import ray
+    except ImportError:
+        raise MetadaptError("the ray backend needs Ray: pip install 'metadapt[ray]'") from None
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    cpus = float(sweep.resources.get("cpus", 1))
+    gpus = float(sweep.resources.get("gpus", 0))
+    remote = ray.remote(num_cpus=cpus, num_gpus=gpus)(execute_point)
+    refs = {}
+    for p in todo:
+        emit("start", p, None)
+        refs[remote.remote(sweep.command, p.config, str(runs / p.run_id), max(1, int(cpus)))] = p
+    out: dict[str, dict[str, Any]] = {}
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        p = refs[ready[0]]
+        out[p.run_id] = ray.get(ready[0])
+        emit(out[p.run_id]["status"], p, out[p.run_id])
+    return out
+
+
+def write_results(sweep: Sweep, results: list[dict[str, Any]], out: Path) -> Path:
+    """``results.csv``: one row per run, its grid labels included."""
+    path = out / "results.csv"
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[*RESULT_FIELDS, *sweep.grid_keys, "error"], extrasaction="ignore")
+        w.writeheader()
+        for p, r in zip(sweep.points, results, strict=True):
+            w.writerow({**{k: r.get(k, "") for k in RESULT_FIELDS}, **p.labels, "error": r.get("error", "")})
+    tmp.replace(path)
+    return path
+
+
+# Two-sided 95% Student t quantiles for n - 1 degrees of freedom (n = 2..30); 1.96 beyond.
+_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045]
+
+
+def mean_ci(values: list[float]) -> tuple[float, float, float, int]:
+    """(mean, std, half-width of the 95% confidence interval of the mean, n)."""
+    x = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
+    n = int(x.size)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    if n == 1:
+        return float(x[0]), 0.0, math.nan, 1
+    std = float(x.std(ddof=1))
+    t = _T95[n - 2] if n - 2 < len(_T95) else 1.96
+    return float(x.mean()), std, t * std / math.sqrt(n), n
+
+
+def aggregate(rows: list[dict[str, str]], group_keys: list[str]) -> list[dict[str, Any]]:
+    """Group ``results.csv`` rows by ``group_keys`` (everything but the seed) and summarise the returns."""
+    groups: dict[tuple[str, ...], list[float]] = {}
+    failed: dict[tuple[str, ...], int] = {}
+    for r in rows:
+        key = tuple(r.get(k, "") for k in group_keys)
+        if r["status"] == "done":
+            groups.setdefault(key, []).append(float(r["mean_return"]))
+        else:
+            failed[key] = failed.get(key, 0) + 1
+            groups.setdefault(key, [])
+    out = []
+    for key, values in groups.items():
+        mean, std, ci, n = mean_ci(values)
+        out.append({**dict(zip(group_keys, key, strict=True)), "mean": mean, "std": std, "ci95": ci, "n": n,
+                    "failed": failed.get(key, 0)})
+    return out
+
+
+def write_sweep_report(out_dir: str | Path) -> Path:
+    """``report.md`` of a sweep directory: the aggregated table and a figure of returns per group."""
+    from metadapt.experiments.report import plt, save_figure
+
+    out = Path(out_dir)
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    grid_keys = [k for k in (rows[0].keys() if rows else []) if k not in (*RESULT_FIELDS, "error")]
+    group_keys = [k for k in grid_keys if k != "seed"]
+    table = aggregate(rows, group_keys)
+    done = sum(r["status"] == "done" for r in rows)
+    lines = [f"# metadapt sweep report: {out.name}", "",
+             f"{len(rows)} runs: {done} done, {len(rows) - done} failed. Returns are each run's mean trial return; "
+             "the table aggregates over seeds (std with ddof 1; 95% CI of the mean from Student's t).", "",
+             "| " + " | ".join([*group_keys, "mean return", "std", "95% CI", "seeds", "failed"]) + " |",
+             "|" + "---|" * len(group_keys) + "---:|---:|---:|---:|---:|"]
+    for g in table:
+        lines.append("| " + " | ".join([*(str(g[k]) for k in group_keys), f"{g['mean']:.1f}", f"{g['std']:.1f}",
+                                        f"± {g['ci95']:.1f}", str(g["n"]), str(g["failed"])]) + " |")
+    if table:
+        fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(table)), 3.5))
+        labels = [" / ".join(str(g[k]) for k in group_keys) or "all" for g in table]
+        means = [g["mean"] for g in table]
+        errs = [0.0 if not math.isfinite(g["ci95"]) else g["ci95"] for g in table]
+        ax.bar(range(len(table)), means, yerr=errs, capsize=4, color="#7aa6c2")
+        ax.set_xticks(range(len(table)), labels, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("mean return (95% CI)")
+        save_figure(fig, out / "returns.png")
+        lines += ["", "![returns per group](returns.png)"]
+    failures = [r for r in rows if r["status"] != "done"]
+    if failures:
+        lines += ["", "## Failed runs", ""]
+        lines += [f"- `{r['run']}`: {r.get('error', '')} (see runs/{r['run']}/error.txt)" for r in failures]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

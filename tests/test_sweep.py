@@ -1,0 +1,118 @@
+"""Sweeps: grid expansion, resumability after SIGKILL, failures that stay local, the aggregated report."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from metadapt.experiments.sweep import aggregate, load_sweep, mean_ci
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "train.iterations": 1, "train.steps_per_iteration": 60, "train.rollout_length": 60, "train.epochs": 2,
+    "model.hidden": [16], "planner.num_samples": 20, "planner.horizon": 3, "trial.steps": 30,
+}
+
+
+def _sweep_file(tmp_path: Path, grid: dict, name: str = "tiny") -> Path:
+    import yaml
+
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "base": str(ROOT / "configs/mb_halfcheetah.yaml"),
+                                    "set": TINY, "grid": grid}))
+    return path
+
+
+def _sweep(path: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "metadapt.cli", "sweep", str(path), "--out", str(out), "--quiet",
+                             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _results(out: Path) -> list[dict[str, str]]:
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r.pop("seconds")
+    return rows
+
+
+def test_grid_expands_to_hashed_runs_and_bad_points_fail_alone(tmp_path):
+    path = _sweep_file(tmp_path, {"seed": [0, 1], "planner.horizon": [3, -1]})
+    sweep = load_sweep(path)
+    assert len(sweep.points) == 4
+    bad = [p for p in sweep.points if p.config is None]
+    assert len(bad) == 2 and all("planner.horizon" in p.error for p in bad)
+    assert len({p.run_id for p in sweep.points}) == 4
+
+
+def test_sweep_killed_then_rerun_equals_uninterrupted(tmp_path):
+    path = _sweep_file(tmp_path, {"seed": [0, 1], "learner.type": ["mb", "de"]})
+    full = tmp_path / "full"
+    proc = _sweep(path, full, "--workers", "2")
+    assert proc.wait(timeout=900) == 0, proc.stderr.read()
+
+    killed = tmp_path / "killed"
+    proc = _sweep(path, killed, "--workers", "1")
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        done = list((killed / "runs").glob("*/status.json")) if (killed / "runs").is_dir() else []
+        if done:
+            break
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)  # the pool workers die with the sweep process (PR_SET_PDEATHSIG)
+    finished_before = len(list((killed / "runs").glob("*/status.json")))
+    assert 1 <= finished_before < 4
+
+    again = subprocess.run([sys.executable, "-m", "metadapt.cli", "sweep", str(path), "--out", str(killed), "--quiet"],
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr
+    assert f"{finished_before} skipped" in again.stdout
+    assert _results(killed) == _results(full)
+    assert len(list((killed / "runs").iterdir())) == 4  # none lost, none duplicated
+    report = (killed / "report.md").read_text()
+    assert "mean return" in report and "95% CI" in report
+
+
+def test_invalid_point_is_reported_and_the_rest_finish(tmp_path):
+    path = _sweep_file(tmp_path, {"planner.horizon": [3, 0]})
+    out = tmp_path / "s"
+    proc = _sweep(path, out)
+    assert proc.wait(timeout=900) == 0, proc.stderr.read()
+    rows = _results(out)
+    assert sorted(r["status"] for r in rows) == ["done", "failed"]
+    failed = next(r for r in rows if r["status"] == "failed")
+    assert "planner.horizon" in failed["error"]
+    assert "Failed runs" in (out / "report.md").read_text()
+
+
+def test_ray_backend_without_ray_is_one_line(tmp_path):
+    pytest.importorskip("metadapt")
+    try:
+        import ray  # noqa: F401
+
+        pytest.skip("ray is installed here")
+    except ImportError:
+        pass
+    path = _sweep_file(tmp_path, {"seed": [0]})
+    proc = _sweep(path, tmp_path / "r", "--backend", "ray")
+    assert proc.wait(timeout=300) == 2
+    err = proc.stderr.read()
+    assert err.strip().count("\n") == 0 and "pip install 'metadapt[ray]'" in err
+
+
+def test_confidence_interval_and_aggregation():
+    mean, std, ci, n = mean_ci([1.0, 2.0, 3.0])
+    assert (mean, std, n) == (2.0, 1.0, 3) and ci == pytest.approx(4.303 / 3**0.5)
+    rows = [{"status": "done", "mean_return": "1", "m": "a"}, {"status": "done", "mean_return": "3", "m": "a"},
+            {"status": "failed", "mean_return": "nan", "m": "b"}]
+    table = {g["m"]: g for g in aggregate(rows, ["m"])}
+    assert table["a"]["mean"] == 2.0 and table["a"]["n"] == 2 and table["b"]["failed"] == 1
