@@ -156,6 +156,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.which == "adaptation":
         return _bench_adaptation(args)
+    if args.which == "sweep":
+        from metadapt.experiments.bench_sweep import bench_sweep
+
+        bench_sweep(runs=args.runs)
+        return 0
     from metadapt.experiments.bench import bench_planner
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
@@ -244,8 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_envs)
 
     b = sub.add_parser("bench", help="benchmarks that print ratios measured in one run")
-    b.add_argument("which", choices=["planner", "adaptation"],
-                   help="planner: planners vs the matrix-product peak; adaptation: K-step errors on held-out tasks")
+    b.add_argument("which", choices=["planner", "adaptation", "sweep"],
+                   help="planner: planners vs the matrix-product peak; adaptation: K-step errors on held-out "
+                        "tasks; sweep: the same sweep with 1 and 2 workers")
+    b.add_argument("--runs", type=_positive, default=8, help="sweep: equal runs in the sweep")
     b.add_argument("--num-samples", type=_positive, default=1000)
     b.add_argument("--horizon", type=_positive, default=10)
     b.add_argument("--repeats", type=_positive, default=10)

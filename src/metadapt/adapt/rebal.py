@@ -1,0 +1,39 @@
+"""ReBAL at run time: the recurrent context carried forward step by step; planning with it fixed.
+
+The learner keeps the GRU state, advances it by one step per observed
+transition, and hands the planner ``MLPDynamics`` parameters with the context
+folded into the first layer's bias (``RecurrentDynamics.planning_params``), so
+the context is broadcast across all candidates at no cost.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from metadapt.adapt.base import StepInfo
+from metadapt.models.recurrent import RecurrentDynamics
+from metadapt.types import Params
+
+
+class RecurrentLearner:
+    """``observe`` feeds the newest transition of the window to the GRU; ``params`` are the folded MLP."""
+
+    def __init__(self, model: RecurrentDynamics, params: Params) -> None:
+        self.model = model
+        self.rec_params = {k: v.detach() for k, v in params.items()}
+        self.reset()
+
+    def reset(self) -> None:
+        self.h = torch.zeros(self.model.context_dim)
+        self._params = self.model.planning_params(self.rec_params, self.h)
+
+    def observe(self, x: torch.Tensor, y: torch.Tensor) -> StepInfo:
+        """``x``: ``K x (O + A)``, ``y``: ``K x O``; only the newest transition advances the context."""
+        o = self.model.obs_dim
+        with torch.no_grad():
+            self.h = self.model.context(self.rec_params, x[-1:, :o], x[-1:, o:], y[-1:], self.h)
+            self._params = self.model.planning_params(self.rec_params, self.h)
+        return StepInfo({"context_norm": float(self.h.norm())})
+
+    def params(self) -> Params:
+        return self._params
