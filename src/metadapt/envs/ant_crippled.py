@@ -18,10 +18,9 @@ import torch
 from gymnasium.envs.mujoco.ant_v5 import AntEnv as _GymAnt
 from gymnasium.spaces import Box
 
-from metadapt.envs.base import EnvInfo, TaskEnv, split_task_kwargs
+from metadapt.envs.base import EnvInfo, LimbEdits, TaskEnv, optional_index, split_task_kwargs
 from metadapt.envs.mujoco_model import load_model
 from metadapt.envs.tasks import Task
-from metadapt.errors import ConfigError
 
 N_LEGS = 4
 SHORTEN = 0.5
@@ -71,14 +70,11 @@ class AntCrippledEnv(TaskEnv, _GymAnt):
         self._last_velocity = 0.0
         self.observation_space = Box(-np.inf, np.inf, shape=(28,), dtype=np.float64)
         m = self.model
-        self._gain = m.actuator_gainprm[:, 0].copy()
         joint_of = {
             mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_JOINT, int(j)): a for a, j in enumerate(m.actuator_trnid[:, 0])
         }
         self._leg_actuators = [[joint_of[f"hip_{i + 1}"], joint_of[f"ankle_{i + 1}"]] for i in range(N_LEGS)]
-        self._feet = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, g) for g in _FOOT_GEOMS]
-        self._foot_pos = m.geom_pos[self._feet].copy()
-        self._foot_size = m.geom_size[self._feet].copy()
+        self._limbs = LimbEdits(m, [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, g) for g in _FOOT_GEOMS], SHORTEN)
         self._init_tasks(schedule, sampler)
 
     def _initialize_simulation(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
@@ -87,26 +83,12 @@ class AntCrippledEnv(TaskEnv, _GymAnt):
 
     @classmethod
     def canonical(cls, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-        if set(params) != {"leg"}:
-            raise ConfigError(f"an ant task takes exactly 'leg' (0-3 or null), got keys {sorted(params)}")
-        leg = params["leg"]
-        if leg is None:
-            return "normal", {"leg": None}
-        if isinstance(leg, bool) or not isinstance(leg, int | np.integer) or not 0 <= leg < N_LEGS:
-            raise ConfigError(f"ant 'leg' must be an integer in 0-3 or null, got {leg!r}")
-        return f"leg_{int(leg)}", {"leg": int(leg)}
+        leg = optional_index(params, "leg", N_LEGS, "crippled-ant")
+        return ("normal" if leg is None else f"leg_{leg}"), {"leg": leg}
 
     def apply_task(self, task: Task) -> None:
-        m = self.model
-        m.actuator_gainprm[:, 0] = self._gain
-        m.geom_pos[self._feet] = self._foot_pos
-        m.geom_size[self._feet] = self._foot_size
         leg = task.params["leg"]
-        if leg is not None:
-            m.actuator_gainprm[self._leg_actuators[leg], 0] = 0.0
-            # The foot capsule starts at its body's origin (the ankle): shrink it towards that end.
-            m.geom_pos[self._feet[leg]] = self._foot_pos[leg] * SHORTEN
-            m.geom_size[self._feet[leg], 1] = self._foot_size[leg, 1] * SHORTEN
+        self._limbs.apply([] if leg is None else self._leg_actuators[leg], [] if leg is None else [leg])
 
     def _get_obs(self) -> np.ndarray:
         return np.concatenate((self.data.qpos[2:], self.data.qvel, [self._last_velocity]))

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import mujoco
 import numpy as np
 
 from metadapt.envs.tasks import Resolve, Task, TaskSchedule, TaskSpec, parametric_id, parse_sampler, parse_schedule
@@ -133,9 +134,46 @@ class TaskEnv:
         return out
 
 
+def optional_index(params: Mapping[str, Any], key: str, count: int, what: str) -> int | None:
+    """The one parameter ``key`` of a task that names an index in ``0..count-1`` or ``None`` (one-line errors)."""
+    if set(params) != {key}:
+        raise ConfigError(f"a {what} task takes exactly '{key}' (0-{count - 1} or null), got keys {sorted(params)}")
+    value = params[key]
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 0 <= value < count:
+        raise ConfigError(f"{what} '{key}' must be an integer in 0-{count - 1} or null, got {value!r}")
+    return int(value)
+
+
+class LimbEdits:
+    """Crippling edits of a compiled model: actuators without force, feet drawn and colliding shorter.
+
+    Remembers the unperturbed gains and foot geometry so that every task is
+    applied to the intact robot. A foot capsule starts at its body's origin
+    (the joint it hangs from), so it is shrunk towards that end.
+    """
+
+    def __init__(self, model: mujoco.MjModel, feet: list[int], shorten: float) -> None:
+        self.model, self.feet, self.shorten = model, feet, shorten
+        self.gain = model.actuator_gainprm[:, 0].copy()
+        self.foot_pos = model.geom_pos[feet].copy()
+        self.foot_size = model.geom_size[feet].copy()
+
+    def apply(self, dead_actuators: list[int], short_feet: list[int]) -> None:
+        m = self.model
+        m.actuator_gainprm[:, 0] = self.gain
+        m.actuator_gainprm[dead_actuators, 0] = 0.0
+        m.geom_pos[self.feet] = self.foot_pos
+        m.geom_size[self.feet] = self.foot_size
+        for leg in short_feet:
+            m.geom_pos[self.feet[leg]] = self.foot_pos[leg] * self.shorten
+            m.geom_size[self.feet[leg], 1] = self.foot_size[leg, 1] * self.shorten
+
+
 def split_task_kwargs(kwargs: dict[str, Any]) -> tuple[Any, Any]:
     """Pop ``schedule`` and ``task_sampler`` from constructor keyword arguments."""
     return kwargs.pop("schedule", None), kwargs.pop("task_sampler", None)
 
 
-__all__ = ["EnvInfo", "Resolve", "TaskEnv", "split_task_kwargs"]
+__all__ = ["EnvInfo", "LimbEdits", "Resolve", "TaskEnv", "optional_index", "split_task_kwargs"]

@@ -27,7 +27,7 @@ import torch
 from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 from gymnasium.spaces import Box
 
-from metadapt.envs.base import EnvInfo, TaskEnv, split_task_kwargs
+from metadapt.envs.base import EnvInfo, LimbEdits, TaskEnv, split_task_kwargs
 from metadapt.envs.mujoco_model import load_model
 from metadapt.envs.tasks import Task
 from metadapt.errors import ConfigError
@@ -42,6 +42,11 @@ OBS_DIM = 17 + 18 + 2 + 2
 
 def _task(disabled: list[int], command: str = "straight") -> dict[str, Any]:
     return {"disabled": disabled, "command": command}
+
+
+def _crippled(disabled: list[int]) -> list[int]:
+    """Legs with both joints disabled."""
+    return [leg for leg in range(N_LEGS) if 2 * leg in disabled and 2 * leg + 1 in disabled]
 
 
 def _yaw(quat: np.ndarray) -> float:
@@ -101,10 +106,8 @@ class CrawlerEnv(TaskEnv, MujocoEnv):
         kwargs.setdefault("default_camera_config", {"distance": 4.0})
         MujocoEnv.__init__(self, str(XML), frame_skip, observation_space=obs_space, **kwargs)
         m = self.model
-        self._gain = m.actuator_gainprm[:, 0].copy()
-        self._feet = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, f"foot_{i}") for i in range(N_LEGS)]
-        self._foot_pos = m.geom_pos[self._feet].copy()
-        self._foot_size = m.geom_size[self._feet].copy()
+        feet = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, f"foot_{i}") for i in range(N_LEGS)]
+        self._limbs = LimbEdits(m, feet, SHORTEN)
         self._velocity = np.zeros(2)
         self._command = COMMANDS["straight"]
         self._init_tasks(schedule, sampler)
@@ -135,22 +138,11 @@ class CrawlerEnv(TaskEnv, MujocoEnv):
         return self.resolve_task(_task([int(j) for j in joints], command))
 
     def apply_task(self, task: Task) -> None:
-        m = self.model
-        disabled = task.params["disabled"]
-        m.actuator_gainprm[:, 0] = self._gain
-        m.actuator_gainprm[disabled, 0] = 0.0
-        m.geom_pos[self._feet] = self._foot_pos
-        m.geom_size[self._feet] = self._foot_size
-        for leg in range(N_LEGS):
-            if 2 * leg in disabled and 2 * leg + 1 in disabled:
-                # The foot capsule starts at the knee (its body's origin): shrink it towards that end.
-                m.geom_pos[self._feet[leg]] = self._foot_pos[leg] * SHORTEN
-                m.geom_size[self._feet[leg], 1] = self._foot_size[leg, 1] * SHORTEN
+        self._limbs.apply(task.params["disabled"], _crippled(task.params["disabled"]))
         self._command = COMMANDS[task.params["command"]]
 
     def crippled_legs(self) -> list[int]:
-        disabled = self.task.params["disabled"]
-        return [leg for leg in range(N_LEGS) if 2 * leg in disabled and 2 * leg + 1 in disabled]
+        return _crippled(self.task.params["disabled"])
 
     def _get_obs(self) -> np.ndarray:
         return np.concatenate((self.data.qpos[2:], self.data.qvel, self._velocity, self._command))

@@ -10,10 +10,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from metadapt.envs.base import EnvInfo
+from metadapt.envs.base import EnvInfo, optional_index
 from metadapt.envs.halfcheetah import N_ACTUATORS, HalfCheetahEnv
 from metadapt.envs.tasks import Task
-from metadapt.errors import ConfigError
 
 
 class HalfCheetahDisabledJointEnv(HalfCheetahEnv):
@@ -41,14 +40,8 @@ class HalfCheetahDisabledJointEnv(HalfCheetahEnv):
 
     @classmethod
     def canonical(cls, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-        if set(params) != {"joint"}:
-            raise ConfigError(f"a disabled-joint task takes exactly 'joint' (0-5 or null), got keys {sorted(params)}")
-        joint = params["joint"]
-        if joint is None:
-            return "normal", {"joint": None}
-        if isinstance(joint, bool) or not isinstance(joint, int | np.integer) or not 0 <= joint < N_ACTUATORS:
-            raise ConfigError(f"disabled-joint 'joint' must be an integer in 0-5 or null, got {joint!r}")
-        return f"joint_{int(joint)}", {"joint": int(joint)}
+        joint = optional_index(params, "joint", N_ACTUATORS, "disabled-joint")
+        return ("normal" if joint is None else f"joint_{joint}"), {"joint": joint}
 
     def apply_task(self, task: Task) -> None:
         gains = np.ones(N_ACTUATORS)
