@@ -65,3 +65,37 @@ def test_training_makes_the_context_identify_the_task():
     # The two tasks differ only in the sign of c: without a context the best loss is the variance
     # of +-c u (about 1 in normalized units); with it, the error must fall far below.
     assert res.val_loss < 0.3 * loss0 and res.val_loss < 0.3, (loss0, res)
+
+
+def test_rebal_trains_and_runs_from_the_command_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from metadapt.meta.rebal import load_recurrent
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "r"
+    proc = subprocess.run(
+        [sys.executable, "-m", "metadapt.cli", "run", str(root / "configs/grbal_halfcheetah_malfunction.yaml"),
+         "meta.method=rebal", "learner.type=rebal", "train.iterations=2", "train.steps_per_iteration=240",
+         "train.rollout_length=60", "train.epochs=2", "model.hidden=[16]", "planner.num_samples=20",
+         "meta.batches_per_epoch=3", "meta.context=4", "trial.steps=20", "train.val_fraction=0.3",
+         "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    model, params = load_recurrent(out / "train")
+    assert model.context_dim == 4 and "gru.weight_ih_l0" in params
+    assert "context_norm" in (out / "trial_0" / "metrics.csv").read_text().splitlines()[0]
+    # an MLP model.pt is not a ReBAL model: one line, exit 2
+    from metadapt.meta.checkpoint import save_model
+    from metadapt.models.mlp import MLPDynamics
+
+    mlp = MLPDynamics(18, 6, [8])
+    save_model(mlp, mlp.init_params(torch.Generator().manual_seed(0)), tmp_path / "model.pt")
+    bad = subprocess.run(
+        [sys.executable, "-m", "metadapt.cli", "run", str(root / "configs/grbal_halfcheetah_malfunction.yaml"),
+         "learner.type=rebal", f"model.checkpoint={tmp_path / 'model.pt'}", "trial.steps=5",
+         "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=300,
+    )
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "not a ReBAL model" in bad.stderr

@@ -20,7 +20,9 @@ from metadapt.meta.checkpoint import load_model
 from metadapt.meta.iterate import IterationSettings
 from metadapt.meta.maml import MetaSettings
 from metadapt.meta.prior import Prior, load_prior
+from metadapt.meta.rebal import RecurrentSettings, load_recurrent
 from metadapt.models.mlp import MLPDynamics
+from metadapt.models.recurrent import RecurrentDynamics
 from metadapt.planning import CEM, MPPI, Planner, RandomShooting
 from metadapt.types import Params, RewardFn
 
@@ -120,6 +122,26 @@ def meta_settings(cfg: dict[str, Any]) -> MetaSettings | None:
         learn_inner_lr=m["learn_inner_lr"], past=m["past"], future=m["future"], meta_batch=m["meta_batch"],
         batches_per_epoch=m["batches_per_epoch"], val_batches=m["val_batches"],
     )
+
+
+def build_recurrent(cfg: dict[str, Any], env: gym.Env) -> RecurrentDynamics:
+    m = cfg["model"]
+    return RecurrentDynamics(*dims(env), m["hidden"], cfg["meta"]["context"], m["activation"], m["sigma"])
+
+
+def recurrent_settings(cfg: dict[str, Any]) -> RecurrentSettings:
+    m = cfg["meta"]
+    return RecurrentSettings(past=m["past"], future=m["future"], batch=m["meta_batch"],
+                             batches_per_epoch=m["batches_per_epoch"], val_batches=m["val_batches"])
+
+
+def load_trained_recurrent(path: str | Path, env: gym.Env) -> tuple[RecurrentDynamics, Params]:
+    """A ReBAL model (``rebal.pt`` or a run directory holding one) that fits ``env``."""
+    model, params = load_recurrent(path)
+    if (model.obs_dim, model.act_dim) != dims(env):
+        raise MetadaptError(f"ReBAL model {path} is for obs/action sizes {model.obs_dim}/{model.act_dim}, "
+                            f"the environment has {dims(env)[0]}/{dims(env)[1]}")
+    return model, params
 
 
 def load_trained_prior(cfg: dict[str, Any], env: gym.Env) -> Prior:

@@ -78,8 +78,8 @@ SCHEMA: dict[str, Any] = {
         "dtype": _f("str", "float32", choices=("float32", "bfloat16")),
     },
     "learner": {
-        "type": _f("str", "mb", choices=("mb", "de", "ts", "gs", "mole"),
-                   doc="mb/de use an MB model; ts/gs/mole a meta-trained prior"),
+        "type": _f("str", "mb", choices=("mb", "de", "ts", "gs", "mole", "rebal"),
+                   doc="mb/de use an MB model; ts/gs/mole a meta-trained prior; rebal a recurrent model"),
         "window": _f("int", 16, low=1, doc="K, recent transitions handed to the learner (ts: the prior's M)"),
         "lr": _f("float", None, low=0, low_open=True, nullable=True,
                  doc="online step size (de/gs/mole); null: the prior's inner LR, 0.01 for de"),
@@ -93,6 +93,8 @@ SCHEMA: dict[str, Any] = {
     },
     "meta": {
         "enabled": _f("bool", False, doc="meta-train a prior (GrBAL) instead of fitting the plain loss"),
+        "method": _f("str", "maml", choices=("maml", "rebal"), doc="maml: GrBAL prior; rebal: recurrent model"),
+        "context": _f("int", 32, low=1, doc="rebal: size of the GRU context"),
         "inner_lr": _f("float", 0.01, low=0, low_open=True, doc="inner SGD learning rate (eta)"),
         "inner_steps": _f("int", 1, low=1),
         "first_order": _f("bool", False, doc="first-order MAML (no second derivatives)"),

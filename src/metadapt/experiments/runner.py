@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from metadapt.adapt.rebal import RecurrentLearner
 from metadapt.adapt.static import StaticLearner
 from metadapt.agent import MPCAgent
 from metadapt.errors import CheckpointError, ConfigError
@@ -18,6 +19,7 @@ from metadapt.experiments.progress import Reporter
 from metadapt.experiments.report import write_report
 from metadapt.experiments.trial import TrialResult, run_trial
 from metadapt.meta.iterate import IterativeTrainer, iteration_seed
+from metadapt.meta.rebal import RecurrentTrainer
 from metadapt.models.mlp import MLPDynamics
 from metadapt.types import Params
 
@@ -45,15 +47,19 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
     if not resume:
         dump_config(cfg, run_dir / "config.yaml")
     env, reward_fn = build.build_env(cfg)
-    model = build.build_model(cfg, env)
-    trainer = IterativeTrainer(
-        env, reward_fn, model, lambda s: build.build_planner(cfg, env, s), build.iteration_settings(cfg),
-        cfg["seed"], run_dir, StaticLearner, build.DTYPES[cfg["planner"]["dtype"]],
-        reporter, meta=build.meta_settings(cfg), env_id=cfg["env"]["id"],
-    )
+    common = (lambda s: build.build_planner(cfg, env, s), build.iteration_settings(cfg), cfg["seed"], run_dir,
+              StaticLearner, build.DTYPES[cfg["planner"]["dtype"]], reporter)
+    trainer: IterativeTrainer
+    if cfg["meta"]["enabled"] and cfg["meta"]["method"] == "rebal":
+        build.meta_settings(cfg)  # the same window-size checks
+        trainer = RecurrentTrainer(env, reward_fn, build.build_recurrent(cfg, env), *common,
+                                   recurrent=build.recurrent_settings(cfg), env_id=cfg["env"]["id"])
+    else:
+        trainer = IterativeTrainer(env, reward_fn, build.build_model(cfg, env), *common,
+                                   meta=build.meta_settings(cfg), env_id=cfg["env"]["id"])
     params = trainer.run(resume=resume)
     env.close()
-    return model, params
+    return trainer.model, params
 
 
 def resume_train(run_dir: Path, reporter: Reporter) -> tuple[MLPDynamics, Params]:
@@ -69,7 +75,16 @@ def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter) -> list[TrialRes
     dump_config(cfg, out_dir / "config.yaml")
     env, reward_fn = build.build_env(cfg, max_episode_steps=cfg["trial"]["episode_length"])
     prior = None
-    if cfg["learner"]["type"] in build.PRIOR_LEARNERS:
+    recurrent = None
+    if cfg["learner"]["type"] == "rebal":
+        if not cfg["model"]["checkpoint"]:
+            if not (cfg["meta"]["enabled"] and cfg["meta"]["method"] == "rebal"):
+                raise ConfigError("learner.type=rebal plans with a ReBAL model: set model.checkpoint=REBAL "
+                                  "or meta.enabled=true meta.method=rebal to train one first")
+            train(cfg, out_dir / "train", reporter)
+        recurrent = build.load_trained_recurrent(cfg["model"]["checkpoint"] or out_dir / "train", env)
+        model, params = recurrent[0].planning_model(), recurrent[1]
+    elif cfg["learner"]["type"] in build.PRIOR_LEARNERS:
         if cfg["model"]["checkpoint"]:
             prior = build.load_trained_prior(cfg, env)
         elif not cfg["meta"]["enabled"]:
@@ -91,8 +106,10 @@ def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter) -> list[TrialRes
         trial_seed = iteration_seed(cfg["seed"], i, 100)
         # TS adapts on exactly the M steps its prior was meta-trained to adapt on.
         window = prior.past if prior is not None and cfg["learner"]["type"] == "ts" else cfg["learner"]["window"]
+        learner = (RecurrentLearner(*recurrent) if recurrent is not None
+                   else build.build_learner(cfg, params, prior, model))
         agent = MPCAgent(
-            model, build.build_learner(cfg, params, prior, model), build.build_planner(cfg, env, trial_seed), reward_fn,
+            model, learner, build.build_planner(cfg, env, trial_seed), reward_fn,
             window, build.DTYPES[cfg["planner"]["dtype"]],
         )
         res = run_trial(env, agent, cfg["trial"]["steps"], trial_seed, out_dir / f"trial_{i}", reporter,

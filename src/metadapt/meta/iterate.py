@@ -117,6 +117,7 @@ class IterativeTrainer:
         self.history: list[dict[str, float]] = []
         self.completed = -1
         self._episodes = 0
+        self.per_episode_validation = False  # windows of held-out trajectories (set by window-based fitters)
 
     # -- checkpoints ------------------------------------------------------------
     def save(self) -> None:
@@ -126,7 +127,7 @@ class IterativeTrainer:
             "episodes": self._episodes,
             "settings": asdict(self.settings),
             "seed": self.seed,
-            "model": model_state(self.model, self.params),
+            "model": self.model_state(),
             "optimizer": self.optimizer_state,
             "inner_lrs": self.inner_lrs,
             "buffer": self.buffer.state_dict(),
@@ -145,6 +146,7 @@ class IterativeTrainer:
         try:
             self.buffer = ReplayBuffer.from_state_dict(state["buffer"])
             self.model.normalizer = Normalizer.from_state_dict(state["model"]["normalizer"])
+            self.check_model_state(state["model"], path)
             self.params = {k: v.float() for k, v in state["model"]["params"].items()}
         except (KeyError, TypeError, ValueError, AssertionError) as exc:
             raise CheckpointError(f"{path} is incomplete: {exc}") from exc
@@ -165,10 +167,10 @@ class IterativeTrainer:
         rng = np.random.default_rng(iteration_seed(self.seed, iteration, 1))
         agent = None
         if iteration > 0:
-            learner = self.make_learner(self.params) if self.meta is None else self.prior_learner()
+            planner = self.make_planner(iteration_seed(self.seed, iteration, 2))
             agent = MPCAgent(
-                self.model, learner, self.make_planner(iteration_seed(self.seed, iteration, 2)),
-                self.reward_fn, self.meta.past if self.meta else s.window, self.dtype,
+                self.planning_model(), self.collection_learner(), planner, self.reward_fn,
+                self.meta.past if self.meta else s.window, self.dtype,
             )
         self.env.action_space.seed(iteration_seed(self.seed, iteration, 3))
         returns: list[float] = []
@@ -196,7 +198,8 @@ class IterativeTrainer:
                     break
             n = len(rows["obs"])
             # Meta-learning validates on held-out trajectories (whole windows); MB on held-out steps.
-            held_out = np.full(n, rng.random() < s.val_fraction) if self.meta else rng.random(n) < s.val_fraction
+            by_episode = self.meta is not None or self.per_episode_validation
+            held_out = np.full(n, rng.random() < s.val_fraction) if by_episode else rng.random(n) < s.val_fraction
             self.buffer.add(
                 np.asarray(rows["obs"]), np.asarray(rows["act"]), np.asarray(rows["next_obs"]),
                 np.asarray(rows["reward"]), np.full(n, self._episodes), np.arange(n),
@@ -232,6 +235,27 @@ class IterativeTrainer:
         )
         return {"train_loss": res.train_loss, "val_loss": res.val_loss,
                 "epochs": res.epochs, "best_epoch": res.best_epoch}
+
+    # -- hooks a trainer of another model kind overrides (ReBAL's RecurrentTrainer) ------------------
+    def planning_model(self) -> MLPDynamics:
+        """The MLP the agent plans with during collection."""
+        return self.model
+
+    def collection_learner(self) -> OnlineLearner:
+        """The learner acting during collection: MB's static model, or the prior adapted online."""
+        return self.make_learner(self.params) if self.meta is None else self.prior_learner()
+
+    def model_state(self) -> dict[str, Any]:
+        return model_state(self.model, self.params)
+
+    def check_model_state(self, state: dict[str, Any], path: Path) -> None:
+        """Refuse a checkpoint of another model kind (a hook: MLP checkpoints need no extra check)."""
+
+    def save_artifacts(self) -> None:
+        """``model.pt`` (and ``prior.pt`` when meta-training) after every iteration."""
+        save_model(self.model, self.params, self.run_dir / "model.pt")
+        if self.meta is not None:
+            save_prior(self.prior(), self.run_dir / "prior.pt")
 
     def prior(self) -> Prior:
         """The current parameters as a meta-trained prior (requires ``meta``)."""
@@ -269,9 +293,7 @@ class IterativeTrainer:
             self.completed = iteration
             self.save()
             self.write_metrics()
-            save_model(self.model, self.params, self.run_dir / "model.pt")
-            if self.meta is not None:
-                save_prior(self.prior(), self.run_dir / "prior.pt")
+            self.save_artifacts()
             self.reporter.log(
                 f"iteration {iteration}: steps={row['env_steps']} return/1000={row['rollout_return_per_1000']:.1f} "
                 f"val_loss={row['val_loss']:.4f}"

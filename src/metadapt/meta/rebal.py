@@ -1,15 +1,31 @@
-"""Training ReBAL's recurrent model on trajectory windows (M past steps -> context -> K next steps)."""
+"""Training ReBAL's recurrent model on trajectory windows (M past steps -> context -> K next steps).
+
+``fit_recurrent`` fits one model; ``RecurrentTrainer`` is the iterative loop of
+seed 000 Table 1 with it (collection plans with the context carried online);
+``rebal.pt`` holds the model (format ``metadapt.recurrent_dynamics.v1``).
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from metadapt.adapt.base import OnlineLearner
+from metadapt.adapt.rebal import RecurrentLearner
 from metadapt.data.buffer import ReplayBuffer
+from metadapt.data.normalizer import Normalizer
+from metadapt.errors import CheckpointError, MetadaptError
+from metadapt.meta.checkpoint import load_checkpoint, save_atomic
+from metadapt.meta.iterate import IterativeTrainer, iteration_seed
+from metadapt.models.mlp import MLPDynamics
 from metadapt.models.recurrent import RecurrentDynamics
 from metadapt.types import Params
+
+RECURRENT_FORMAT = "metadapt.recurrent_dynamics.v1"
 
 
 @dataclass(frozen=True)
@@ -36,6 +52,11 @@ def fit_recurrent(
     generator: torch.Generator,
 ) -> tuple[Params, RecurrentFitResult]:
     """Adam on the K-step loss given the context of the M past steps; early stopping on held-out windows."""
+    if buffer.window_starts(past + future, "train").numel() == 0:
+        raise MetadaptError(
+            f"ReBAL training needs training trajectories of at least M+K = {past + future} steps and none has "
+            "been collected yet: raise the rollout length or lower the validation fraction"
+        )
     has_val = buffer.window_starts(past + future, "val").numel() > 0
     val_seed = int(torch.randint(2**31, (1,), generator=generator))
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
@@ -73,3 +94,84 @@ def fit_recurrent(
             if since >= patience:
                 break
     return best, RecurrentFitResult(epoch, best_epoch, running, best_val)
+
+
+def recurrent_state(model: RecurrentDynamics, params: Params) -> dict[str, Any]:
+    return {
+        "format": RECURRENT_FORMAT, "obs_dim": model.obs_dim, "act_dim": model.act_dim,
+        "hidden": list(model.hidden), "context": model.context_dim, "activation": model.activation,
+        "sigma": model.sigma, "normalizer": model.normalizer.state_dict(),
+        "params": {k: v.detach().cpu().clone() for k, v in params.items()},
+    }
+
+
+def load_recurrent(path: str | Path) -> tuple[RecurrentDynamics, Params]:
+    """Load ``rebal.pt`` (or a run directory holding one); one-line errors for anything else."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "rebal.pt"
+    state = load_checkpoint(path, ("format",))
+    if state["format"] != RECURRENT_FORMAT:
+        raise CheckpointError(f"{path} is not a ReBAL model of format {RECURRENT_FORMAT} (found {state['format']!r})")
+    try:
+        model = RecurrentDynamics(int(state["obs_dim"]), int(state["act_dim"]), tuple(state["hidden"]),
+                                  int(state["context"]), str(state["activation"]), float(state["sigma"]),
+                                  Normalizer.from_state_dict(state["normalizer"]))
+        params = {k: v.float() for k, v in state["params"].items()}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} is incomplete: {exc}") from exc
+    if {k: tuple(v.shape) for k, v in params.items()} != model.param_shapes():
+        raise CheckpointError(f"{path}: its parameters do not match its architecture")
+    return model, params
+
+
+@dataclass(frozen=True)
+class RecurrentSettings:
+    past: int = 16
+    future: int = 16
+    batch: int = 32
+    batches_per_epoch: int = 100
+    val_batches: int = 8
+
+
+class RecurrentTrainer(IterativeTrainer):
+    """The iterative loop with ReBAL's recurrent model: collection plans with the context carried online.
+
+    Validation holds out whole trajectories (windows must not mix splits).
+    """
+
+    model: RecurrentDynamics  # type: ignore[assignment]
+
+    def __init__(self, *args: Any, recurrent: RecurrentSettings, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recurrent = recurrent
+        self.per_episode_validation = True
+
+    def planning_model(self) -> MLPDynamics:
+        return self.model.planning_model()
+
+    def collection_learner(self) -> OnlineLearner:
+        return RecurrentLearner(self.model, self.params)
+
+    def model_state(self) -> dict[str, Any]:
+        return recurrent_state(self.model, self.params)
+
+    def check_model_state(self, state: dict[str, Any], path: Path) -> None:
+        if state.get("format") != RECURRENT_FORMAT:
+            raise CheckpointError(f"{path} is not a ReBAL training checkpoint")
+
+    def save_artifacts(self) -> None:
+        save_atomic(self.model_state(), self.run_dir / "rebal.pt")
+
+    def fit(self, iteration: int) -> dict[str, float]:
+        s, r = self.settings, self.recurrent
+        every = self.buffer.transitions()
+        self.model.normalizer = Normalizer.from_data(every.obs, every.act, every.next_obs)
+        gen = torch.Generator().manual_seed(iteration_seed(self.seed, iteration, 4))
+        self.params, res = fit_recurrent(
+            self.model, self.params, self.buffer, past=r.past, future=r.future, batch=r.batch,
+            batches_per_epoch=r.batches_per_epoch, val_batches=r.val_batches, epochs=s.epochs, lr=s.lr,
+            patience=s.patience, generator=gen,
+        )
+        return {"train_loss": res.train_loss, "val_loss": res.val_loss, "epochs": res.epochs,
+                "best_epoch": res.best_epoch}

@@ -64,6 +64,10 @@ class RecurrentDynamics:
                 params[f"{prefix}.{name}"] = torch.empty(p.shape).uniform_(-bound, bound, generator=generator)
         return params
 
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {f"{prefix}.{n}": tuple(p.shape) for prefix, module in (("gru", self.gru), ("mlp", self.mlp))
+                for n, p in module.named_parameters()}
+
     @staticmethod
     def _part(params: Params, prefix: str) -> Params:
         n = len(prefix) + 1
