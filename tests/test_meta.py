@@ -206,3 +206,18 @@ def test_run_directory_resolves_to_its_prior(tmp_path):
     prior, _ = _prior(tmp_path)
     loaded = load_prior(tmp_path)
     assert all(torch.equal(loaded.params[k], prior.params[k]) for k in prior.params)
+
+
+def test_shipped_cheetah_prior_loads_and_adapts():
+    from metadapt.meta.prior import builtin_priors
+
+    assert "halfcheetah_malfunction" in builtin_priors()
+    prior = load_prior("builtin:halfcheetah_malfunction", 18, 6)
+    assert prior.env_id == "metadapt/HalfCheetahMalfunction-v0" and isinstance(prior.inner_lr, dict)
+    # On a window of the held-out "sign negative" task, one adaptation step lowers the window's error.
+    from metadapt.experiments.adaptation import collect_random
+
+    traj = torch.from_numpy(collect_random("metadapt/HalfCheetahMalfunction-v0", "sign_negative", 60, 60, 0)[0])
+    obs, act, nxt = traj[:16, :18], traj[:16, 18:24], traj[:16, 24:]
+    adapted = prior.adapt(obs, act, nxt)
+    assert float(prior.model.loss(adapted, obs, act, nxt)) < float(prior.model.loss(prior.params, obs, act, nxt))
