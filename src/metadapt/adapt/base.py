@@ -17,6 +17,11 @@ class StepInfo:
     metrics: dict[str, float | str] = field(default_factory=dict)
 
 
+def split_window(x: torch.Tensor, obs_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``K x (O + A)`` window inputs -> (``K x O`` states, ``K x A`` actions)."""
+    return x[:, :obs_dim], x[:, obs_dim:]
+
+
 @runtime_checkable
 class OnlineLearner(Protocol):
     """Adapts parameters from a stream of windows.

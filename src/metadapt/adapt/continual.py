@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from metadapt.adapt.base import StepInfo
-from metadapt.meta.maml import InnerLR, adapt
+from metadapt.adapt.base import StepInfo, split_window
+from metadapt.meta.maml import InnerLR, adapt_with_loss
 from metadapt.models.mlp import MLPDynamics
 from metadapt.types import Params
 
@@ -37,12 +37,12 @@ class ContinualLearner:
 
     def observe(self, x: torch.Tensor, y: torch.Tensor) -> StepInfo:
         """``x``: ``K x (O + A)``, ``y``: ``K x O`` (raw observations)."""
-        o = self.model.obs_dim
-        obs, act = x[:, :o], x[:, o:]
+        obs, act = split_window(x, self.model.obs_dim)
         with torch.no_grad():
-            before = float(self.model.loss(self._params, obs, act, y))
-            self._params = adapt(self.model, self._params, obs, act, y, self.lr, self.steps, first_order=True)
-        return StepInfo({"window_loss": before})
+            self._params, before = adapt_with_loss(
+                self.model, self._params, obs, act, y, self.lr, self.steps, first_order=True
+            )
+        return StepInfo({"window_loss": float(before)})
 
     def params(self) -> Params:
         return self._params

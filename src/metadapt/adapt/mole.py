@@ -48,7 +48,7 @@ import math
 import torch
 from torch.func import grad, grad_and_value, vmap
 
-from metadapt.adapt.base import StepInfo
+from metadapt.adapt.base import StepInfo, split_window
 from metadapt.meta.maml import InnerLR, adapt
 from metadapt.models.mlp import MLPDynamics
 from metadapt.types import Params
@@ -147,8 +147,7 @@ class MOLeLearner:
 
     def observe(self, x: torch.Tensor, y: torch.Tensor) -> StepInfo:
         """One EM step on the window ``x``: ``K x (O + A)``, ``y``: ``K x O`` (raw)."""
-        o = self.model.obs_dim
-        obs, act = x[:, :o], x[:, o:]
+        obs, act = split_window(x, self.model.obs_dim)
         n = obs.shape[0]
         with torch.no_grad():
             grads, loss = self._grad_and_loss(self.stack, obs, act, y)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from metadapt.adapt.base import StepInfo
+from metadapt.adapt.base import StepInfo, split_window
 from metadapt.models.recurrent import RecurrentDynamics
 from metadapt.types import Params
 
@@ -29,9 +29,9 @@ class RecurrentLearner:
 
     def observe(self, x: torch.Tensor, y: torch.Tensor) -> StepInfo:
         """``x``: ``K x (O + A)``, ``y``: ``K x O``; only the newest transition advances the context."""
-        o = self.model.obs_dim
+        obs, act = split_window(x[-1:], self.model.obs_dim)
         with torch.no_grad():
-            self.h = self.model.context(self.rec_params, x[-1:, :o], x[-1:, o:], y[-1:], self.h)
+            self.h = self.model.context(self.rec_params, obs, act, y[-1:], self.h)
             self._params = self.model.planning_params(self.rec_params, self.h)
         return StepInfo({"context_norm": float(self.h.norm())})
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from metadapt.adapt.base import StepInfo
-from metadapt.meta.maml import InnerLR, adapt
+from metadapt.adapt.base import StepInfo, split_window
+from metadapt.meta.maml import InnerLR, adapt_with_loss
 from metadapt.models.mlp import MLPDynamics
 from metadapt.types import Params
 
@@ -37,11 +37,12 @@ class KShotLearner:
 
     def observe(self, x: torch.Tensor, y: torch.Tensor) -> StepInfo:
         """``x``: ``K x (O + A)``, ``y``: ``K x O`` (raw observations)."""
-        o = self.model.obs_dim
-        obs, act = x[:, :o], x[:, o:]
+        obs, act = split_window(x, self.model.obs_dim)
         with torch.no_grad():  # torch.func.grad still differentiates the inner loss
-            before = float(self.model.loss(self.prior, obs, act, y))
-            self._params = adapt(self.model, self.prior, obs, act, y, self.inner_lr, self.steps, first_order=True)
+            self._params, before_t = adapt_with_loss(
+                self.model, self.prior, obs, act, y, self.inner_lr, self.steps, first_order=True
+            )
+            before = float(before_t)
             after = float(self.model.loss(self._params, obs, act, y))
         return StepInfo({"window_loss_prior": before, "window_loss_adapted": after})
 

@@ -17,6 +17,7 @@ series of 0.5 m rises) and ``steep`` (the same rises, four times higher).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cached_property
 from typing import Any, ClassVar
 
 import mujoco
@@ -122,8 +123,9 @@ class HalfCheetahTerrainEnv(HalfCheetahEnv):
     def sample_train_task(self, rng: np.random.Generator) -> Task:
         return self.resolve_task(_ramp(round(float(rng.uniform(-MAX_SLOPE, MAX_SLOPE)), 2)))
 
+    @cached_property
     def _hfield_ids(self) -> tuple[int, int]:
-        """(heightfield id, mocap index of the body carrying it)."""
+        """(heightfield id, mocap index of the body carrying it); looked up once."""
         body = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "terrain_body")
         return mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_HFIELD, "terrain"), int(self.model.body_mocapid[body])
 
@@ -132,7 +134,7 @@ class HalfCheetahTerrainEnv(HalfCheetahEnv):
         heights = _relative_heights(knots)
         self._rise = float(knots[-1, 1])
         self._low = float(heights.min())
-        hid, _ = self._hfield_ids()
+        hid, _ = self._hfield_ids
         self.model.hfield_data[:] = np.tile((heights - self._low) / ELEVATION, 2)
         self._shift = None
         self._place(float(self.data.qpos[0]))
@@ -151,7 +153,7 @@ class HalfCheetahTerrainEnv(HalfCheetahEnv):
     def _place(self, x: float) -> None:
         shift = int(np.round(x / PERIOD))
         if shift != self._shift:
-            _, mocap = self._hfield_ids()
+            _, mocap = self._hfield_ids
             self.data.mocap_pos[mocap] = (shift * PERIOD, 0.0, shift * self._rise + self._low)
             self._shift = shift
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.func import grad, vmap
+from torch.func import grad_and_value, vmap
 
 from metadapt.data.buffer import ReplayBuffer
 from metadapt.errors import MetadaptError
@@ -59,15 +59,32 @@ def adapt(
     tensors) unless ``first_order``, where the inner gradients are treated as
     constants. Returns a new dict; ``params`` is untouched.
     """
-    for _ in range(steps):
-        grads = grad(model.loss)(params, obs, act, next_obs)
+    return adapt_with_loss(model, params, obs, act, next_obs, lr, steps, first_order)[0]
+
+
+def adapt_with_loss(
+    model: MLPDynamics,
+    params: Params,
+    obs: torch.Tensor,
+    act: torch.Tensor,
+    next_obs: torch.Tensor,
+    lr: InnerLR,
+    steps: int = 1,
+    first_order: bool = False,
+) -> tuple[Params, torch.Tensor]:
+    """``adapt``, also returning the loss of the starting parameters (from the same forward pass)."""
+    start = torch.full((), float("nan"))
+    for i in range(steps):
+        grads, loss = grad_and_value(model.loss)(params, obs, act, next_obs)
+        if i == 0:
+            start = loss
         if first_order:
             grads = {k: g.detach() for k, g in grads.items()}
         if isinstance(lr, dict):
             params = {k: p - lr[k] * grads[k] for k, p in params.items()}
         else:
             params = {k: p - lr * grads[k] for k, p in params.items()}
-    return params
+    return params, start
 
 
 def adapted_loss(

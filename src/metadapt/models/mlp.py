@@ -30,6 +30,11 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+def check_activation(name: str) -> None:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation '{name}' (allowed: {', '.join(ACTIVATIONS)})")
+
+
 class _MLP(nn.Module):
     def __init__(self, sizes: Sequence[int], activation: str) -> None:
         super().__init__()
@@ -66,8 +71,7 @@ class MLPDynamics:
         sigma: float = 1.0,
         normalizer: Normalizer | None = None,
     ) -> None:
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation '{activation}' (allowed: {', '.join(ACTIVATIONS)})")
+        check_activation(activation)
         if sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {sigma}")
         self.obs_dim, self.act_dim = obs_dim, act_dim

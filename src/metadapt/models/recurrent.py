@@ -22,7 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 from metadapt.data.normalizer import Normalizer
-from metadapt.models.mlp import _MLP, ACTIVATIONS, MLPDynamics
+from metadapt.models.mlp import _MLP, MLPDynamics, check_activation
 from metadapt.types import Params
 
 
@@ -45,8 +45,7 @@ class RecurrentDynamics:
         sigma: float = 1.0,
         normalizer: Normalizer | None = None,
     ) -> None:
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation '{activation}' (allowed: {', '.join(ACTIVATIONS)})")
+        check_activation(activation)
         self.obs_dim, self.act_dim, self.context_dim = obs_dim, act_dim, context
         self.hidden, self.activation, self.sigma = tuple(hidden), activation, float(sigma)
         self.gru = nn.GRU(2 * obs_dim + act_dim, context, batch_first=True, device="meta")
