@@ -83,20 +83,20 @@ def test_cli_missing_config_file(capsys, tmp_path):
 
 
 def test_cli_unknown_key(capsys):
-    _one_line_exit_2(capsys, ["run", str(ROOT / "configs/demo.yaml"), "planner.horizn=3"], "planner.horizn")
+    _one_line_exit_2(capsys, ["run", str(ROOT / "configs/mb_small.yaml"), "planner.horizn=3"], "planner.horizn")
 
 
 def test_cli_negative_horizon(capsys):
-    _one_line_exit_2(capsys, ["run", str(ROOT / "configs/demo.yaml"), "planner.horizon=-4"], "planner.horizon")
+    _one_line_exit_2(capsys, ["run", str(ROOT / "configs/mb_small.yaml"), "planner.horizon=-4"], "planner.horizon")
 
 
 def test_cli_unknown_env_id(capsys, tmp_path):
-    _one_line_exit_2(capsys, ["run", str(ROOT / "configs/demo.yaml"), "env.id=metadapt/Nope-v0",
+    _one_line_exit_2(capsys, ["run", str(ROOT / "configs/mb_small.yaml"), "env.id=metadapt/Nope-v0",
                               "--out", str(tmp_path / "r")], "unknown environment id 'metadapt/Nope-v0'")
 
 
 def test_cli_bad_env_kwargs(capsys, tmp_path):
-    _one_line_exit_2(capsys, ["run", str(ROOT / "configs/demo.yaml"), "env.kwargs.not_an_option=1",
+    _one_line_exit_2(capsys, ["run", str(ROOT / "configs/mb_small.yaml"), "env.kwargs.not_an_option=1",
                               "--out", str(tmp_path / "r")], "rejected its keyword arguments")
 
 
@@ -144,7 +144,7 @@ def test_cli_bad_checkpoint(capsys, tmp_path, case):
     path = _checkpoint_cases(tmp_path)[case]
     needle = {"truncated": "corrupt or truncated", "corrupt": "corrupt or truncated", "evil": "corrupt",
               "missing": "checkpoint not found", "wrong": "obs/action sizes"}[case]
-    _one_line_exit_2(capsys, ["run", str(ROOT / "configs/demo.yaml"), f"model.checkpoint={path}", *TINY,
+    _one_line_exit_2(capsys, ["run", str(ROOT / "configs/mb_small.yaml"), f"model.checkpoint={path}", *TINY,
                               "--out", str(tmp_path / "r"), "--quiet"], needle)
 
 
@@ -166,7 +166,7 @@ def test_console_script_help():
 
 def test_run_writes_resolved_config_metrics_and_report(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", str(ROOT / "configs/demo.yaml"), *TINY, "planner.type=cem", "planner.num_elites=5",
+    assert main(["run", str(ROOT / "configs/mb_small.yaml"), *TINY, "planner.type=cem", "planner.num_elites=5",
                  "--out", str(out), "--quiet"]) == 0
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["planner"]["type"] == "cem" and cfg["planner"]["momentum"] == 0.1  # defaults resolved
@@ -179,6 +179,15 @@ def test_run_writes_resolved_config_metrics_and_report(tmp_path, capsys):
     assert "## Trials" in report and (out / "trials.png").is_file()
     # the trained model is reusable through model.checkpoint
     again = tmp_path / "again"
-    assert main(["run", str(ROOT / "configs/demo.yaml"), *TINY, f"model.checkpoint={out / 'train'}",
+    assert main(["run", str(ROOT / "configs/mb_small.yaml"), *TINY, f"model.checkpoint={out / 'train'}",
                  "--out", str(again), "--quiet"]) == 0
     assert not (again / "train").exists()
+
+
+def test_planner_dtype_auto_resolves_to_what_the_machine_runs_fast():
+    from metadapt.experiments.config import load_config
+    from metadapt.models.mlp import fast_bfloat16
+
+    cfg = load_config(None)
+    assert cfg["planner"]["dtype"] == ("bfloat16" if fast_bfloat16("cpu") else "float32")
+    assert load_config(None, ["planner.dtype=float32"])["planner"]["dtype"] == "float32"

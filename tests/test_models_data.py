@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from torch.func import functional_call, vmap
 from metadapt.data import Normalizer, ReplayBuffer
 from metadapt.meta.fit import fit_dynamics
 from metadapt.models import MLPDynamics, make_objective, rollout_returns
+from metadapt.models.mlp import fused_linear_available
 from metadapt.types import Transitions
 
 
@@ -77,6 +79,20 @@ def test_bfloat16_fold_is_close_to_float32():
     r16 = rollout_returns(m.fold(p, torch.bfloat16), obs, actions, reward)
     assert r16.dtype == torch.float32
     assert float((r16 - r32).abs().max()) < 0.05 * float(r32.abs().max()) + 0.05
+
+
+@pytest.mark.skipif(not fused_linear_available(), reason="this PyTorch build has no oneDNN fused linear")
+def test_fused_bfloat16_rollout_equals_the_plain_one():
+    """The oneDNN bias + ReLU epilogue path gives the plain bfloat16 path's returns, and is the default."""
+    m, p = _model(hidden=(64, 64))
+    obs, actions = torch.randn(3), torch.rand(32, 5, 2) * 2 - 1
+    reward = lambda o, a, o2: o2[:, 0] - 0.1 * a.pow(2).sum(-1)  # noqa: E731
+    fused, plain = m.fold(p, torch.bfloat16), m.fold(p, torch.bfloat16, fused=False)
+    assert fused.fused and not plain.fused and not m.fold(p).fused  # float32 keeps the plain path
+    torch.testing.assert_close(rollout_returns(fused, obs, actions, reward),
+                               rollout_returns(plain, obs, actions, reward), atol=2e-2, rtol=1e-2)
+    with pytest.raises(ValueError, match="fused planning path"):
+        m.fold(p, torch.float32, fused=True)
 
 
 def test_normalizer_uses_all_raw_data():
@@ -160,3 +176,52 @@ def test_bfloat16_rollout_survives_offset_observations():
     r16 = rollout_returns(m.fold(p, torch.bfloat16), start, actions, reward)
     # rank agreement: the planner's choice depends on the ordering of returns
     assert float(torch.corrcoef(torch.stack([r32, r16]))[0, 1]) > 0.95
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("scale", [[0.7, 0.2, 0.1], [0.0, 1.0, 0.0]])  # every member (batched) / one (views)
+@pytest.mark.parametrize("meta_sgd", [False, True])
+def test_stacked_mlp_step_equals_vmap_grad(activation, scale, meta_sgd):
+    from torch.func import grad, vmap
+
+    from metadapt.models.stacked import StackedMLP
+
+    gen = torch.Generator().manual_seed(0)
+    m = MLPDynamics(4, 2, [12, 10], activation)
+    stack = {k: torch.stack([m.init_params(gen)[k] for _ in range(3)]) for k in m.param_shapes()}
+    obs, nxt = torch.randn(16, 4, generator=gen), torch.randn(16, 4, generator=gen)
+    act = torch.randn(16, 2, generator=gen)
+    lr = {k: torch.rand(v.shape[1:], generator=gen) for k, v in stack.items()} if meta_sgd else 0.3
+    s = torch.tensor(scale, dtype=torch.float64)
+    grads = vmap(grad(m.loss), in_dims=(0, None, None, None))(stack, obs, act, nxt)
+    ref = {k: v - (lr[k] if meta_sgd else lr) * s.float().view(-1, *[1] * (v.dim() - 1)) * grads[k]
+           for k, v in stack.items()}
+    loss_ref = vmap(m.loss, in_dims=(0, None, None, None))(stack, obs, act, nxt)
+    fused = StackedMLP(m)
+    work = {k: v.clone() for k, v in stack.items()}
+    loss, inputs, err = fused.forward(work, obs, act, nxt)
+    torch.testing.assert_close(loss, loss_ref)
+    fused.sgd_step_(work, inputs, err, s, lr)
+    for k in stack:
+        torch.testing.assert_close(work[k], ref[k], rtol=1e-5, atol=1e-6)
+    for j in range(3):  # an idle member is left bit-for-bit unchanged
+        if scale[j] == 0:
+            assert all(torch.equal(work[k][j], stack[k][j]) for k in stack)
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="inductor needs a C++ compiler")
+def test_compiled_rollout_gives_the_eager_returns():
+    """planner.compile: the torch.compile'd rollout (plain fold) returns what eager does, for new parameters too."""
+    from metadapt.models.rollout import compiled_rollout_returns
+
+    m, _ = _model(hidden=(32, 32))
+    gen = torch.Generator().manual_seed(3)
+    reward = lambda o, a, o2: o2[:, 0] - 0.1 * a.pow(2).sum(-1)  # noqa: E731
+    compiled = compiled_rollout_returns()
+    for dtype in (torch.float32, torch.bfloat16):
+        for _ in range(2):  # a new fold reuses the compiled graph and must still be right
+            folded = m.fold(m.init_params(gen), dtype, fused=False)
+            obs, actions = torch.randn(3, generator=gen), torch.rand(16, 4, 2, generator=gen) * 2 - 1
+            with torch.no_grad():
+                torch.testing.assert_close(compiled(folded, obs, actions, reward),
+                                           rollout_returns(folded, obs, actions, reward), atol=1e-2, rtol=1e-3)

@@ -157,3 +157,75 @@ def test_window_log_likelihood_from_the_loss_equals_the_models():
     direct = model.log_likelihood(params, obs, act, nxt).sum().double()
     via_loss = mole._log_lik(model.loss(params, obs, act, nxt), 5)
     assert float(via_loss) == pytest.approx(float(direct), rel=1e-5)
+
+
+def _random_stream(model: MLPDynamics, steps: int, seed: int):
+    """Windows from three random linear systems switching every 15 steps (the learners' real input shapes)."""
+    gen = torch.Generator().manual_seed(seed)
+    o, a = model.obs_dim, model.act_dim
+    systems = [torch.randn(o + a, o, generator=gen) for _ in range(3)]
+    for t in range(steps):
+        x = torch.randn(K, o + a, generator=gen)
+        y = x[:, :o] + x @ systems[(t // 15) % 3] + 0.01 * torch.randn(K, o, generator=gen)
+        yield x, y
+
+
+@pytest.mark.parametrize(
+    ("activation", "options", "meta_sgd"),
+    [
+        ("relu", {}, False),
+        ("tanh", {"choose": "posterior", "creation_test": "likelihood"}, True),
+        ("relu", {"max_components": 2, "merge_kl": 2.0}, True),
+    ],
+)
+def test_fused_step_equals_the_plain_one(activation, options, meta_sgd):
+    """The fused EM step (one forward, one in-place backward over C + 2 slots) is the vmap(grad) algorithm."""
+    model = MLPDynamics(3, 2, [16, 16], activation, sigma=0.3)
+    gen = torch.Generator().manual_seed(1)
+    prior = model.init_params(gen)
+    lr = {k: torch.rand(v.shape, generator=gen) * 0.6 for k, v in prior.items()} if meta_sgd else 0.3
+    plain = MOLeLearner(model, prior, lr, alpha=1.0, fused=False, **options)
+    fused = MOLeLearner(model, prior, lr, alpha=1.0, fused=True, **options)
+    created = 0
+    for x, y in _random_stream(model, 90, seed=2):
+        a, b = plain.observe(x, y).metrics, fused.observe(x, y).metrics
+        assert (a["components"], a["chosen"], a["created"], a["merged"]) == (
+            b["components"], b["chosen"], b["created"], b["merged"])
+        created += int(a["created"])
+        torch.testing.assert_close(fused.counts, plain.counts, rtol=1e-4, atol=1e-6)
+        for k, v in plain.stack.items():
+            torch.testing.assert_close(fused.stack[k], v, rtol=1e-4, atol=1e-5)
+        for k, v in plain.params().items():
+            torch.testing.assert_close(fused.params()[k], v, rtol=1e-4, atol=1e-5)
+    assert created >= 2  # the stream exercised the creation path (and the cap where set)
+    assert fused.ids == plain.ids
+
+
+def test_fused_is_refused_for_an_unsupported_activation():
+    model = MLPDynamics(3, 2, [8], "gelu")
+    prior = model.init_params(torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="fused MOLe"):
+        MOLeLearner(model, prior, fused=True)
+    assert not MOLeLearner(model, prior).fused
+
+
+def test_trial_analysis_counts_segments_recovery_components_and_forgetting():
+    from metadapt.experiments.metrics import mean_analysis, trial_analysis
+
+    tasks = np.repeat([0, 1, 0, 1], 500)
+    chosen = np.where(tasks == 0, 3, 7)
+    chosen[500:510] = 9  # an extra component born at the first switch, used for 10 steps only
+    created = np.zeros(2000)
+    created[[0, 500, 505]] = 1
+    reward = np.where(tasks == 0, 1.0, -1.0)
+    reward[1000:1500] = 0.5  # the recurring first task pays less the second time
+    cols = {"reward": reward, "task_id": tasks, "chosen": chosen, "components": np.full(2000, 3.0),
+            "created": created}
+    a = trial_analysis(cols, window=16)
+    assert a["segment_returns"] == [500.0, -500.0, 250.0, -500.0]
+    assert (a["true_tasks"], a["switches"]) == (2.0, 3.0)
+    assert (a["first_500"], a["last_500"]) == (500.0, 250.0)
+    assert a["task_recovery_ari"] == 1.0  # the 10 odd steps lie within K of the switch
+    assert a["effective_components"] == 2.0 and a["components"] == 3.0
+    assert a["created_per_switch"] == 1.0
+    assert math.isnan(mean_analysis([trial_analysis({"reward": reward, "task_id": tasks}, 16)])["components"])

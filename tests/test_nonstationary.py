@@ -290,7 +290,7 @@ def test_bad_task_sampler():
 
 def test_cli_bad_schedule_is_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "metadapt.cli", "run", str(ROOT / "configs/demo.yaml"),
+        [sys.executable, "-m", "metadapt.cli", "run", str(ROOT / "configs/mb_small.yaml"),
          "env.id=metadapt/HalfCheetahMalfunction-v0", "env.kwargs.schedule.type=sequence",
          "env.kwargs.schedule.entries=[[0, normal], [9, flip_0], [3, normal]]", "--out", str(tmp_path / "r")],
         capture_output=True, text=True, cwd=ROOT,

@@ -130,3 +130,15 @@ def test_bad_planner_arguments_are_rejected():
         CEM(-torch.ones(1), torch.ones(1), 2, num_samples=5, num_elites=6)
     with pytest.raises(ValueError, match="temperature"):
         MPPI(-torch.ones(1), torch.ones(1), 2, temperature=0)
+
+
+def test_speed_benchmark_runs_every_case_on_a_small_network():
+    """`metadapt bench speed`'s code path at toy size: every row is measured and the last line is the ratio."""
+    from metadapt.experiments.bench import bench_speed
+
+    lines: list[str] = []
+    out = bench_speed(repeats=1, num_samples=32, horizon=3, hidden=(16, 16), components=(1, 10), print_fn=lines.append)
+    assert lines[-1].startswith("mole_step_over_bf16_floor=")
+    for key in ("rs_f32_ms", "cem_bf16_ms", "mole_10_learner_ms", "mole_10_plain_learner_ms", "control_mole_10_ms",
+                "control_de_ms", "meta_second_order_steps_per_s"):
+        assert math.isfinite(out[key]) and out[key] > 0

@@ -52,6 +52,28 @@ def test_grid_expands_to_hashed_runs_and_bad_points_fail_alone(tmp_path):
     assert len({p.run_id for p in sweep.points}) == 4
 
 
+def test_methods_are_named_override_bundles_on_their_own_axis(tmp_path):
+    import yaml
+
+    from metadapt.errors import ConfigError
+
+    spec = {"name": "m", "base": str(ROOT / "configs/mb_halfcheetah.yaml"), "set": TINY,
+            "methods": {"mb": {"learner.type": "mb"}, "de": {"learner.type": "de", "learner.lr": 0.05}},
+            "grid": {"seed": [0, 1]}}
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    sweep = load_sweep(path)
+    assert sweep.grid_keys == ["method", "seed"]
+    got = {(p.labels["method"], p.labels["seed"]): p.config for p in sweep.points}
+    assert got[("de", 1)]["learner"]["type"] == "de" and got[("de", 1)]["learner"]["lr"] == 0.05
+    assert got[("mb", 0)]["learner"]["type"] == "mb" and got[("mb", 0)]["seed"] == 0
+    assert len({p.run_id for p in sweep.points}) == 4
+    spec["grid"]["method"] = ["x"]
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="'method' is the axis"):
+        load_sweep(path)
+
+
 def test_sweep_killed_then_rerun_equals_uninterrupted(tmp_path):
     path = _sweep_file(tmp_path, {"seed": [0, 1], "learner.type": ["mb", "de"]})
     full = tmp_path / "full"

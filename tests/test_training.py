@@ -95,7 +95,7 @@ def test_train_refuses_to_overwrite_and_resume_rejects_extra_args(tmp_path):
 def test_trial_is_reproducible_and_logs_every_step(tmp_path):
     from metadapt.cli import main
 
-    args = ["run", str(ROOT / "configs/demo.yaml"), *SMALL, "train.iterations=2", "trial.steps=40",
+    args = ["run", str(ROOT / "configs/mb_small.yaml"), *SMALL, "train.iterations=2", "trial.steps=40",
             "trial.episode_length=25", "--quiet"]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b")]) == 0

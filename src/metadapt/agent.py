@@ -10,7 +10,7 @@ import torch
 
 from metadapt.adapt.base import OnlineLearner
 from metadapt.models.mlp import FoldedMLP, MLPDynamics
-from metadapt.models.rollout import make_objective
+from metadapt.models.rollout import compiled_rollout_returns, make_objective, rollout_returns
 from metadapt.planning.base import Planner, PlanResult
 from metadapt.types import Params, RewardFn
 
@@ -30,6 +30,7 @@ class MPCAgent:
         reward_fn: batched ``(obs, act, next_obs) -> N``.
         window: K, the number of recent transitions handed to the learner.
         dtype: matrix-product dtype of the planning rollout.
+        compile: plan through ``torch.compile`` of the rollout (off by default; same returns to float rounding).
     """
 
     def __init__(
@@ -40,11 +41,14 @@ class MPCAgent:
         reward_fn: RewardFn,
         window: int = 16,
         dtype: torch.dtype = torch.float32,
+        compile: bool = False,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.model, self.learner, self.planner, self.reward_fn = model, learner, planner, reward_fn
         self.window, self.dtype = window, dtype
+        self.compile = compile
+        self._rollout = compiled_rollout_returns() if compile else rollout_returns
         self.device = planner.device
         self.warm_start = planner.make_warm_start()
         self._history: deque[torch.Tensor] = deque(maxlen=window)
@@ -65,7 +69,8 @@ class MPCAgent:
     def _fold(self, params: Params) -> FoldedMLP:
         key = _params_key(params)
         if self._folded is None or self._folded[0] != key or self._folded[1] != id(self.model.normalizer):
-            self._folded = (key, id(self.model.normalizer), self.model.fold(params, self.dtype))
+            fused = False if self.compile else None
+            self._folded = (key, id(self.model.normalizer), self.model.fold(params, self.dtype, fused))
         return self._folded[2]
 
     def act(self, obs: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -73,7 +78,7 @@ class MPCAgent:
         params = self.learner.params()
         self._plan_params = params
         state = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        objective = make_objective(self._fold(params), state, self.reward_fn)
+        objective = make_objective(self._fold(params), state, self.reward_fn, self._rollout)
         with torch.no_grad():
             self.last_plan = self.planner.plan(objective, self.warm_start)
         return self.last_plan.action.cpu().numpy()

@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 
 from metadapt.errors import ConfigError, MetadaptError
 
-DEMO_CONFIG = "demo.yaml"
+DEMO_SWEEP = "sweeps/demo.yaml"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,7 +22,7 @@ class _Parser(argparse.ArgumentParser):
 def _configs_dir() -> Path:
     here = Path(__file__).resolve()
     for parent in here.parents:
-        if (parent / "configs" / DEMO_CONFIG).is_file():
+        if (parent / "configs" / DEMO_SWEEP).is_file():
             return parent / "configs"
     return Path("configs")
 
@@ -68,7 +68,10 @@ def cmd_run(args: argparse.Namespace, config: str | None = None) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    return cmd_run(args, str(_configs_dir() / DEMO_CONFIG))
+    args.sweep = str(_configs_dir() / DEMO_SWEEP)
+    args.out = args.out or str(Path("runs") / "demo")
+    args.workers, args.backend, args.ray_address = None, "local", None
+    return cmd_sweep(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -161,6 +164,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         bench_sweep(runs=args.runs)
         return 0
+    if args.which == "speed":
+        from metadapt.experiments.bench import bench_speed
+
+        bench_speed(repeats=args.repeats, num_samples=args.num_samples, horizon=args.horizon)
+        return 0
     from metadapt.experiments.bench import bench_planner
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
@@ -225,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
 
-    d = sub.add_parser("demo", help="the main job on defaults: train on HalfCheetah, run, write a report")
+    d = sub.add_parser("demo", help="the showcase: MOLe, TS and GS with the shipped HalfCheetah prior on an "
+                                    "alternating motor malfunction, then a report")
     d.add_argument("--out", metavar="DIR", help="run directory (default runs/demo)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
@@ -249,8 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_envs)
 
     b = sub.add_parser("bench", help="benchmarks that print ratios measured in one run")
-    b.add_argument("which", choices=["planner", "adaptation", "sweep"],
-                   help="planner: planners vs the matrix-product peak; adaptation: K-step errors on held-out "
+    b.add_argument("which", choices=["planner", "speed", "adaptation", "sweep"],
+                   help="planner: planners vs the matrix-product peak; speed: planners, learners, control steps "
+                        "and meta-training vs the bfloat16 floor; adaptation: K-step errors on held-out "
                         "tasks; sweep: the same sweep with 1 and 2 workers")
     b.add_argument("--runs", type=_positive, default=8, help="sweep: equal runs in the sweep")
     b.add_argument("--num-samples", type=_positive, default=1000)

@@ -35,6 +35,17 @@ windows around a switch (all off by default, which is the literal algorithm):
 each step, components whose predictions on the window are within ``merge_kl``
 nats of the chosen component's are folded into it (counts added).
 
+Two implementations of the same step (``fused``): the plain one is the
+algorithm written with ``vmap(grad_and_value(loss))``; the fused one
+(``models/stacked.py``, the default for ReLU and tanh networks) keeps the
+candidate ``theta_new`` and a working copy of the prior in two extra slots of
+the stack, so the E step, the creation test's likelihood, the M step and the
+next step's candidate come from one forward pass over ``C + 2`` networks and
+one in-place backward pass over those whose step is not negligible (a
+posterior under ``IDLE_POSTERIOR`` moves no float32 weight, and with windows of
+16 x 17 dimensions most posteriors are that small). Tests check both give the
+same numbers.
+
 Optional cap (off by default, as in the paper): with ``max_components`` set, a
 creation that would exceed it first removes the component with the smallest
 soft count (the least used one); the prior is never stored as a component, so
@@ -51,9 +62,11 @@ from torch.func import grad, grad_and_value, vmap
 from metadapt.adapt.base import StepInfo, split_window
 from metadapt.meta.maml import InnerLR, adapt
 from metadapt.models.mlp import MLPDynamics
+from metadapt.models.stacked import FUSED_ACTIVATIONS, StackedMLP
 from metadapt.types import Params
 
 CHOICES = ("likelihood", "posterior")
+IDLE_POSTERIOR = 1e-10
 CREATION_TESTS = ("weighted", "likelihood")
 
 
@@ -68,6 +81,10 @@ class MOLeLearner:
         choose: ``"likelihood"`` (Algorithm 1) or ``"posterior"`` (the text's variant).
         creation_test: ``"weighted"`` (Eq. 5 terms, default) or ``"likelihood"``.
         max_components: optional cap on the number of components (``None``: no cap).
+        creation_margin: nats by which ``theta_new`` must win the creation test.
+        merge_kl: fold duplicates of the chosen component into it (``None``: off).
+        fused: the fused step (see the module docstring); ``None`` picks it when
+            the activation allows.
     """
 
     def __init__(
@@ -81,6 +98,7 @@ class MOLeLearner:
         max_components: int | None = None,
         creation_margin: float = 0.0,
         merge_kl: float | None = None,
+        fused: bool | None = None,
     ) -> None:
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
@@ -99,11 +117,16 @@ class MOLeLearner:
         # One batched pass gives every component's window loss (hence its log-likelihood) and gradient.
         self._grad_and_loss = vmap(grad_and_value(model.loss), in_dims=(0, None, None, None))
         self._grad = grad(model.loss)
+        supported = model.activation in FUSED_ACTIVATIONS
+        if fused and not supported:
+            raise ValueError(f"fused MOLe needs one of the activations {FUSED_ACTIVATIONS}, not {model.activation}")
+        self.fused = supported if fused is None else fused
+        self._stacked = StackedMLP(model) if self.fused else None
         self.reset()
 
     def reset(self) -> None:
         """One component, the prior; no counts, no previous window."""
-        self.stack: Params = {k: v[None].clone() for k, v in self.prior.items()}
+        self.stack = {k: v[None].clone() for k, v in self.prior.items()}
         self.counts = torch.zeros(1, dtype=torch.float64)
         self.ids = [0]  # a component's id never changes, even when others are removed
         self.steps = 0
@@ -111,6 +134,24 @@ class MOLeLearner:
         self.created_total = 0
         self.last_posterior = torch.ones(1, dtype=torch.float64)
         self._prev: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    # Storage. The plain step keeps the C components; the fused one C + 2 slots:
+    # the components, then the candidate theta_new and a copy of the prior that
+    # this step adapts into the next candidate (their order is _extra).
+    @property
+    def stack(self) -> Params:
+        """The components' parameters, ``C x ...`` per entry."""
+        c = self._num
+        return {k: v[:c] for k, v in self._slots.items()}
+
+    @stack.setter
+    def stack(self, value: Params) -> None:
+        self._num = int(next(iter(value.values())).shape[0])
+        if self.fused:
+            self._slots = {k: torch.cat([v, self.prior[k][None], self.prior[k][None]]) for k, v in value.items()}
+            self._extra = (self._num, self._num + 1)  # (candidate, prior working copy)
+        else:
+            self._slots = dict(value)
 
     @property
     def num_components(self) -> int:
@@ -148,42 +189,8 @@ class MOLeLearner:
     def observe(self, x: torch.Tensor, y: torch.Tensor) -> StepInfo:
         """One EM step on the window ``x``: ``K x (O + A)``, ``y``: ``K x O`` (raw)."""
         obs, act = split_window(x, self.model.obs_dim)
-        n = obs.shape[0]
         with torch.no_grad():
-            grads, loss = self._grad_and_loss(self.stack, obs, act, y)
-            ll = self._log_lik(loss, n)
-            # The first step has no history: the prior's single component is responsible for it.
-            log_prior = torch.log(self.counts) if self.steps > 0 else torch.zeros(1, dtype=torch.float64)
-            created = False
-            if self._prev is not None and self.alpha > 0:
-                new = adapt(self.model, self.prior, *self._prev, self.lr, 1, first_order=True)
-                ll_new = self._log_lik(self.model.loss(new, obs, act, y), n)
-                log_alpha = math.log(self.alpha)
-                if self.creation_test == "weighted":
-                    created = bool(log_alpha + ll_new > torch.max(log_prior + ll) + self.creation_margin)
-                else:
-                    created = bool(ll_new > torch.max(ll) + self.creation_margin)
-                if created:
-                    if self.max_components is not None and self.num_components >= self.max_components:
-                        keep = self._drop_least_used()
-                        grads = {k: g[keep] for k, g in grads.items()}
-                        ll, log_prior = ll[keep], log_prior[keep]
-                    new_grad = self._grad(new, obs, act, y)
-                    grads = {k: torch.cat([g, new_grad[k][None]]) for k, g in grads.items()}
-                    self.stack = {k: torch.cat([v, new[k][None]]) for k, v in self.stack.items()}
-                    self.counts = torch.cat([self.counts, torch.zeros(1, dtype=torch.float64)])
-                    self.ids.append(self.created_total + 1)
-                    ll = torch.cat([ll, ll_new[None]])
-                    log_prior = torch.cat([log_prior, torch.tensor([log_alpha], dtype=torch.float64)])
-                    self.created_total += 1
-            log_post = ll + log_prior
-            post = torch.softmax(log_post, 0)
-            scale = post.to(obs.dtype)
-            self.stack = {k: self._m_step(k, v, scale, grads[k]) for k, v in self.stack.items()}
-            self.counts = self.counts + post
-            self.chosen = int(torch.argmax(ll if self.choose == "likelihood" else log_post))
-            self.last_posterior = post
-            merged = self._merge(obs, act) if self.merge_kl is not None else 0
+            created, merged, post = (self._step_fused if self.fused else self._step_plain)(obs, act, y)
             self._prev = (obs, act, y)
             self.steps += 1
         return StepInfo({
@@ -196,6 +203,101 @@ class MOLeLearner:
             # id:probability of every component, for the task-probability figure
             "posterior": ";".join(f"{i}:{p:.4g}" for i, p in zip(self.ids, self.last_posterior.tolist(), strict=True)),
         })
+
+    def _log_prior(self) -> torch.Tensor:
+        # The first step has no history: the prior's single component is responsible for it.
+        return torch.log(self.counts) if self.steps > 0 else torch.zeros(1, dtype=torch.float64)
+
+    def _creates(self, ll: torch.Tensor, log_prior: torch.Tensor, ll_new: torch.Tensor) -> bool:
+        if self.creation_test == "weighted":
+            return bool(math.log(self.alpha) + ll_new > torch.max(log_prior + ll) + self.creation_margin)
+        return bool(ll_new > torch.max(ll) + self.creation_margin)
+
+    def _finish(self, post: torch.Tensor, ll: torch.Tensor, log_post: torch.Tensor, obs: torch.Tensor,
+                act: torch.Tensor) -> int:
+        """Counts, choice and merging after the M step; returns how many components were merged."""
+        self.counts = self.counts + post
+        self.chosen = int(torch.argmax(ll if self.choose == "likelihood" else log_post))
+        self.last_posterior = post
+        return self._merge(obs, act) if self.merge_kl is not None else 0
+
+    def _step_fused(self, obs: torch.Tensor, act: torch.Tensor, y: torch.Tensor) -> tuple[bool, int, torch.Tensor]:
+        assert self._stacked is not None
+        n, c = obs.shape[0], self._num
+        cand, work = self._extra
+        loss, inputs, err = self._stacked.forward(self._slots, obs, act, y)
+        ll_all = self._log_lik(loss, n)
+        ll, log_prior = ll_all[:c], self._log_prior()
+        created = False
+        if self._prev is not None and self.alpha > 0:
+            created = self._creates(ll, log_prior, ll_all[cand])
+        keep = torch.ones(c + 2, dtype=torch.bool)
+        if created:
+            if self.max_components is not None and c >= self.max_components:
+                drop = int(torch.argmin(self.counts))
+                keep[drop] = False
+                self.counts = self.counts[keep[:c]]
+                self.ids = [i for j, i in enumerate(self.ids) if j != drop]
+                ll, log_prior = ll[keep[:c]], log_prior[keep[:c]]
+            ll = torch.cat([ll, ll_all[cand][None]])
+            log_prior = torch.cat([log_prior, torch.tensor([math.log(self.alpha)], dtype=torch.float64)])
+            self.counts = torch.cat([self.counts, torch.zeros(1, dtype=torch.float64)])
+            self.ids.append(self.created_total + 1)
+            self.created_total += 1
+        log_post = ll + log_prior
+        post = torch.softmax(log_post, 0)
+        # Step multipliers per slot: components by their posterior, the prior copy by 1 (it becomes
+        # the next candidate), the candidate by its posterior when it was just created, else 0.
+        scale = torch.zeros(c + 2, dtype=torch.float64)
+        scale[work] = 1.0
+        scale[torch.nonzero(keep[:c]).squeeze(1)] = post[: int(keep[:c].sum())]
+        if created:
+            scale[cand] = post[-1]
+        # A posterior below IDLE_POSTERIOR scales a step under float32's resolution of the weights it
+        # would change; treating it as 0 lets the step skip those components (and keeps denormals out).
+        scale = torch.where(scale < IDLE_POSTERIOR, torch.zeros_like(scale), scale)
+        self._stacked.sgd_step_(self._slots, inputs, err, scale, self.lr)
+        if created:
+            order = [*torch.nonzero(keep[:c]).squeeze(1).tolist(), cand, work]
+            self._slots = {k: torch.cat([v[order], self.prior[k][None]]) for k, v in self._slots.items()}
+            self._num = len(order) - 1
+            self._extra = (self._num, self._num + 1)
+        else:
+            # The adapted prior copy is the next candidate; the old candidate's slot gets the prior back.
+            for k, v in self._slots.items():
+                v[cand].copy_(self.prior[k])
+            self._extra = (work, cand)
+        merged = self._finish(post, ll, log_post, obs, act)
+        return created, merged, post
+
+    def _step_plain(self, obs: torch.Tensor, act: torch.Tensor, y: torch.Tensor) -> tuple[bool, int, torch.Tensor]:
+        n = obs.shape[0]
+        grads, loss = self._grad_and_loss(self.stack, obs, act, y)
+        ll, log_prior = self._log_lik(loss, n), self._log_prior()
+        created = False
+        if self._prev is not None and self.alpha > 0:
+            new = adapt(self.model, self.prior, *self._prev, self.lr, 1, first_order=True)
+            ll_new = self._log_lik(self.model.loss(new, obs, act, y), n)
+            created = self._creates(ll, log_prior, ll_new)
+            if created:
+                if self.max_components is not None and self.num_components >= self.max_components:
+                    keep = self._drop_least_used()
+                    grads = {k: g[keep] for k, g in grads.items()}
+                    ll, log_prior = ll[keep], log_prior[keep]
+                new_grad = self._grad(new, obs, act, y)
+                grads = {k: torch.cat([g, new_grad[k][None]]) for k, g in grads.items()}
+                self.stack = {k: torch.cat([v, new[k][None]]) for k, v in self.stack.items()}
+                self.counts = torch.cat([self.counts, torch.zeros(1, dtype=torch.float64)])
+                self.ids.append(self.created_total + 1)
+                ll = torch.cat([ll, ll_new[None]])
+                log_prior = torch.cat([log_prior, torch.tensor([math.log(self.alpha)], dtype=torch.float64)])
+                self.created_total += 1
+        log_post = ll + log_prior
+        post = torch.softmax(log_post, 0)
+        scale = post.to(obs.dtype)
+        self.stack = {k: self._m_step(k, v, scale, grads[k]) for k, v in self.stack.items()}
+        merged = self._finish(post, ll, log_post, obs, act)
+        return created, merged, post
 
     def _merge(self, obs: torch.Tensor, act: torch.Tensor) -> int:
         """Fold the chosen component's duplicates into it; returns how many were removed.
@@ -221,7 +323,13 @@ class MOLeLearner:
         return int(dup.sum())
 
     def _keep(self, keep: torch.Tensor) -> None:
-        self.stack = {k: v[keep] for k, v in self.stack.items()}
+        if self.fused:
+            order = [*torch.nonzero(keep).squeeze(1).tolist(), *self._extra]
+            self._slots = {k: v[order] for k, v in self._slots.items()}
+            self._num = len(order) - 2
+            self._extra = (self._num, self._num + 1)
+        else:
+            self.stack = {k: v[keep] for k, v in self.stack.items()}
         self.counts = self.counts[keep]
         if self.last_posterior.shape == keep.shape:
             self.last_posterior = self.last_posterior[keep]

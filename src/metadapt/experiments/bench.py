@@ -1,7 +1,8 @@
-"""Planner speed against the matrix-product peak, measured side by side in one run."""
+"""Planners, learners and control steps against the matrix-product peak, measured side by side in one run."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -91,4 +92,188 @@ def bench_planner(
         print_fn(f"{k:<10}{times[k] * 1e3:>10.2f}{rate / 1e9:>10.1f}{rate / peak:>9.2f}")
     out["planner_fraction_of_matmul_peak"] = out["rs_fraction_of_peak"]
     print_fn(f"planner_fraction_of_matmul_peak={out['rs_fraction_of_peak']:.3f}")
+    return out
+
+
+def _interleaved(cases: dict[str, Callable[[], object]], rounds: int, inner: int = 1) -> dict[str, float]:
+    """Best seconds per call of every case, timed round-robin so all see the same machine load."""
+    for fn in cases.values():
+        fn()  # warm-up
+    best = {k: float("inf") for k in cases}
+    for _ in range(rounds):
+        for k, fn in cases.items():
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            best[k] = min(best[k], (time.perf_counter() - t0) / inner)
+    return best
+
+
+def bench_speed(
+    repeats: int = 10,
+    num_samples: int = 1000,
+    horizon: int = 10,
+    hidden: tuple[int, ...] = (500, 500, 500),
+    components: tuple[int, ...] = (1, 5, 10, 20),
+    seed: int = 0,
+    print_fn: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """Issue 6's benchmark: planners, learners and whole control steps against the matrix-product floor.
+
+    Everything is measured in this one run on the same synthetic HalfCheetah-sized
+    inputs (18-D state, 6-D action, K = 16): the peak of a plain ``N x 500 @ 500 x
+    500`` product in float32 and bfloat16; random shooting, CEM and MPPI per control
+    step in both dtypes; the MOLe learner step (fused, the default, and the plain
+    ``vmap`` one at 10 components) with ``components`` components; a whole control
+    step (learner update, fold, bfloat16 random shooting) for every learner; and
+    meta-training outer steps per second. Returns every number in a dict; the
+    last printed line is ``mole_step_over_bf16_floor=<x>``.
+    """
+    from metadapt.adapt.continual import ContinualLearner
+    from metadapt.adapt.mole import MOLeLearner
+    from metadapt.adapt.static import StaticLearner
+    from metadapt.adapt.ts import KShotLearner
+    from metadapt.agent import MPCAgent
+    from metadapt.meta.maml import adapted_loss
+
+    gen = torch.Generator().manual_seed(seed)
+    o, a, k = CHEETAH_OBS, CHEETAH_ACT, 16
+    model = MLPDynamics(o, a, hidden)
+    params = model.init_params(gen)
+    obs = torch.randn(o, generator=gen)
+    reward = lambda s, u, s2: s2[:, -1] - 0.1 * u.pow(2).sum(-1)  # noqa: E731  (HalfCheetah's form)
+    low, high = -torch.ones(a), torch.ones(a)
+    out: dict[str, float] = {}
+    rows: list[tuple[str, float, str]] = []
+
+    # 1. Matrix-product peak at the planner's widest shape, and the floor it implies for one plan.
+    width = max(hidden)
+    x32, w32 = torch.randn(num_samples, width, generator=gen), torch.randn(width, width, generator=gen)
+    x16, w16 = x32.bfloat16(), w32.bfloat16()
+    mm = _interleaved({"f32": lambda: torch.mm(x32, w32), "bf16": lambda: torch.mm(x16, w16)}, repeats, inner=20)
+    mm_flops = 2.0 * num_samples * width * width
+    plan_flops = rollout_flops(num_samples, horizon, o, a, hidden)
+    for dt in ("f32", "bf16"):
+        out[f"matmul_{dt}_gflops"] = mm_flops / mm[dt] / 1e9
+        out[f"floor_{dt}_ms"] = plan_flops / (mm_flops / mm[dt]) * 1e3
+        rows.append((f"matmul {dt} peak", mm[dt] * 1e3, f"{out[f'matmul_{dt}_gflops']:.0f} GFLOP/s; "
+                     f"plan floor {out[f'floor_{dt}_ms']:.2f} ms"))
+
+    # 2. Planners in both dtypes, on the same objective.
+    with torch.no_grad():
+        cases: dict[str, Callable[[], object]] = {}
+        planners: dict[str, Planner] = {}
+        for dt, dtype in (("f32", torch.float32), ("bf16", torch.bfloat16)):
+            objective = make_objective(model.fold(params, dtype), obs, reward)
+            for name, p in (
+                ("rs", RandomShooting(low, high, horizon, num_samples, seed=seed)),
+                ("cem", CEM(low, high, horizon, num_samples, iterations=5, num_elites=num_samples // 10, seed=seed)),
+                ("mppi", MPPI(low, high, horizon, num_samples, seed=seed)),
+            ):
+                warm = p.make_warm_start()
+                planners[f"{name}_{dt}"] = p
+                cases[f"{name}_{dt}"] = lambda p=p, f=objective, w=warm: p.plan(f, w)
+        plan_t = _interleaved(cases, repeats)
+    for key, t in plan_t.items():
+        p = planners[key]
+        evals = p.num_samples * getattr(p, "iterations", 1)
+        dt = key.split("_")[1]
+        rate = plan_flops * evals / num_samples / t
+        out[f"{key}_ms"] = t * 1e3
+        out[f"{key}_fraction_of_peak"] = rate / (mm_flops / mm[dt])
+        rows.append((f"{key.replace('_', ' ')} plan", t * 1e3, f"{evals} evals; {rate / 1e9:.0f} GFLOP/s = "
+                     f"{out[f'{key}_fraction_of_peak']:.2f} of the {dt} peak"))
+    out["rs_bf16_speedup"] = out["rs_f32_ms"] / out["rs_bf16_ms"]
+
+    # 3. The MOLe learner step (paper configuration: alpha 1, the creation test runs every step). As in a
+    # trial, the components disagree (here by their output offsets, 0.5 normalized units) and the
+    # window is explained by one of them; "uniform" is the worst case, identical components.
+    x = torch.randn(k, o + a, generator=gen)
+    last = f"layers.{len(hidden)}.bias"
+    y = model.predict(params, x[:, :o], x[:, o:]) + 0.1 * torch.randn(k, o, generator=gen)
+
+    def mole(c: int, fused: bool = True, uniform: bool = False) -> MOLeLearner:
+        # An infinite margin keeps the component count at c while the creation test still runs.
+        learner = MOLeLearner(model, params, 0.01, alpha=1.0, creation_margin=math.inf, fused=fused)
+        stack = {n: v[None].repeat(c, *([1] * v.dim())) for n, v in params.items()}
+        if not uniform:
+            stack[last][1:] += 0.5 * torch.randn(c - 1, o, generator=gen)
+        learner.stack = stack
+        learner.counts = torch.ones(c, dtype=torch.float64)
+        learner.ids, learner.steps = list(range(c)), 1
+        learner.observe(x, y)  # sets the previous window, so the creation test is part of every timed step
+        return learner
+
+    moles = {f"mole_{c}": mole(c) for c in components}
+    if 10 in components:
+        moles["mole_10_plain"] = mole(10, fused=False)
+        moles["mole_10_uniform"] = mole(10, uniform=True)
+    learn_t = _interleaved({n: (lambda m=m: m.observe(x, y)) for n, m in moles.items()}, repeats)
+    for n, t in learn_t.items():
+        out[f"{n}_learner_ms"] = t * 1e3
+        label = "mole x" + n.removeprefix("mole_").replace("_", " (") + (")" if n.count("_") > 1 else "")
+        rows.append((f"{label} learner step", t * 1e3, f"{t / plan_t['rs_bf16']:.2f} of a bf16 RS plan"))
+
+    # 4. Whole control steps: learner update, fold (once per parameter change) and bf16 random shooting.
+    def agent(learner: object) -> Callable[[], object]:
+        rs = RandomShooting(low, high, horizon, num_samples, seed=seed)
+        ag = MPCAgent(model, learner, rs, reward, window=k, dtype=torch.bfloat16)  # type: ignore[arg-type]
+        rng = torch.Generator().manual_seed(seed)
+        for _ in range(k):
+            ag.observe(torch.randn(o, generator=rng).numpy(), torch.rand(a, generator=rng).numpy(),
+                       torch.randn(o, generator=rng).numpy())
+        s0, s1 = torch.randn(o, generator=rng).numpy(), torch.randn(o, generator=rng).numpy()
+
+        def step() -> None:
+            u = ag.act(s0)
+            ag.observe(s0, u, s1)
+
+        return step
+
+    control = {
+        "mb": agent(StaticLearner(params)),
+        "de": agent(ContinualLearner(model, params, 0.01)),
+        "ts": agent(KShotLearner(model, params, 0.01)),
+        "gs": agent(ContinualLearner(model, params, 0.01)),
+        "mole_10": agent(mole(10)),
+    }
+    ctrl_t = _interleaved(control, repeats)
+    for n, t in ctrl_t.items():
+        out[f"control_{n}_ms"] = t * 1e3
+        rows.append((f"control step {n.replace('_', ' x')}", t * 1e3,
+                     f"{t * 1e3 / out['floor_bf16_ms']:.2f} x the bf16 floor; {t * 20:.2f} of a 50 ms period"))
+
+    # 5. Meta-training: outer steps (meta-batch 32 windows, M = K = 16) per second.
+    batch = 32
+    past = (torch.randn(batch, k, o, generator=gen), torch.rand(batch, k, a, generator=gen) * 2 - 1,
+            torch.randn(batch, k, o, generator=gen))
+    future = (torch.randn(batch, k, o, generator=gen), torch.rand(batch, k, a, generator=gen) * 2 - 1,
+              torch.randn(batch, k, o, generator=gen))
+    leaves = {n: v.clone().requires_grad_(True) for n, v in params.items()}
+    opt = torch.optim.Adam(leaves.values(), lr=1e-3)
+
+    def outer(first_order: bool) -> None:
+        loss = adapted_loss(model, leaves, past, future, 0.01, 1, first_order)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    meta_t = _interleaved({"second": lambda: outer(False), "first": lambda: outer(True)}, max(3, repeats // 3))
+    for n, t in meta_t.items():
+        out[f"meta_{n}_order_steps_per_s"] = 1.0 / t
+        rows.append((f"meta step ({n} order)", t * 1e3, f"{1.0 / t:.1f} outer steps/s (batch {batch}, M=K={k})"))
+
+    if 10 in components:
+        out["mole_10_learner_over_planner"] = out["mole_10_learner_ms"] / out["rs_bf16_ms"]
+    out["mole_step_over_bf16_floor"] = out["control_mole_10_ms"] / out["floor_bf16_ms"]
+    print_fn(f"threads={torch.get_num_threads()} N={num_samples} H={horizon} hidden={list(hidden)} K={k} "
+             f"(best of {repeats} interleaved rounds)")
+    print_fn(f"{'case':<34}{'ms':>9}  notes")
+    for name, ms, note in rows:
+        print_fn(f"{name:<34}{ms:>9.2f}  {note}")
+    print_fn(f"rs_f32_fraction_of_peak={out['rs_f32_fraction_of_peak']:.3f}")
+    print_fn(f"rs_bf16_speedup={out['rs_bf16_speedup']:.2f}")
+    if 10 in components:
+        print_fn(f"mole_10_learner_over_planner={out['mole_10_learner_over_planner']:.3f}")
+    print_fn(f"mole_step_over_bf16_floor={out['mole_step_over_bf16_floor']:.2f}")
     return out

@@ -81,6 +81,19 @@ def build_planner(cfg: dict[str, Any], env: gym.Env, seed: int) -> Planner:
 PRIOR_LEARNERS = ("ts", "gs", "mole")
 
 
+def planner_compile(cfg: dict[str, Any]) -> bool:
+    """``planner.compile``, refused in one line where torch.compile cannot work."""
+    if not cfg["planner"]["compile"]:
+        return False
+    from metadapt.models.rollout import compiled_rollout_returns
+
+    try:
+        compiled_rollout_returns()
+    except RuntimeError as exc:
+        raise ConfigError(f"config key 'planner.compile': {exc}") from None
+    return True
+
+
 def build_learner(
     cfg: dict[str, Any], params: Params, prior: Prior | None = None, model: MLPDynamics | None = None
 ) -> OnlineLearner:

@@ -75,7 +75,9 @@ SCHEMA: dict[str, Any] = {
         "temperature": _f("float", 0.1, low=0, low_open=True, doc="MPPI temperature"),
         "noise_std": _f("float", 0.5, low=0, low_open=True, doc="MPPI noise std / half action range"),
         "noise_beta": _f("float", 0.5, low=0, high=1, high_open=True, doc="MPPI time correlation"),
-        "dtype": _f("str", "float32", choices=("float32", "bfloat16")),
+        "dtype": _f("str", "auto", choices=("auto", "float32", "bfloat16"),
+                    doc="planning rollout weights; auto: bfloat16 where the device has fast bfloat16 products"),
+        "compile": _f("bool", False, doc="torch.compile the planning rollout (first call compiles for tens of s)"),
     },
     "learner": {
         "type": _f("str", "mb", choices=("mb", "de", "ts", "gs", "mole", "rebal"),
@@ -203,6 +205,11 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     """Fill defaults and check every key; returns the fully resolved config."""
     cfg = _validate(raw, SCHEMA, "")
     _cross_checks(cfg)
+    if cfg["planner"]["dtype"] == "auto":
+        # Resolved here so the run directory records what actually ran.
+        from metadapt.models.mlp import fast_bfloat16
+
+        cfg["planner"]["dtype"] = "bfloat16" if fast_bfloat16(cfg["device"]) else "float32"
     return cfg
 
 

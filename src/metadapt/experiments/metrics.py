@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -52,3 +53,65 @@ def effective_components(chosen: Sequence[int], min_fraction: float = 0.05) -> i
         return 0
     _, counts = np.unique(c, return_counts=True)
     return int((counts >= min_fraction * c.size).sum())
+
+
+def segments(task_ids: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Maximal runs of one task: ``(start, stop, task)`` with ``stop`` exclusive."""
+    t = np.asarray(task_ids)
+    if t.size == 0:
+        return []
+    bounds = [0, *(np.flatnonzero(t[1:] != t[:-1]) + 1).tolist(), t.size]
+    return [(a, b, int(t[a])) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+# The scalar results of trial_analysis that sweeps tabulate (averaged over a run's trials).
+ANALYSIS_FIELDS = ("task_recovery_ari", "effective_components", "components", "created_per_switch",
+                   "first_500", "last_500")
+
+
+def mean_analysis(analyses: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Each of ``ANALYSIS_FIELDS`` averaged over trials (NaN where no trial has it)."""
+    out = {}
+    for key in ANALYSIS_FIELDS:
+        values = [float(a[key]) for a in analyses if key in a]
+        out[key] = float(np.mean(values)) if values else float("nan")
+    return out
+
+
+def trial_analysis(columns: dict[str, np.ndarray], window: int) -> dict[str, float | list[float]]:
+    """What a trial's per-step log says about adaptation.
+
+    Args:
+        columns: ``metrics.csv`` columns (``reward``, ``task_id``; MOLe adds
+            ``chosen``, ``components``, ``created``).
+        window: K; steps within K of a switch are excluded from task recovery.
+
+    Returns:
+        ``segment_returns`` (reward summed over each run of one task),
+        ``true_tasks``, ``switches``, ``first_500`` and ``last_500`` (returns of
+        the first and last 500 steps spent in the first task: forgetting is their
+        ratio), and for MOLe ``task_recovery_ari``, ``components``,
+        ``effective_components``, ``created`` and ``created_per_switch``.
+    """
+    reward, tasks = np.asarray(columns["reward"], float), np.asarray(columns["task_id"]).astype(int)
+    segs = segments(tasks)
+    out: dict[str, float | list[float]] = {
+        "segment_returns": [float(reward[a:b].sum()) for a, b, _ in segs],
+        "true_tasks": float(np.unique(tasks).size),
+        "switches": float(max(0, len(segs) - 1)),
+    }
+    if segs:
+        first = np.flatnonzero(tasks == segs[0][2])
+        if first.size >= 1000:
+            out["first_500"] = float(reward[first[:500]].sum())
+            out["last_500"] = float(reward[first[-500:]].sum())
+    if "chosen" in columns:
+        chosen = np.asarray(columns["chosen"]).astype(int)
+        keep = away_from_switches(tasks, window)
+        out["task_recovery_ari"] = adjusted_rand_index(tasks[keep], chosen[keep]) if keep.any() else float("nan")
+        out["components"] = float(np.asarray(columns["components"])[-1])
+        out["effective_components"] = float(effective_components(chosen))
+        created = float(np.nansum(np.asarray(columns["created"], float)))
+        out["created"] = created
+        out["created_per_switch"] = created / out["switches"] if out["switches"] else float("nan")
+    return out

@@ -15,6 +15,7 @@ from metadapt.agent import MPCAgent
 from metadapt.errors import CheckpointError, ConfigError
 from metadapt.experiments import build
 from metadapt.experiments.config import dump_config, load_config
+from metadapt.experiments.metrics import mean_analysis
 from metadapt.experiments.progress import Reporter
 from metadapt.experiments.report import write_report
 from metadapt.experiments.trial import TrialResult, run_trial
@@ -110,7 +111,7 @@ def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter) -> list[TrialRes
                    else build.build_learner(cfg, params, prior, model))
         agent = MPCAgent(
             model, learner, build.build_planner(cfg, env, trial_seed), reward_fn,
-            window, build.DTYPES[cfg["planner"]["dtype"]],
+            window, build.DTYPES[cfg["planner"]["dtype"]], build.planner_compile(cfg),
         )
         res = run_trial(env, agent, cfg["trial"]["steps"], trial_seed, out_dir / f"trial_{i}", reporter,
                         label=f"trial {i}")
@@ -119,7 +120,8 @@ def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter) -> list[TrialRes
         results.append(res)
     env.close()
     returns = [r.total_return for r in results]
-    summary = {"returns": returns, "mean_return": float(np.mean(returns)), "std_return": float(np.std(returns))}
+    summary = {"returns": returns, "mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
+               "analysis": mean_analysis([r.analysis for r in results])}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(out_dir)
     return results

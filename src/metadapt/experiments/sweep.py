@@ -6,6 +6,9 @@ A sweep file names a base config, fixed overrides and a grid::
     base: ../mb_halfcheetah.yaml        # relative to the sweep file
     command: run                        # run (train if needed, then trials) | train
     set: {trial.steps: 1000}            # overrides for every run
+    methods:                            # optional: named bundles of overrides, one grid axis "method"
+      mb: {learner.type: mb, model.checkpoint: runs/mb}
+      mole: {learner.type: mole, model.checkpoint: "builtin:halfcheetah_malfunction"}
     grid:                               # the product of these lists
       seed: [0, 1, 2]
       planner.type: [rs, cem, mppi]
@@ -40,9 +43,10 @@ import yaml
 
 from metadapt.errors import ConfigError, MetadaptError
 from metadapt.experiments.config import dump_config, load_config
+from metadapt.experiments.metrics import ANALYSIS_FIELDS, mean_analysis
 
 RESULT_FIELDS = ("run", "status", "mean_return", "std_return", "trials", "seconds")
-_KEYS = {"name", "base", "command", "set", "grid", "resources"}
+_KEYS = {"name", "base", "command", "set", "methods", "grid", "resources"}
 
 
 @dataclass(frozen=True)
@@ -102,11 +106,19 @@ def load_sweep(path: str | Path) -> Sweep:
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep file {path}: grid key '{key}' must map to a non-empty list")
-    keys = list(grid)
+    methods = spec.get("methods") or {}
+    if not isinstance(methods, dict) or not all(isinstance(m, dict) for m in methods.values()):
+        raise ConfigError(f"sweep file {path}: 'methods' must map method names to mappings of config keys")
+    if methods and "method" in grid:
+        raise ConfigError(f"sweep file {path}: 'method' is the axis 'methods' defines; it cannot also be a grid key")
+    axes = ({"method": list(methods)} if methods else {}) | grid
+    keys = list(axes)
     points = []
-    for combo in itertools.product(*(grid[k] for k in keys)):
+    for combo in itertools.product(*(axes[k] for k in keys)):
         labels = dict(zip(keys, combo, strict=True))
-        overrides = [_override_text(k, v) for k, v in fixed.items()] + [_override_text(k, v) for k, v in labels.items()]
+        bundle = methods[labels["method"]] if methods else {}
+        overrides = [_override_text(k, v) for k, v in {**fixed, **bundle}.items()]
+        overrides += [_override_text(k, v) for k, v in labels.items() if k != "method"]
         try:
             cfg = load_config(base_path, overrides)
             points.append(Point(labels, overrides, cfg, None, config_hash(cfg)))
@@ -153,6 +165,7 @@ def execute_point(command: str, config: dict[str, Any], run_dir: str, threads: i
             trials = runner.run(config, out, Reporter())
             returns = [t.total_return for t in trials]
             result.update(mean_return=float(np.mean(returns)), std_return=float(np.std(returns)), trials=len(trials))
+            result.update(mean_analysis([t.analysis for t in trials]))
         result["status"] = "done"
     except Exception as exc:  # a failing run must not stop the sweep: record it and go on
         (out / "error.txt").write_text("".join(traceback.format_exception(exc)))
@@ -277,10 +290,12 @@ def write_results(sweep: Sweep, results: list[dict[str, Any]], out: Path) -> Pat
     path = out / "results.csv"
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*RESULT_FIELDS, *sweep.grid_keys, "error"], extrasaction="ignore")
+        fields = [*RESULT_FIELDS, *ANALYSIS_FIELDS, *sweep.grid_keys, "error"]
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for p, r in zip(sweep.points, results, strict=True):
-            w.writerow({**{k: r.get(k, "") for k in RESULT_FIELDS}, **p.labels, "error": r.get("error", "")})
+            w.writerow({**{k: r.get(k, "") for k in (*RESULT_FIELDS, *ANALYSIS_FIELDS)}, **p.labels,
+                        "error": r.get("error", "")})
     tmp.replace(path)
     return path
 
@@ -304,22 +319,67 @@ def mean_ci(values: list[float]) -> tuple[float, float, float, int]:
 
 
 def aggregate(rows: list[dict[str, str]], group_keys: list[str]) -> list[dict[str, Any]]:
-    """Group ``results.csv`` rows by ``group_keys`` (everything but the seed) and summarise the returns."""
-    groups: dict[tuple[str, ...], list[float]] = {}
+    """Group ``results.csv`` rows by ``group_keys`` (everything but the seed) and summarise them.
+
+    The returns get mean, std, 95% CI and n; every ``ANALYSIS_FIELDS`` column
+    present gets ``<field>`` (its mean over the seeds that have it) and
+    ``<field>_ci95``.
+    """
+    groups: dict[tuple[str, ...], list[dict[str, str]]] = {}
     failed: dict[tuple[str, ...], int] = {}
     for r in rows:
         key = tuple(r.get(k, "") for k in group_keys)
+        groups.setdefault(key, [])
         if r["status"] == "done":
-            groups.setdefault(key, []).append(float(r["mean_return"]))
+            groups[key].append(r)
         else:
             failed[key] = failed.get(key, 0) + 1
-            groups.setdefault(key, [])
+
+    def column(done: list[dict[str, str]], name: str) -> list[float]:
+        return [float(r[name]) for r in done if r.get(name) not in (None, "")]
+
     out = []
-    for key, values in groups.items():
-        mean, std, ci, n = mean_ci(values)
-        out.append({**dict(zip(group_keys, key, strict=True)), "mean": mean, "std": std, "ci95": ci, "n": n,
-                    "failed": failed.get(key, 0)})
+    for key, done in groups.items():
+        mean, std, ci, n = mean_ci(column(done, "mean_return"))
+        g = {**dict(zip(group_keys, key, strict=True)), "mean": mean, "std": std, "ci95": ci, "n": n,
+             "failed": failed.get(key, 0)}
+        for name in ANALYSIS_FIELDS:
+            m, _, c, k = mean_ci(column(done, name))
+            if k:
+                g[name], g[f"{name}_ci95"] = m, c
+        out.append(g)
     return out
+
+
+def _curve_figures(out: Path, rows: list[dict[str, str]], group_keys: list[str]) -> list[str]:
+    """Cumulative reward per group (mean over seeds, first trial) and one MOLe run's task probabilities."""
+    from metadapt.experiments.report import plot_task_probabilities, plt, read_csv, save_figure
+
+    curves: dict[str, list[np.ndarray]] = {}
+    mole: tuple[str, dict[str, np.ndarray]] | None = None
+    for r in rows:
+        m = read_csv(out / "runs" / r["run"] / "trial_0" / "metrics.csv") if r["status"] == "done" else {}
+        if "return" not in m:
+            continue
+        label = " / ".join(str(r.get(k, "")) for k in group_keys) or "all"
+        curves.setdefault(label, []).append(m["return"])
+        if mole is None and "posterior" in m:
+            mole = (f"{label}, run {r['run']}", m)
+    lines = []
+    if curves:
+        fig, ax = plt.subplots(figsize=(8, 3.8))
+        for label, runs in curves.items():
+            n = min(len(c) for c in runs)
+            ax.plot(np.mean([c[:n] for c in runs], axis=0), lw=1.2, label=f"{label} (n={len(runs)})")
+        ax.set_xlabel("step")
+        ax.set_ylabel("cumulative reward (mean over seeds)")
+        ax.legend(fontsize=7)
+        save_figure(fig, out / "cumulative_reward.png")
+        lines += ["", "![cumulative reward per group](cumulative_reward.png)"]
+    if mole is not None:
+        plot_task_probabilities(mole[1], out / "task_probabilities.png", f"MOLe task probabilities ({mole[0]})")
+        lines += ["", "![MOLe task probabilities, true task shaded](task_probabilities.png)"]
+    return lines
 
 
 def write_sweep_report(out_dir: str | Path) -> Path:
@@ -329,7 +389,7 @@ def write_sweep_report(out_dir: str | Path) -> Path:
     out = Path(out_dir)
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    grid_keys = [k for k in (rows[0].keys() if rows else []) if k not in (*RESULT_FIELDS, "error")]
+    grid_keys = [k for k in (rows[0].keys() if rows else []) if k not in (*RESULT_FIELDS, *ANALYSIS_FIELDS, "error")]
     group_keys = [k for k in grid_keys if k != "seed"]
     table = aggregate(rows, group_keys)
     done = sum(r["status"] == "done" for r in rows)
@@ -341,6 +401,18 @@ def write_sweep_report(out_dir: str | Path) -> Path:
     for g in table:
         lines.append("| " + " | ".join([*(str(g[k]) for k in group_keys), f"{g['mean']:.1f}", f"{g['std']:.1f}",
                                         f"± {g['ci95']:.1f}", str(g["n"]), str(g["failed"])]) + " |")
+    present = [f for f in ANALYSIS_FIELDS if any(f in g for g in table)]
+    if present:
+        lines += ["", "Adaptation metrics (mean over seeds, ± the 95% CI half-width): task recovery is the adjusted "
+                  "Rand index of the chosen component against the true task, steps within K of a switch excluded; "
+                  "effective components are those chosen for at least 5% of the steps; first/last 500 are the "
+                  "returns of the first and last 500 steps spent in the trial's first task.", "",
+                  "| " + " | ".join([*group_keys, *present]) + " |", "|" + "---|" * len(group_keys)
+                  + "---:|" * len(present)]
+        for g in table:
+            cells = [f"{g[f]:.3g} ± {g[f + '_ci95']:.2g}" if f in g and math.isfinite(g[f + "_ci95"])
+                     else (f"{g[f]:.3g}" if f in g else "") for f in present]
+            lines.append("| " + " | ".join([*(str(g[k]) for k in group_keys), *cells]) + " |")
     if table:
         fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(table)), 3.5))
         labels = [" / ".join(str(g[k]) for k in group_keys) or "all" for g in table]
@@ -351,6 +423,7 @@ def write_sweep_report(out_dir: str | Path) -> Path:
         ax.set_ylabel("mean return (95% CI)")
         save_figure(fig, out / "returns.png")
         lines += ["", "![returns per group](returns.png)"]
+        lines += _curve_figures(out, rows, group_keys)
     failures = [r for r in rows if r["status"] != "done"]
     if failures:
         lines += ["", "## Failed runs", ""]

@@ -13,6 +13,7 @@ import gymnasium as gym
 import numpy as np
 
 from metadapt.agent import MPCAgent
+from metadapt.experiments.metrics import trial_analysis
 from metadapt.experiments.progress import Reporter
 
 BASE_FIELDS = ("step", "episode", "reward", "return", "task_id", "plan_ms", "learner_ms", "nonfinite")
@@ -29,6 +30,7 @@ class TrialResult:
     mean_plan_ms: float
     mean_model_error: float
     nonfinite_returns: int
+    analysis: dict[str, Any]  # metrics.trial_analysis: segment returns, task recovery, components
 
 
 def run_trial(
@@ -56,6 +58,8 @@ def run_trial(
     plan_ms: list[float] = []
     errors: list[float] = []
     nonfinite = 0
+    # The columns trial_analysis reads, kept in memory rather than re-read from the CSV.
+    columns: dict[str, list[float]] = {"reward": [], "task_id": [], "chosen": [], "components": [], "created": []}
     reporter.start(label, label, steps)
     writer: csv.DictWriter[str] | None = None
     with open(out / "metrics.csv", "w", newline="") as f:
@@ -84,6 +88,9 @@ def run_trial(
                 writer = csv.DictWriter(f, fieldnames=list(row), extrasaction="raise")
                 writer.writeheader()
             writer.writerow(row)
+            for key, values in columns.items():
+                if key in row:
+                    values.append(float(row[key]))
             reporter.advance(label, ret=total)
             obs = next_obs
             if terminated or truncated:
@@ -94,10 +101,11 @@ def run_trial(
                 agent.new_episode()
         if ep_return != 0.0 or not episode_returns:
             episode_returns.append(ep_return)
+    logged = {k: np.asarray(v) for k, v in columns.items() if len(v) == steps}
     result = TrialResult(
         steps=steps, episodes=len(episode_returns), total_return=total, episode_returns=episode_returns,
         mean_plan_ms=float(np.mean(plan_ms)), mean_model_error=float(np.mean(errors)) if errors else float("nan"),
-        nonfinite_returns=nonfinite,
+        nonfinite_returns=nonfinite, analysis=trial_analysis(logged, agent.window),
     )
     (out / "summary.json").write_text(json.dumps(asdict(result), indent=2))
     return result

@@ -132,12 +132,44 @@ class MLPDynamics:
         return -0.5 * err.pow(2).sum(-1) / var - 0.5 * self.obs_dim * math.log(2 * math.pi * var)
 
     # -- fast planning path --------------------------------------------------
-    def fold(self, params: Params, dtype: torch.dtype = torch.float32) -> FoldedMLP:
+    def fold(self, params: Params, dtype: torch.dtype = torch.float32, fused: bool | None = None) -> FoldedMLP:
         """Weights with the normalizer folded in, for repeated planning rollouts.
 
         Call once per parameter update; the result is reused across control steps.
+        ``fused`` as in ``FoldedMLP``.
         """
-        return FoldedMLP(self, params, dtype)
+        return FoldedMLP(self, params, dtype, fused)
+
+
+def fused_linear_available() -> bool:
+    """Whether oneDNN's fused linear + bias + activation kernel is in this PyTorch build."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._linear_pointwise  # noqa: B018  (raises when the op is not built in)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def fast_bfloat16(device: str | torch.device = "cpu") -> bool:
+    """Whether bfloat16 matrix products beat float32 on ``device``.
+
+    CUDA: when the GPU supports bfloat16. CPU: when it has AMX or AVX-512 BF16
+    instructions (read from ``/proc/cpuinfo``; elsewhere assumed absent, since
+    without them PyTorch emulates bfloat16 products more slowly than float32).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 class FoldedMLP:
@@ -147,26 +179,58 @@ class FoldedMLP:
     (``s' = s + delta_mean + delta_std * (W h + b)``). The input normalization is
     applied to the state in float32 before the product rather than folded into
     the weights: folding it would subtract large, nearly equal terms, which
-    bfloat16 inputs cannot resolve. The first layer is split into state and
-    action blocks so a whole ``N x H x A`` action tensor is projected in one
-    product before the rollout.
+    bfloat16 inputs cannot resolve.
+
+    Two equivalent paths:
+
+    - plain: the first layer is split into state and action blocks so a whole
+      ``N x H x A`` action tensor is projected in one product before the rollout;
+    - fused (bfloat16 ReLU networks on CPU, by default): every hidden layer is
+      one oneDNN call with the bias and ReLU applied in the product's epilogue.
+      In bfloat16 a separate bias add and ReLU each cost a quarter of the AMX
+      product they follow, so fusing them is most of the gap to the
+      matrix-product floor.
+
+    Args:
+        model: the dynamics model (architecture and normalizer).
+        params: its parameter dict.
+        dtype: the weights' dtype (the state and returns stay float32).
+        fused: force the fused path on or off; ``None`` picks it when available.
     """
 
-    def __init__(self, model: MLPDynamics, params: Params, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, model: MLPDynamics, params: Params, dtype: torch.dtype = torch.float32, fused: bool | None = None
+    ) -> None:
         layers = len(model.hidden) + 1
         o = model.obs_dim
+        w1 = params["layers.0.weight"]
+        can_fuse = (
+            model.activation == "relu" and dtype == torch.bfloat16 and w1.device.type == "cpu"
+            and fused_linear_available()
+        )
+        if fused and not can_fuse:
+            raise ValueError("the fused planning path needs a ReLU network, bfloat16 weights and a CPU oneDNN build")
+        self.fused = can_fuse if fused is None else fused
         with torch.no_grad():
-            w1 = params["layers.0.weight"].float()
+            w1 = w1.float()
             n = model.normalizer.to(w1.device)
             self.obs_mean, self.obs_inv_std = n.obs_mean, 1.0 / n.obs_std
             self.act_mean, self.act_inv_std = n.act_mean, 1.0 / n.act_std
-            self.ws_t = w1[:, :o].t().contiguous().to(dtype)
-            self.wa_t = w1[:, o:].t().contiguous().to(dtype)
             self.b1 = params["layers.0.bias"].to(dtype)
-            self.mid = [
-                (params[f"layers.{i}.weight"].t().contiguous().to(dtype), params[f"layers.{i}.bias"].to(dtype))
-                for i in range(1, layers - 1)
-            ]
+            if self.fused:
+                # oneDNN takes weights as stored by nn.Linear (out x in).
+                self.w1 = w1.to(dtype).contiguous()
+                self.mid = [
+                    (params[f"layers.{i}.weight"].to(dtype).contiguous(), params[f"layers.{i}.bias"].to(dtype))
+                    for i in range(1, layers - 1)
+                ]
+            else:
+                self.ws_t = w1[:, :o].t().contiguous().to(dtype)
+                self.wa_t = w1[:, o:].t().contiguous().to(dtype)
+                self.mid = [
+                    (params[f"layers.{i}.weight"].t().contiguous().to(dtype), params[f"layers.{i}.bias"].to(dtype))
+                    for i in range(1, layers - 1)
+                ]
             wl = params[f"layers.{layers - 1}.weight"].float() * n.delta_std[:, None]
             self.wl_t = wl.t().contiguous().to(dtype)
             self.bl = params[f"layers.{layers - 1}.bias"].float() * n.delta_std + n.delta_mean
@@ -178,15 +242,27 @@ class FoldedMLP:
         return h.relu_() if self.relu else self.act_fn(h)
 
     def project_actions(self, actions: torch.Tensor) -> torch.Tensor:
-        """``N x H x A`` -> ``H x N x hidden``: the action block of layer 1 plus its bias."""
+        """``N x H x A`` -> ``H x N x C``, what ``step`` takes per time step.
+
+        Plain path: the action block of layer 1 plus its bias (``C`` = hidden);
+        fused path: the normalized actions in the weights' dtype (``C = A``).
+        """
         a = ((actions.transpose(0, 1).float() - self.act_mean) * self.act_inv_std).to(self.dtype)
+        if self.fused:
+            return a
         return torch.matmul(a, self.wa_t).add_(self.b1)
 
     def step(self, obs: torch.Tensor, act_proj: torch.Tensor) -> torch.Tensor:
-        """One model step: ``N x O`` float32 state, ``N x hidden`` projection -> ``N x O`` next state."""
+        """One model step: ``N x O`` float32 state, ``N x C`` prepared action -> ``N x O`` next state."""
         x = ((obs - self.obs_mean) * self.obs_inv_std).to(self.dtype)
-        h = self._act(torch.addmm(act_proj, x, self.ws_t))
-        for w_t, b in self.mid:
-            h = self._act(torch.addmm(b, h, w_t))
+        if self.fused:
+            linear = torch.ops.mkldnn._linear_pointwise
+            h = linear(torch.cat([x, act_proj], dim=-1), self.w1, self.b1, "relu", [], "")
+            for w, b in self.mid:
+                h = linear(h, w, b, "relu", [], "")
+        else:
+            h = self._act(torch.addmm(act_proj, x, self.ws_t))
+            for w_t, b in self.mid:
+                h = self._act(torch.addmm(b, h, w_t))
         # Bias and delta are added in float32 so the state does not accumulate bfloat16 rounding.
         return torch.mm(h, self.wl_t).float().add_(self.bl).add_(obs)

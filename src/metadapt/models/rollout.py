@@ -5,10 +5,15 @@ Planners never see a model: they get ``objective(actions N x H x A) -> N``.
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
+
 import torch
 
 from metadapt.models.mlp import FoldedMLP
 from metadapt.types import Objective, RewardFn
+
+Rollout = Callable[[FoldedMLP, torch.Tensor, torch.Tensor, RewardFn], torch.Tensor]
 
 
 def rollout_returns(
@@ -36,10 +41,32 @@ def rollout_returns(
     return total
 
 
-def make_objective(folded: FoldedMLP, obs: torch.Tensor, reward_fn: RewardFn) -> Objective:
-    """The planner's objective from state ``obs`` (``O``) under ``folded``."""
+_compiled: Rollout | None = None
+
+
+def compiled_rollout_returns() -> Rollout:
+    """``rollout_returns`` through ``torch.compile`` (inductor), built once per process.
+
+    Use it with a plain (``fused=False``) fold: inductor fuses the bias and
+    activation into its own kernels and cannot lower oneDNN's fused op. The
+    first call compiles (tens of seconds); new parameters and start states
+    reuse the compiled graph. Raises ``RuntimeError`` when no C++ compiler is
+    installed (inductor needs one on CPU).
+    """
+    global _compiled
+    if _compiled is None:
+        if not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+            raise RuntimeError("planner.compile needs a C++ compiler (g++ or clang++) for torch.compile on CPU")
+        _compiled = torch.compile(rollout_returns, dynamic=False)
+    return _compiled
+
+
+def make_objective(
+    folded: FoldedMLP, obs: torch.Tensor, reward_fn: RewardFn, rollout: Rollout = rollout_returns
+) -> Objective:
+    """The planner's objective from state ``obs`` (``O``) under ``folded`` (``rollout``: eager or compiled)."""
 
     def objective(actions: torch.Tensor) -> torch.Tensor:
-        return rollout_returns(folded, obs, actions, reward_fn)
+        return rollout(folded, obs, actions, reward_fn)
 
     return objective

@@ -1,0 +1,117 @@
+"""Hand-written forward and in-place SGD step for a stack of MLPs that share one input window.
+
+MOLe evaluates and updates every component on the same window each time
+step. Through ``vmap(grad(...))`` that is a forward pass, a backward pass that
+materialises a ``C x ...`` gradient per parameter, and an update that reads
+the parameters and the gradients and writes new parameters: five passes over
+``C`` copies of the network, which at 3 x 500 and ``C = 10`` is 20 MB each.
+Here the per-member step scale is folded into the output error, so every
+weight update is one ``baddbmm_`` that reads and writes the weights in place
+(two passes, no gradient tensor). The same numbers as ``vmap(grad(loss))``
+followed by ``theta - lr * scale * grad``, to float rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from metadapt.models.mlp import MLPDynamics
+from metadapt.types import Params
+
+FUSED_ACTIVATIONS = ("relu", "tanh")
+
+
+class StackedMLP:
+    """Forward and SGD step for ``S`` stacked copies of ``model``'s network.
+
+    Args:
+        model: the dynamics model (architecture, normalizer); its activation
+            must be in ``FUSED_ACTIVATIONS``.
+    """
+
+    def __init__(self, model: MLPDynamics) -> None:
+        if model.activation not in FUSED_ACTIVATIONS:
+            raise ValueError(f"the fused MOLe step supports activations {FUSED_ACTIVATIONS}, not {model.activation}")
+        self.model = model
+        self.num_layers = len(model.hidden) + 1
+        self.relu = model.activation == "relu"
+
+    def forward(
+        self, stack: Params, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """Every member on one window: ``K x O``, ``K x A``, ``K x O`` -> per-member MSE ``S``.
+
+        Also returns the layer inputs (``[K x D, S x K x H, ...]``) and the
+        output error ``S x K x O`` that ``sgd_step_`` needs.
+        """
+        m = self.model
+        x = m._normalize_inputs(obs, act)
+        target = m.target(obs, next_obs)
+        inputs: list[torch.Tensor] = [x]
+        h: torch.Tensor = x
+        for i in range(self.num_layers):
+            w, b = stack[f"layers.{i}.weight"], stack[f"layers.{i}.bias"]
+            # S x K x out; the first layer's input is shared and broadcast.
+            z = torch.matmul(h, w.transpose(1, 2)).add_(b.unsqueeze(1))
+            if i == self.num_layers - 1:
+                err = z.sub_(target)
+                return err.pow(2).mean((1, 2)), inputs, err
+            h = z.relu_() if self.relu else z.tanh_()
+            inputs.append(h)
+        raise AssertionError("unreachable")
+
+    def sgd_step_(
+        self, stack: Params, inputs: list[torch.Tensor], err: torch.Tensor, scale: torch.Tensor,
+        lr: float | Params,
+    ) -> None:
+        """``theta_s -= lr * scale_s * grad_s(MSE)`` for every member, in place.
+
+        Members whose scale is exactly 0 are not touched: when most are idle
+        (MOLe's posterior is nearly one-hot) the step runs member by member on
+        views of the stack, reading only the weights that change.
+
+        Args:
+            stack: the parameters ``forward`` ran with (``S x ...`` each), updated in place.
+            inputs, err: from ``forward``.
+            scale: ``S`` per-member step multipliers (MOLe's posterior).
+            lr: a scalar or a per-parameter dict (Meta-SGD) of step sizes.
+        """
+        s, k, o = err.shape
+        per_member = scale.to(err.dtype) * (2.0 / (k * o))
+        if not isinstance(lr, dict):
+            per_member = per_member * float(lr)
+        active = torch.nonzero(scale != 0).squeeze(1).tolist()
+        if 2 * len(active) > s:
+            # The scaled, negated gradient at the output, every member at once.
+            self._backward_(stack, inputs, err * (-per_member).view(s, 1, 1), lr, None)
+            return
+        for j in active:
+            member = [h if h.dim() == 2 else h[j] for h in inputs]
+            self._backward_(stack, member, err[j] * -per_member[j], lr, j)
+
+    def _backward_(
+        self, stack: Params, inputs: list[torch.Tensor], dz: torch.Tensor, lr: float | Params, member: int | None
+    ) -> None:
+        """Backpropagate ``dz`` (``S x K x O``, or ``K x O`` for one ``member``) and update in place."""
+        for i in reversed(range(self.num_layers)):
+            w, b = stack[f"layers.{i}.weight"], stack[f"layers.{i}.bias"]
+            if member is not None:
+                w, b = w[member], b[member]
+            h = inputs[i]
+            # The error flows to the layer below through the weights as they were before this step.
+            below = torch.matmul(dz, w) if i > 0 else None
+            if member is None and h.dim() == 2:
+                h = h.expand(dz.shape[0], -1, -1)
+            rows = dz.dim() - 2  # the row axis of dz (0 for one member, 1 for the stack)
+            if isinstance(lr, dict):
+                lr_w, lr_b = lr[f"layers.{i}.weight"], lr[f"layers.{i}.bias"]
+                w.addcmul_(lr_w, torch.matmul(dz.transpose(-1, -2), h))
+                b.addcmul_(lr_b, dz.sum(rows))
+            elif member is None:
+                w.baddbmm_(dz.transpose(1, 2), h)
+                b.add_(dz.sum(rows))
+            else:
+                w.addmm_(dz.t(), h)
+                b.add_(dz.sum(rows))
+            if below is not None:
+                dz = below.mul_(inputs[i] > 0) if self.relu else below.mul_(1 - inputs[i].pow(2))
