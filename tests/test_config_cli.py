@@ -191,3 +191,20 @@ def test_planner_dtype_auto_resolves_to_what_the_machine_runs_fast():
     cfg = load_config(None)
     assert cfg["planner"]["dtype"] == ("bfloat16" if fast_bfloat16("cpu") else "float32")
     assert load_config(None, ["planner.dtype=float32"])["planner"]["dtype"] == "float32"
+
+
+def test_tensorboard_logging_writes_every_step(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    assert main(["run", str(ROOT / "configs/mb_small.yaml"), *TINY, "logging.tensorboard=true", "learner.type=de",
+                 "--out", str(out), "--quiet"]) == 0
+    events = EventAccumulator(str(out / "trial_0" / "tb"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"reward", "return", "model_error", "plan_ms"} <= set(tags)
+    rewards = events.Scalars("reward")
+    assert [e.step for e in rewards] == list(range(30))
+    logged = [float(x.split(",")[2]) for x in (out / "trial_0" / "metrics.csv").read_text().splitlines()[1:]]
+    assert [e.value for e in rewards] == pytest.approx(logged, rel=1e-6)

@@ -118,6 +118,9 @@ SCHEMA: dict[str, Any] = {
         "patience": _f("int", 5, low=1),
         "buffer_capacity": _f("int", 1_000_000, low=1),
     },
+    "logging": {
+        "tensorboard": _f("bool", False, doc="also write the per-step scalars as TensorBoard events (trial_*/tb)"),
+    },
     "trial": {
         "steps": _f("int", 1000, low=1),
         "episode_length": _f("int", 1000, low=1, doc="steps before the env resets within a trial"),

@@ -114,7 +114,7 @@ def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter) -> list[TrialRes
             window, build.DTYPES[cfg["planner"]["dtype"]], build.planner_compile(cfg),
         )
         res = run_trial(env, agent, cfg["trial"]["steps"], trial_seed, out_dir / f"trial_{i}", reporter,
-                        label=f"trial {i}")
+                        label=f"trial {i}", tensorboard=cfg["logging"]["tensorboard"])
         reporter.log(f"trial {i}: return={res.total_return:.1f} over {res.steps} steps, "
                      f"plan {res.mean_plan_ms:.1f} ms/step")
         results.append(res)

@@ -13,6 +13,7 @@ import gymnasium as gym
 import numpy as np
 
 from metadapt.agent import MPCAgent
+from metadapt.errors import MetadaptError
 from metadapt.experiments.metrics import trial_analysis
 from metadapt.experiments.progress import Reporter
 
@@ -41,12 +42,14 @@ def run_trial(
     out_dir: str | Path,
     reporter: Reporter | None = None,
     label: str = "trial",
+    tensorboard: bool = False,
 ) -> TrialResult:
     """Run ``agent`` for ``steps`` steps, resetting the env when an episode ends.
 
     The learner is reset once, at the start: adaptation carries across
     episodes of the same trial. Writes ``metrics.csv`` (one row per step) and
-    ``summary.json`` into ``out_dir``.
+    ``summary.json`` into ``out_dir``; with ``tensorboard``, also every numeric
+    per-step column as TensorBoard scalars in ``out_dir/tb``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,6 +63,7 @@ def run_trial(
     nonfinite = 0
     # The columns trial_analysis reads, kept in memory rather than re-read from the CSV.
     columns: dict[str, list[float]] = {"reward": [], "task_id": [], "chosen": [], "components": [], "created": []}
+    tb = _tensorboard_writer(out / "tb") if tensorboard else None
     reporter.start(label, label, steps)
     writer: csv.DictWriter[str] | None = None
     with open(out / "metrics.csv", "w", newline="") as f:
@@ -88,6 +92,10 @@ def run_trial(
                 writer = csv.DictWriter(f, fieldnames=list(row), extrasaction="raise")
                 writer.writeheader()
             writer.writerow(row)
+            if tb is not None:
+                for key, value in row.items():
+                    if key != "step" and isinstance(value, int | float):
+                        tb.add_scalar(key, value, step)
             for key, values in columns.items():
                 if key in row:
                     values.append(float(row[key]))
@@ -101,6 +109,8 @@ def run_trial(
                 agent.new_episode()
         if ep_return != 0.0 or not episode_returns:
             episode_returns.append(ep_return)
+    if tb is not None:
+        tb.close()
     logged = {k: np.asarray(v) for k, v in columns.items() if len(v) == steps}
     result = TrialResult(
         steps=steps, episodes=len(episode_returns), total_return=total, episode_returns=episode_returns,
@@ -109,3 +119,11 @@ def run_trial(
     )
     (out / "summary.json").write_text(json.dumps(asdict(result), indent=2))
     return result
+
+
+def _tensorboard_writer(path: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise MetadaptError("logging.tensorboard needs TensorBoard: pip install 'metadapt[tensorboard]'") from None
+    return SummaryWriter(str(path))
