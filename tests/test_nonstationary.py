@@ -354,3 +354,32 @@ def test_renders_rgb_frames(env_id):
     proc = subprocess.run([sys.executable, "-c", _RENDER, env_id], env={**os.environ, "MUJOCO_GL": backend},
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_run_video_writes_an_mp4_with_a_frame_per_step(tmp_path):
+    backend = _gl_backend()
+    if backend is None:
+        pytest.skip("no OpenGL backend: EGL and OSMesa are both missing (apt-get install libosmesa6)")
+    pytest.importorskip("imageio_ffmpeg")
+    import imageio.v2 as imageio
+
+    out = tmp_path / "v"
+    proc = subprocess.run(
+        [sys.executable, "-m", "metadapt.cli", "run", str(ROOT / "configs/mb_small.yaml"),
+         "env.id=metadapt/HalfCheetahMalfunction-v0", "env.kwargs.schedule=alternating_100",
+         "train.iterations=1", "train.steps_per_iteration=60", "train.rollout_length=60", "train.epochs=1",
+         "model.hidden=[16]", "planner.num_samples=10", "planner.horizon=2", "trial.steps=12",
+         "--video", "--quiet", "--out", str(out)],
+        env={**os.environ, "MUJOCO_GL": backend}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    frames = imageio.mimread(out / "trial_0" / "trial.mp4")
+    assert len(frames) == 12 and frames[0].shape == (320, 480, 3)
+
+
+def test_run_video_without_opengl_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "metadapt.cli", "run", str(ROOT / "configs/mb_small.yaml"),
+                           "--video", "--out", str(tmp_path / "v")],
+                          env={**os.environ, "MUJOCO_GL": "no-such-backend"}, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "MUJOCO_GL=no-such-backend" in proc.stderr
+    assert not (tmp_path / "v").exists()

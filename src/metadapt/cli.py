@@ -60,9 +60,14 @@ def cmd_run(args: argparse.Namespace, config: str | None = None) -> int:
     from metadapt.experiments.config import load_config
 
     cfg = load_config(config or args.config, getattr(args, "overrides", []))
+    if args.video:
+        from metadapt.experiments.video import check_video_writer, gl_backend
+
+        check_video_writer()
+        gl_backend()  # before anything imports mujoco; one line when there is no OpenGL
     out = Path(args.out) if args.out else runner.unique_dir(Path("runs") / cfg["name"])
     with _reporter(args.quiet) as rep:
-        runner.run(cfg, out, rep)
+        runner.run(cfg, out, rep, video=args.video)
     print(f"report: {out / 'report.md'}")
     return 0
 
@@ -231,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", help="key=value overrides, e.g. planner.horizon=15")
     r.add_argument("--out", metavar="DIR", help="run directory (default runs/<name>)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--video", action="store_true",
+                   help="write trial_<i>/trial.mp4 with the true task and the chosen component on each frame")
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="the showcase: MOLe, TS and GS with the shipped HalfCheetah prior on an "

@@ -29,8 +29,13 @@ from metadapt.types import Params, RewardFn
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def build_env(cfg: dict[str, Any], max_episode_steps: int | None = None) -> tuple[gym.Env, RewardFn]:
+def build_env(
+    cfg: dict[str, Any], max_episode_steps: int | None = None, render: bool = False
+) -> tuple[gym.Env, RewardFn]:
+    """The configured environment and its batched reward; ``render``: RGB frames of 480 x 320."""
     kwargs = dict(cfg["env"]["kwargs"])
+    if render:
+        kwargs.update(render_mode="rgb_array", width=480, height=320)
     if max_episode_steps is not None:
         kwargs["max_episode_steps"] = max_episode_steps
     env = make_env(cfg["env"]["id"], **kwargs)

@@ -70,11 +70,14 @@ def resume_train(run_dir: Path, reporter: Reporter) -> tuple[MLPDynamics, Params
     return train(cfg, run_dir, reporter, resume=True)
 
 
-def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter) -> list[TrialResult]:
-    """Train (unless ``model.checkpoint`` names a model), run ``trial.episodes`` trials, report."""
+def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter, video: bool = False) -> list[TrialResult]:
+    """Train (unless ``model.checkpoint`` names a model), run ``trial.episodes`` trials, report.
+
+    ``video``: also write each trial as ``trial_<i>/trial.mp4`` (needs offscreen OpenGL).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out_dir / "config.yaml")
-    env, reward_fn = build.build_env(cfg, max_episode_steps=cfg["trial"]["episode_length"])
+    env, reward_fn = build.build_env(cfg, max_episode_steps=cfg["trial"]["episode_length"], render=video)
     prior = None
     recurrent = None
     if cfg["learner"]["type"] == "rebal":
@@ -114,7 +117,7 @@ def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter) -> list[TrialRes
             window, build.DTYPES[cfg["planner"]["dtype"]], build.planner_compile(cfg),
         )
         res = run_trial(env, agent, cfg["trial"]["steps"], trial_seed, out_dir / f"trial_{i}", reporter,
-                        label=f"trial {i}", tensorboard=cfg["logging"]["tensorboard"])
+                        label=f"trial {i}", tensorboard=cfg["logging"]["tensorboard"], video=video)
         reporter.log(f"trial {i}: return={res.total_return:.1f} over {res.steps} steps, "
                      f"plan {res.mean_plan_ms:.1f} ms/step")
         results.append(res)

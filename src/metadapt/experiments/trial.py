@@ -16,6 +16,7 @@ from metadapt.agent import MPCAgent
 from metadapt.errors import MetadaptError
 from metadapt.experiments.metrics import trial_analysis
 from metadapt.experiments.progress import Reporter
+from metadapt.experiments.video import TrialVideo
 
 BASE_FIELDS = ("step", "episode", "reward", "return", "task_id", "plan_ms", "learner_ms", "nonfinite")
 
@@ -43,13 +44,16 @@ def run_trial(
     reporter: Reporter | None = None,
     label: str = "trial",
     tensorboard: bool = False,
+    video: bool = False,
 ) -> TrialResult:
     """Run ``agent`` for ``steps`` steps, resetting the env when an episode ends.
 
     The learner is reset once, at the start: adaptation carries across
     episodes of the same trial. Writes ``metrics.csv`` (one row per step) and
     ``summary.json`` into ``out_dir``; with ``tensorboard``, also every numeric
-    per-step column as TensorBoard scalars in ``out_dir/tb``.
+    per-step column as TensorBoard scalars in ``out_dir/tb``; with ``video``
+    (``env`` made with ``render_mode="rgb_array"``), ``out_dir/trial.mp4`` with
+    the true task and the learner's chosen component on every frame.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,6 +68,7 @@ def run_trial(
     # The columns trial_analysis reads, kept in memory rather than re-read from the CSV.
     columns: dict[str, list[float]] = {"reward": [], "task_id": [], "chosen": [], "components": [], "created": []}
     tb = _tensorboard_writer(out / "tb") if tensorboard else None
+    movie = TrialVideo(out / "trial.mp4") if video else None
     reporter.start(label, label, steps)
     writer: csv.DictWriter[str] | None = None
     with open(out / "metrics.csv", "w", newline="") as f:
@@ -92,6 +97,8 @@ def run_trial(
                 writer = csv.DictWriter(f, fieldnames=list(row), extrasaction="raise")
                 writer.writeheader()
             writer.writerow(row)
+            if movie is not None:
+                movie.add(env.render(), _caption(step, total, info, learner_metrics))
             if tb is not None:
                 for key, value in row.items():
                     if key != "step" and isinstance(value, int | float):
@@ -111,6 +118,8 @@ def run_trial(
             episode_returns.append(ep_return)
     if tb is not None:
         tb.close()
+    if movie is not None:
+        movie.close()
     logged = {k: np.asarray(v) for k, v in columns.items() if len(v) == steps}
     result = TrialResult(
         steps=steps, episodes=len(episode_returns), total_return=total, episode_returns=episode_returns,
@@ -127,3 +136,10 @@ def _tensorboard_writer(path: Path) -> Any:
     except ImportError:
         raise MetadaptError("logging.tensorboard needs TensorBoard: pip install 'metadapt[tensorboard]'") from None
     return SummaryWriter(str(path))
+
+
+def _caption(step: int, total: float, info: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+    lines = [f"step {step}   return {total:.1f}", f"true task: {info.get('task', info.get('task_id', '?'))}"]
+    if "chosen" in metrics:
+        lines.append(f"chosen component: {int(metrics['chosen'])} of {int(metrics['components'])}")
+    return lines
