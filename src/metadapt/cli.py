@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace, config: str | None = None) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     args.sweep = str(_configs_dir() / DEMO_SWEEP)
     args.out = args.out or str(Path("runs") / "demo")
-    args.workers, args.backend, args.ray_address = None, "local", None
+    args.workers, args.backend, args.ray_address, args.threads = None, "local", None, None
     return cmd_sweep(args)
 
 
@@ -137,7 +137,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             eta = f"{per_run * left / max(1, args.workers or os.cpu_count() or 1) / 60:.1f}min" if left else "0"
             rep.advance("sweep", 1, running=state["running"], failed=counts["failed"], eta=eta)
 
-        results = run_sweep(sweep, out, args.workers, args.backend, args.ray_address, on_event)
+        results = run_sweep(sweep, out, args.workers, args.backend, args.ray_address, on_event, args.threads)
     failed = sum(r["status"] != "done" for r in results)
     print(f"sweep {sweep.name}: {total} runs, {counts['skip']} skipped (already done), "
           f"{total - failed} done, {failed} failed; results: {out / 'results.csv'}")
@@ -250,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("sweep", help="sweep YAML (see configs/sweeps/)")
     sw.add_argument("--out", help="sweep directory (default runs/sweeps/NAME); rerun to resume")
     sw.add_argument("--workers", type=_positive, default=None, help="local processes (default: the cores)")
+    sw.add_argument("--threads", type=_positive, default=None,
+                    help="torch threads per local run (default: the cores shared among the workers)")
     sw.add_argument("--backend", choices=["local", "ray"], default="local")
     sw.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start one locally)")
     sw.add_argument("--quiet", action="store_true")

@@ -207,8 +207,12 @@ def run_sweep(
     backend: str = "local",
     ray_address: str | None = None,
     on_event: Callable[[str, Point, dict[str, Any] | None], None] | None = None,
+    threads_per_run: int | None = None,
 ) -> list[dict[str, Any]]:
     """Run every grid point not already done; returns one result per point (grid order).
+
+    Local runs get ``threads_per_run`` torch threads each (default: the cores
+    shared evenly among the workers).
 
     ``on_event(kind, point, result)`` is called with kind ``skip``, ``start``,
     ``done`` or ``failed``.
@@ -235,7 +239,7 @@ def run_sweep(
     if backend == "ray":
         results.update(_run_ray(sweep, todo, runs, ray_address, emit))
     elif backend == "local":
-        threads = max(1, cores // workers)
+        threads = threads_per_run or max(1, cores // workers)
         with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent) as pool:
             pending: dict[Future[dict[str, Any]], Point] = {}
             queue = list(todo)
