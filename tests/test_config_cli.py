@@ -43,7 +43,7 @@ def test_overrides_reach_nested_keys_and_parse_yaml_values():
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
-        ("planner.horizn=3", "unknown config key 'planner.horizn' (allowed keys in planner: dtype, horizon"),
+        ("planner.horizn=3", "unknown config key 'planner.horizn' (allowed keys in planner: compile, dtype, horizon"),
         ("planner.horizon=-1", "'planner.horizon': -1 is out of range (allowed: an integer >= 1)"),
         ("planner.horizon=2.5", "'planner.horizon': 2.5 is not an integer"),
         ("planner.type=ilqr", "'planner.type': 'ilqr' is not allowed (allowed: one of rs, cem, mppi)"),
