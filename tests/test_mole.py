@@ -176,6 +176,7 @@ def _random_stream(model: MLPDynamics, steps: int, seed: int):
         ("relu", {}, False),
         ("tanh", {"choose": "posterior", "creation_test": "likelihood"}, True),
         ("relu", {"max_components": 2, "merge_kl": 2.0}, True),
+        ("relu", {"new_lr": "meta_sgd"}, False),
     ],
 )
 def test_fused_step_equals_the_plain_one(activation, options, meta_sgd):
@@ -184,6 +185,8 @@ def test_fused_step_equals_the_plain_one(activation, options, meta_sgd):
     gen = torch.Generator().manual_seed(1)
     prior = model.init_params(gen)
     lr = {k: torch.rand(v.shape, generator=gen) * 0.6 for k, v in prior.items()} if meta_sgd else 0.3
+    if options.get("new_lr") == "meta_sgd":  # continual steps of 0.3, theta_new from learned rates
+        options = {**options, "new_lr": {k: torch.rand(v.shape, generator=gen) * 0.6 for k, v in prior.items()}}
     plain = MOLeLearner(model, prior, lr, alpha=1.0, fused=False, **options)
     fused = MOLeLearner(model, prior, lr, alpha=1.0, fused=True, **options)
     created = 0
@@ -229,3 +232,54 @@ def test_trial_analysis_counts_segments_recovery_components_and_forgetting():
     assert a["effective_components"] == 2.0 and a["components"] == 3.0
     assert a["created_per_switch"] == 1.0
     assert math.isnan(mean_analysis([trial_analysis({"reward": reward, "task_id": tasks}, 16)])["components"])
+
+
+def _random_action_windows(env_id: str, steps: int, schedule: str):
+    from metadapt.envs import make_env
+
+    env = make_env(env_id, schedule=schedule)
+    obs, _ = env.reset(seed=0)
+    rng, hist = np.random.default_rng(0), []
+    for _ in range(steps):
+        a = rng.uniform(-1, 1, env.action_space.shape[0]).astype(np.float32)
+        nxt, *_ = env.step(a)
+        hist.append(np.concatenate([obs, a, nxt]))
+        obs = nxt
+        w = torch.tensor(np.array(hist[-K:]), dtype=torch.float32)
+        yield w[:, : -obs.shape[0]], w[:, -obs.shape[0]:]
+
+
+def test_continual_learners_built_from_a_meta_sgd_prior_stay_finite():
+    """Regression: GS stepped with the prior's learned Meta-SGD rates every step diverged (inf at step 47 here,
+    NaN plans in the first demo). Built from config, GS and MOLe's M step use seed 000's 0.01 instead."""
+    from metadapt.experiments.build import build_learner
+    from metadapt.experiments.config import load_config
+    from metadapt.meta.prior import load_prior
+
+    prior = load_prior("builtin:halfcheetah_malfunction", 18, 6)
+    assert isinstance(prior.inner_lr, dict)
+    gs = build_learner(load_config(None, ["learner.type=gs"]), prior.params, prior, prior.model)
+    mole = build_learner(load_config(None, ["learner.type=mole"]), prior.params, prior, prior.model)
+    assert gs.lr == 0.01 and mole.lr == 0.01 and isinstance(mole.new_lr, dict)
+    for x, y in _random_action_windows("metadapt/HalfCheetahMalfunction-v0", 300, "alternating_100"):
+        g, m = gs.observe(x, y).metrics, mole.observe(x, y).metrics
+        assert g["window_loss"] < 10 and g["step_refused"] == 0
+        assert math.isfinite(m["posterior_chosen"])
+    assert all(bool(torch.isfinite(v).all()) for v in {**gs.params(), **mole.params()}.values())
+
+
+def test_a_step_to_non_finite_parameters_is_refused_and_a_non_finite_component_is_never_chosen():
+    model, prior = _linear_model()
+    gs = ContinualLearner(model, prior, lr=1e38)
+    x, y = torch.tensor([[0.0, 1.0]] * K), torch.full((K, 1), 1e30)
+    info = gs.observe(x, y).metrics
+    assert info["step_refused"] == 1 and all(bool(torch.isfinite(v).all()) for v in gs.params().values())
+
+    mole = MOLeLearner(model, prior, lr=0.1, alpha=0.0)
+    mole.stack = {"layers.0.weight": torch.tensor([[[0.0, 1.0]], [[float("nan"), 1.0]]]),
+                  "layers.0.bias": torch.zeros(2, 1)}
+    mole.counts = torch.tensor([1.0, 5.0], dtype=torch.float64)
+    mole.ids, mole.steps = [0, 1], 1
+    info = mole.observe(torch.tensor([[0.0, 1.0]] * K), torch.ones(K, 1)).metrics
+    assert info["chosen"] == 0 and info["posterior_chosen"] == 1.0
+    assert mole.last_posterior.tolist() == [1.0, 0.0]

@@ -39,10 +39,12 @@ class ContinualLearner:
         """``x``: ``K x (O + A)``, ``y``: ``K x O`` (raw observations)."""
         obs, act = split_window(x, self.model.obs_dim)
         with torch.no_grad():
-            self._params, before = adapt_with_loss(
-                self.model, self._params, obs, act, y, self.lr, self.steps, first_order=True
-            )
-        return StepInfo({"window_loss": float(before)})
+            new, before = adapt_with_loss(self.model, self._params, obs, act, y, self.lr, self.steps, first_order=True)
+            # A step that leaves non-finite parameters is refused rather than planned with.
+            finite = all(bool(torch.isfinite(v).all()) for v in new.values())
+        if finite:
+            self._params = new
+        return StepInfo({"window_loss": float(before), "step_refused": float(not finite)})
 
     def params(self) -> Params:
         return self._params

@@ -85,6 +85,10 @@ class MOLeLearner:
         merge_kl: fold duplicates of the chosen component into it (``None``: off).
         fused: the fused step (see the module docstring); ``None`` picks it when
             the activation allows.
+        new_lr: the step that adapts the prior into ``theta_new`` (default
+            ``lr``); a Meta-SGD prior's learned rates belong here, not in ``lr``:
+            they are meta-trained for one step from ``theta*`` and diverge when
+            applied every step.
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class MOLeLearner:
         creation_margin: float = 0.0,
         merge_kl: float | None = None,
         fused: bool | None = None,
+        new_lr: InnerLR | None = None,
     ) -> None:
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
@@ -114,6 +119,8 @@ class MOLeLearner:
         self._window_pred = vmap(model.predict_normalized_delta, in_dims=(0, None, None))
         self.prior = {k: v.detach() for k, v in prior.items()}
         self.lr = {k: v.detach() for k, v in lr.items()} if isinstance(lr, dict) else lr
+        new_lr = lr if new_lr is None else new_lr
+        self.new_lr = {k: v.detach() for k, v in new_lr.items()} if isinstance(new_lr, dict) else new_lr
         # One batched pass gives every component's window loss (hence its log-likelihood) and gradient.
         self._grad_and_loss = vmap(grad_and_value(model.loss), in_dims=(0, None, None, None))
         self._grad = grad(model.loss)
@@ -167,7 +174,9 @@ class MOLeLearner:
         """
         size = n * self.model.obs_dim
         var = self.model.sigma**2
-        return -size * (loss.double() / (2 * var) + 0.5 * math.log(2 * math.pi * var))
+        ll = -size * (loss.double() / (2 * var) + 0.5 * math.log(2 * math.pi * var))
+        # A component whose prediction is not finite explains nothing: it gets no posterior, no step, no choice.
+        return torch.where(torch.isnan(ll), -math.inf, ll)
 
     def _lr(self, k: str) -> float | torch.Tensor:
         return self.lr[k] if isinstance(self.lr, dict) else self.lr
@@ -256,7 +265,7 @@ class MOLeLearner:
         # A posterior below IDLE_POSTERIOR scales a step under float32's resolution of the weights it
         # would change; treating it as 0 lets the step skip those components (and keeps denormals out).
         scale = torch.where(scale < IDLE_POSTERIOR, torch.zeros_like(scale), scale)
-        self._stacked.sgd_step_(self._slots, inputs, err, scale, self.lr)
+        self._stacked.sgd_step_(self._slots, inputs, err, scale, self.lr, {work: self.new_lr})
         if created:
             order = [*torch.nonzero(keep[:c]).squeeze(1).tolist(), cand, work]
             self._slots = {k: torch.cat([v[order], self.prior[k][None]]) for k, v in self._slots.items()}
@@ -276,7 +285,7 @@ class MOLeLearner:
         ll, log_prior = self._log_lik(loss, n), self._log_prior()
         created = False
         if self._prev is not None and self.alpha > 0:
-            new = adapt(self.model, self.prior, *self._prev, self.lr, 1, first_order=True)
+            new = adapt(self.model, self.prior, *self._prev, self.new_lr, 1, first_order=True)
             ll_new = self._log_lik(self.model.loss(new, obs, act, y), n)
             created = self._creates(ll, log_prior, ll_new)
             if created:

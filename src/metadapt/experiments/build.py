@@ -99,6 +99,23 @@ def planner_compile(cfg: dict[str, Any]) -> bool:
     return True
 
 
+CONTINUAL_LR = 0.01  # seed 000 Table 2
+
+
+def continual_lr(configured: float | None, inner_lr: float | Params) -> float | Params:
+    """The step size of learners that step every time step (GS, MOLe's M step).
+
+    ``learner.lr`` when set; else the prior's inner rate when it is one number;
+    else (a Meta-SGD prior) seed 000's 0.01. Learned per-parameter rates are
+    meta-trained for one step from theta* (some are negative, the largest near
+    2): stepped every time step they diverge, as GS did within 70 steps of the
+    first demo.
+    """
+    if configured is not None:
+        return configured
+    return inner_lr if not isinstance(inner_lr, dict) else CONTINUAL_LR
+
+
 def build_learner(
     cfg: dict[str, Any], params: Params, prior: Prior | None = None, model: MLPDynamics | None = None
 ) -> OnlineLearner:
@@ -113,15 +130,16 @@ def build_learner(
         return ContinualLearner(model, params, lc["lr"] if lc["lr"] is not None else 0.01)
     if prior is None:
         raise MetadaptError(f"learner '{kind}' needs a meta-trained prior (model.checkpoint or meta.enabled=true)")
-    lr = lc["lr"] if lc["lr"] is not None else prior.inner_lr
     if kind == "ts":
         return KShotLearner(prior.model, prior.params, prior.inner_lr, prior.inner_steps)
+    lr = continual_lr(lc["lr"], prior.inner_lr)
     if kind == "gs":
         return ContinualLearner(prior.model, prior.params, lr)
     if kind == "mole":
         return MOLeLearner(
             prior.model, prior.params, lr, alpha=lc["alpha"], choose=lc["choose"], creation_test=lc["creation_test"],
             max_components=lc["max_components"], creation_margin=lc["creation_margin"], merge_kl=lc["merge_kl"],
+            new_lr=prior.inner_lr,
         )
     raise MetadaptError(f"unknown learner '{kind}'")
 

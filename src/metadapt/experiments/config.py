@@ -84,7 +84,8 @@ SCHEMA: dict[str, Any] = {
                    doc="mb/de use an MB model; ts/gs/mole a meta-trained prior; rebal a recurrent model"),
         "window": _f("int", 16, low=1, doc="K, recent transitions handed to the learner (ts: the prior's M)"),
         "lr": _f("float", None, low=0, low_open=True, nullable=True,
-                 doc="online step size (de/gs/mole); null: the prior's inner LR, 0.01 for de"),
+                 doc="online step size (de/gs/mole M step); null: 0.01, or the prior's inner LR when "
+                     "that is one number (MOLe's theta_new always uses the prior's own, Meta-SGD rates included)"),
         "alpha": _f("float", 1.0, low=0, doc="MOLe CRP concentration"),
         "choose": _f("str", "likelihood", choices=("likelihood", "posterior"), doc="MOLe component planned with"),
         "creation_test": _f("str", "weighted", choices=("weighted", "likelihood"), doc="MOLe new-component test"),

@@ -62,6 +62,28 @@ def plot_task_probabilities(m: dict[str, np.ndarray], path: Path, title: str = "
     save_figure(fig, path)
 
 
+def smooth(x: np.ndarray, width: int = 25) -> np.ndarray:
+    x = np.where(np.isfinite(x), x, np.nan)
+    kernel = np.ones(width) / width
+    return np.convolve(np.nan_to_num(x, nan=float(np.nanmean(x))), kernel, mode="same")
+
+
+def plot_model_error(m: dict[str, np.ndarray], path: Path) -> None:
+    """One-step error of the parameters planned with, and (TS) the window loss before and after adaptation."""
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    tasks = m["task_id"]
+    for s in np.flatnonzero(np.diff(tasks) != 0) + 1:
+        ax.axvline(m["step"][s], color="0.6", lw=0.8, ls=":")
+    ax.semilogy(m["step"], smooth(m["model_error"]), lw=1, label="one-step error of the planning parameters")
+    if "window_loss_prior" in m and "window_loss_adapted" in m:
+        ax.semilogy(m["step"], smooth(m["window_loss_prior"]), lw=1, label="window loss before adaptation")
+        ax.semilogy(m["step"], smooth(m["window_loss_adapted"]), lw=1, label="window loss after adaptation")
+    ax.set_xlabel("step (dotted: task switches)")
+    ax.set_ylabel("normalized MSE (25-step mean)")
+    ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
 def save_figure(fig: plt.Figure, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -116,6 +138,9 @@ def _trial_section(run_dir: Path, lines: list[str]) -> None:
         if "posterior" in m:
             plot_task_probabilities(m, run_dir / f"{t.name}_tasks.png")
             task_figures.append(f"![task probabilities of {t.name}]({t.name}_tasks.png)")
+        if "model_error" in m:
+            plot_model_error(m, run_dir / f"{t.name}_model_error.png")
+            task_figures.append(f"![model error of {t.name}]({t.name}_model_error.png)")
     ax.set_xlabel("step")
     ax.set_ylabel("cumulative reward")
     ax.legend()

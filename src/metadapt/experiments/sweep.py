@@ -357,9 +357,10 @@ def aggregate(rows: list[dict[str, str]], group_keys: list[str]) -> list[dict[st
 
 def _curve_figures(out: Path, rows: list[dict[str, str]], group_keys: list[str]) -> list[str]:
     """Cumulative reward per group (mean over seeds, first trial) and one MOLe run's task probabilities."""
-    from metadapt.experiments.report import plot_task_probabilities, plt, read_csv, save_figure
+    from metadapt.experiments.report import plot_task_probabilities, plt, read_csv, save_figure, smooth
 
     curves: dict[str, list[np.ndarray]] = {}
+    errors: dict[str, list[np.ndarray]] = {}
     mole: tuple[str, dict[str, np.ndarray]] | None = None
     for r in rows:
         m = read_csv(out / "runs" / r["run"] / "trial_0" / "metrics.csv") if r["status"] == "done" else {}
@@ -367,6 +368,8 @@ def _curve_figures(out: Path, rows: list[dict[str, str]], group_keys: list[str])
             continue
         label = " / ".join(str(r.get(k, "")) for k in group_keys) or "all"
         curves.setdefault(label, []).append(m["return"])
+        if "model_error" in m:
+            errors.setdefault(label, []).append(m["model_error"])
         if mole is None and "posterior" in m:
             mole = (f"{label}, run {r['run']}", m)
     lines = []
@@ -380,6 +383,16 @@ def _curve_figures(out: Path, rows: list[dict[str, str]], group_keys: list[str])
         ax.legend(fontsize=7)
         save_figure(fig, out / "cumulative_reward.png")
         lines += ["", "![cumulative reward per group](cumulative_reward.png)"]
+    if errors:
+        fig, ax = plt.subplots(figsize=(8, 3.8))
+        for label, runs in errors.items():
+            n = min(len(c) for c in runs)
+            ax.semilogy(smooth(np.nanmean([c[:n] for c in runs], axis=0)), lw=1, label=f"{label} (n={len(runs)})")
+        ax.set_xlabel("step")
+        ax.set_ylabel("one-step model error of the planning\nparameters (normalized MSE, 25-step mean)")
+        ax.legend(fontsize=7)
+        save_figure(fig, out / "model_error.png")
+        lines += ["", "![model error per group](model_error.png)"]
     if mole is not None:
         plot_task_probabilities(mole[1], out / "task_probabilities.png", f"MOLe task probabilities ({mole[0]})")
         lines += ["", "![MOLe task probabilities, true task shaded](task_probabilities.png)"]

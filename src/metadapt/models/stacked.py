@@ -62,7 +62,7 @@ class StackedMLP:
 
     def sgd_step_(
         self, stack: Params, inputs: list[torch.Tensor], err: torch.Tensor, scale: torch.Tensor,
-        lr: float | Params,
+        lr: float | Params, member_lr: dict[int, float | Params] | None = None,
     ) -> None:
         """``theta_s -= lr * scale_s * grad_s(MSE)`` for every member, in place.
 
@@ -75,19 +75,21 @@ class StackedMLP:
             inputs, err: from ``forward``.
             scale: ``S`` per-member step multipliers (MOLe's posterior).
             lr: a scalar or a per-parameter dict (Meta-SGD) of step sizes.
+            member_lr: step sizes of particular members that differ from ``lr``.
         """
         s, k, o = err.shape
-        per_member = scale.to(err.dtype) * (2.0 / (k * o))
-        if not isinstance(lr, dict):
-            per_member = per_member * float(lr)
+        own = dict(member_lr or {})
+        base = scale.to(err.dtype) * (2.0 / (k * o))
+        rates = [own.get(j, lr) for j in range(s)]
+        per_member = torch.stack([base[j] * (1.0 if isinstance(r, dict) else float(r)) for j, r in enumerate(rates)])
         active = torch.nonzero(scale != 0).squeeze(1).tolist()
-        if 2 * len(active) > s:
+        if 2 * len(active) > s and not own:
             # The scaled, negated gradient at the output, every member at once.
             self._backward_(stack, inputs, err * (-per_member).view(s, 1, 1), lr, None)
             return
         for j in active:
             member = [h if h.dim() == 2 else h[j] for h in inputs]
-            self._backward_(stack, member, err[j] * -per_member[j], lr, j)
+            self._backward_(stack, member, err[j] * -per_member[j], rates[j], j)
 
     def _backward_(
         self, stack: Params, inputs: list[torch.Tensor], dz: torch.Tensor, lr: float | Params, member: int | None
