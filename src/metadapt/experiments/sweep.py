@@ -416,8 +416,9 @@ def write_sweep_report(out_dir: str | Path) -> Path:
              "| " + " | ".join([*group_keys, "mean return", "std", "95% CI", "seeds", "failed"]) + " |",
              "|" + "---|" * len(group_keys) + "---:|---:|---:|---:|---:|"]
     for g in table:
+        ci = f"± {g['ci95']:.1f}" if math.isfinite(g["ci95"]) else "n/a"
         lines.append("| " + " | ".join([*(str(g[k]) for k in group_keys), f"{g['mean']:.1f}", f"{g['std']:.1f}",
-                                        f"± {g['ci95']:.1f}", str(g["n"]), str(g["failed"])]) + " |")
+                                        ci, str(g["n"]), str(g["failed"])]) + " |")
     present = [f for f in ANALYSIS_FIELDS if any(f in g for g in table)]
     if present:
         lines += ["", "Adaptation metrics (mean over seeds, ± the 95% CI half-width): task recovery is the adjusted "
