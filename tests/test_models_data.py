@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from torch.func import functional_call, vmap
@@ -225,3 +226,13 @@ def test_compiled_rollout_gives_the_eager_returns():
             with torch.no_grad():
                 torch.testing.assert_close(compiled(folded, obs, actions, reward),
                                            rollout_returns(folded, obs, actions, reward), atol=1e-2, rtol=1e-3)
+
+
+def test_report_smoothing_keeps_the_length_of_short_and_non_finite_series():
+    """Regression: a 12-step trial's model-error figure got a 25-long curve and the report raised."""
+    from metadapt.experiments.report import smooth
+
+    for x in (np.arange(12.0), np.array([np.nan, 1.0, np.inf]), np.array([np.nan] * 4), np.arange(100.0)):
+        out = smooth(x)
+        assert out.shape == x.shape and np.isfinite(out).all()
+    assert smooth(np.array([])).shape == (0,)

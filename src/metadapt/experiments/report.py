@@ -63,9 +63,14 @@ def plot_task_probabilities(m: dict[str, np.ndarray], path: Path, title: str = "
 
 
 def smooth(x: np.ndarray, width: int = 25) -> np.ndarray:
-    x = np.where(np.isfinite(x), x, np.nan)
-    kernel = np.ones(width) / width
-    return np.convolve(np.nan_to_num(x, nan=float(np.nanmean(x))), kernel, mode="same")
+    """Running mean over ``width`` steps, the same length as ``x`` (non-finite values count as the mean)."""
+    x = np.asarray(x, dtype=float)
+    if x.size == 0:
+        return x
+    finite = np.isfinite(x)
+    filled = np.where(finite, x, x[finite].mean() if finite.any() else 0.0)
+    w = min(width, x.size)
+    return np.convolve(filled, np.ones(w) / w, mode="same")[: x.size]
 
 
 def plot_model_error(m: dict[str, np.ndarray], path: Path) -> None:
