@@ -55,11 +55,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace, config: str | None = None) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
     from metadapt.experiments import runner
     from metadapt.experiments.config import load_config
 
-    cfg = load_config(config or args.config, getattr(args, "overrides", []))
+    cfg = load_config(args.config, args.overrides)
     if args.video:
         from metadapt.experiments.video import check_video_writer, gl_backend
 

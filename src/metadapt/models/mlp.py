@@ -10,6 +10,7 @@ raw data whenever the training data grows.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -152,6 +153,7 @@ def fused_linear_available() -> bool:
     return True
 
 
+@functools.cache
 def fast_bfloat16(device: str | torch.device = "cpu") -> bool:
     """Whether bfloat16 matrix products beat float32 on ``device``.
 

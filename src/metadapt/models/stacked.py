@@ -80,8 +80,10 @@ class StackedMLP:
         s, k, o = err.shape
         own = dict(member_lr or {})
         base = scale.to(err.dtype) * (2.0 / (k * o))
-        rates = [own.get(j, lr) for j in range(s)]
-        per_member = torch.stack([base[j] * (1.0 if isinstance(r, dict) else float(r)) for j, r in enumerate(rates)])
+        # A scalar rate is folded into the output error; a per-parameter (dict) one is applied per weight.
+        per_member = base * (1.0 if isinstance(lr, dict) else float(lr))
+        for j, r in own.items():
+            per_member[j] = base[j] * (1.0 if isinstance(r, dict) else float(r))
         active = torch.nonzero(scale != 0).squeeze(1).tolist()
         if 2 * len(active) > s and not own:
             # The scaled, negated gradient at the output, every member at once.
@@ -89,7 +91,7 @@ class StackedMLP:
             return
         for j in active:
             member = [h if h.dim() == 2 else h[j] for h in inputs]
-            self._backward_(stack, member, err[j] * -per_member[j], rates[j], j)
+            self._backward_(stack, member, err[j] * -per_member[j], own.get(j, lr), j)
 
     def _backward_(
         self, stack: Params, inputs: list[torch.Tensor], dz: torch.Tensor, lr: float | Params, member: int | None
