@@ -104,3 +104,33 @@ def test_trial_is_reproducible_and_logs_every_step(tmp_path):
     assert len(a) == 40
     assert [r["reward"] for r in a] == [r["reward"] for r in b]
     assert {r["episode"] for r in a} == {"0", "1"}  # the env reset after 25 steps, the trial went on
+
+
+def test_replaying_a_runs_data_fits_on_exactly_that_data(tmp_path):
+    """train.data: MB refit, iteration by iteration, on the transitions a GrBAL run collected."""
+    source = tmp_path / "grbal"
+    proc = _train(source, *META, "train.iterations=2")
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+
+    mb = tmp_path / "mb"
+    proc = _train(mb, "env.id=metadapt/HalfCheetahMalfunction-v0", "train.iterations=2", f"train.data={source}")
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    src, got = (load_checkpoint(d / "checkpoints/latest.pt")["buffer"] for d in (source, mb))
+    for k in ("obs", "act", "next_obs", "reward", "episode", "step", "task_id", "val"):
+        assert torch.equal(src[k], got[k]), k
+    assert bool(got["val"].any()) and not bool(got["val"].all())  # the source's held-out trajectories stay held out
+    src_rows, mb_rows = _rows(source / "metrics.csv"), _rows(mb / "metrics.csv")
+    for a, b in zip(src_rows, mb_rows, strict=True):
+        for k in ("env_steps", "rollouts", "rollout_return_mean"):
+            assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-5), k
+
+    for extra, why in (
+        (["env.id=metadapt/HalfCheetahMalfunction-v0", "train.iterations=3"], "holds 2 completed iterations"),
+        (["train.iterations=1"], "was collected in metadapt/HalfCheetahMalfunction-v0"),
+        (["env.id=metadapt/HalfCheetahMalfunction-v0", "train.iterations=1", f"train.data={tmp_path / 'none'}"],
+         "checkpoint not found"),
+    ):
+        bad = _train(tmp_path / f"bad{len(why)}", f"train.data={source}", *extra)
+        assert bad.wait(timeout=600) != 0
+        err = bad.stderr.read().strip()
+        assert why in err and len(err.splitlines()) == 1, err

@@ -203,7 +203,7 @@ def _bench_adaptation(args: argparse.Namespace) -> int:
                                   f"{env_id} has {obs_dim}/{act_dim}")
         prior = load_prior(prior_path, obs_dim, act_dim)
         rows.append(adaptation_errors(env_id, task, mb, prior, steps=args.steps, windows=args.windows,
-                                      seed=args.seed))
+                                      episode_length=args.episode_length, seed=args.seed))
         print(format_table(rows[-1:]).splitlines()[1], flush=True)
     print(format_table(rows))
     return 0
@@ -280,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adaptation: one held-out task, an MB model.pt (or run dir) and a prior.pt (repeatable)")
     b.add_argument("--steps", type=_positive, default=4000, help="adaptation: random-action steps collected")
     b.add_argument("--windows", type=_positive, default=400, help="adaptation: windows scored")
+    b.add_argument("--episode-length", type=_positive, default=188,
+                   help="adaptation: random-action episode length (default: the shipped priors' rollout length)")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=cmd_bench)
     return p

@@ -118,6 +118,9 @@ SCHEMA: dict[str, Any] = {
         "val_fraction": _f("float", 0.1, low=0, high=1, high_open=True),
         "patience": _f("int", 5, low=1),
         "buffer_capacity": _f("int", 1_000_000, low=1),
+        "data": _f("str", None, nullable=True,
+                   doc="a training run directory whose collected data is refit iteration by iteration instead of "
+                       "collecting (MB on exactly the data a prior was meta-trained on)"),
     },
     "logging": {
         "tensorboard": _f("bool", False, doc="also write the per-step scalars as TensorBoard events (trial_*/tb)"),

@@ -19,7 +19,7 @@ from metadapt.experiments.metrics import mean_analysis
 from metadapt.experiments.progress import Reporter
 from metadapt.experiments.report import write_report
 from metadapt.experiments.trial import TrialResult, run_trial
-from metadapt.meta.iterate import IterativeTrainer, iteration_seed
+from metadapt.meta.iterate import IterativeTrainer, ReplayedData, iteration_seed
 from metadapt.meta.rebal import RecurrentTrainer
 from metadapt.models.mlp import MLPDynamics
 from metadapt.types import Params
@@ -50,17 +50,29 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
     env, reward_fn = build.build_env(cfg)
     common = (lambda s: build.build_planner(cfg, env, s), build.iteration_settings(cfg), cfg["seed"], run_dir,
               StaticLearner, build.DTYPES[cfg["planner"]["dtype"]], reporter)
+    replay = _replayed_data(cfg)
     trainer: IterativeTrainer
     if cfg["meta"]["enabled"] and cfg["meta"]["method"] == "rebal":
         build.meta_settings(cfg)  # the same window-size checks
         trainer = RecurrentTrainer(env, reward_fn, build.build_recurrent(cfg, env), *common,
-                                   recurrent=build.recurrent_settings(cfg), env_id=cfg["env"]["id"])
+                                   recurrent=build.recurrent_settings(cfg), env_id=cfg["env"]["id"], replay=replay)
     else:
         trainer = IterativeTrainer(env, reward_fn, build.build_model(cfg, env), *common,
-                                   meta=build.meta_settings(cfg), env_id=cfg["env"]["id"])
+                                   meta=build.meta_settings(cfg), env_id=cfg["env"]["id"], replay=replay)
     params = trainer.run(resume=resume)
     env.close()
     return trainer.model, params
+
+
+def _replayed_data(cfg: dict[str, Any]) -> ReplayedData | None:
+    """``train.data``'s run, refused when it was collected in another environment."""
+    source = cfg["train"]["data"]
+    if not source:
+        return None
+    source_cfg = Path(source) / "config.yaml"
+    if source_cfg.is_file() and (env_id := load_config(source_cfg)["env"]["id"]) != cfg["env"]["id"]:
+        raise ConfigError(f"train.data {source} was collected in {env_id}, not {cfg['env']['id']}")
+    return ReplayedData.load(source)
 
 
 def resume_train(run_dir: Path, reporter: Reporter) -> tuple[MLPDynamics, Params]:

@@ -59,6 +59,60 @@ class IterationSettings:
     buffer_capacity: int = 1_000_000
 
 
+@dataclass(frozen=True)
+class ReplayedData:
+    """Another training run's collected data, handed out in that run's iterations.
+
+    Replaying it instead of collecting fits a model on exactly the data another
+    method saw, iteration by iteration (MB and MB+DE against GrBAL on the same
+    transitions, validation split included), at the cost of the fits alone.
+
+    Attributes:
+        buffer: the source run's transitions (validation marks kept).
+        episodes_per_iteration: rollouts the source collected in each iteration.
+        source: where it came from, for messages.
+    """
+
+    buffer: ReplayBuffer
+    episodes_per_iteration: tuple[int, ...]
+    source: str
+
+    @staticmethod
+    def load(run_dir: str | Path) -> ReplayedData:
+        """Read ``run_dir``'s training checkpoint; a missing or foreign file is a ``CheckpointError``."""
+        path = Path(run_dir) / CHECKPOINT
+        state = load_checkpoint(path, ("kind", "buffer", "history"))
+        if state["kind"] != "iterative_trainer":
+            raise CheckpointError(f"{path} is not a training checkpoint")
+        try:
+            buffer = ReplayBuffer.from_state_dict(state["buffer"])
+            counts = tuple(int(row["rollouts"]) for row in state["history"])
+        except (KeyError, TypeError, ValueError, AssertionError) as exc:
+            raise CheckpointError(f"{path} is incomplete: {exc}") from exc
+        if buffer.total_added != len(buffer):
+            raise CheckpointError(f"{path}: its buffer dropped old data, so its iterations cannot be replayed")
+        return ReplayedData(buffer, counts, str(run_dir))
+
+    def check(self, obs_dim: int, act_dim: int, iterations: int) -> None:
+        """Refuse data of other dimensions, or fewer iterations than asked for."""
+        if (self.buffer.obs_dim, self.buffer.act_dim) != (obs_dim, act_dim):
+            raise CheckpointError(
+                f"train.data {self.source} holds {self.buffer.obs_dim}-D observations and {self.buffer.act_dim}-D "
+                f"actions; the environment has {obs_dim} and {act_dim}")
+        if iterations > len(self.episodes_per_iteration):
+            raise CheckpointError(f"train.data {self.source} holds {len(self.episodes_per_iteration)} completed "
+                                  f"iterations; train.iterations asks for {iterations}")
+
+    def iteration(self, iteration: int) -> dict[str, torch.Tensor]:
+        """The columns of the episodes collected in ``iteration`` (``N x ...`` each)."""
+        first = sum(self.episodes_per_iteration[:iteration])
+        last = first + self.episodes_per_iteration[iteration]
+        episode = self.buffer.column("episode")
+        keep = (episode >= first) & (episode < last)
+        return {k: self.buffer.column(k)[keep] for k in ("obs", "act", "next_obs", "reward", "episode", "step",
+                                                          "task_id", "val")}
+
+
 def iteration_seed(seed: int, iteration: int, stream: int = 0) -> int:
     """An independent 31-bit seed for ``(seed, iteration, stream)``."""
     return int(np.random.SeedSequence([seed, iteration, stream]).generate_state(1)[0] & 0x7FFFFFFF)
@@ -82,6 +136,8 @@ class IterativeTrainer:
             validation then holds out whole trajectories and ``prior.pt`` is
             written after every iteration.
         env_id: recorded in ``prior.pt``.
+        replay: fit on another run's data, iteration by iteration, instead of
+            collecting (see ``ReplayedData``).
     """
 
     def __init__(
@@ -98,8 +154,10 @@ class IterativeTrainer:
         reporter: Reporter | None = None,
         meta: MetaSettings | None = None,
         env_id: str | None = None,
+        replay: ReplayedData | None = None,
     ) -> None:
         self.env, self.reward_fn, self.model = env, reward_fn, model
+        self.replay = replay
         self.meta, self.env_id = meta, env_id
         self.make_planner, self.make_learner = make_planner, make_learner
         self.settings, self.seed, self.dtype = settings, seed, dtype
@@ -108,6 +166,8 @@ class IterativeTrainer:
         obs_dim = int(np.prod(env.observation_space.shape))
         act_dim = int(np.prod(env.action_space.shape))
         self.buffer = ReplayBuffer(obs_dim, act_dim, settings.buffer_capacity)
+        if replay is not None:
+            replay.check(obs_dim, act_dim, settings.iterations)
         gen = torch.Generator().manual_seed(iteration_seed(seed, 0, 9))
         self.params: Params = model.init_params(gen)
         self.inner_lrs: Params | None = None
@@ -163,6 +223,8 @@ class IterativeTrainer:
     # -- one iteration ------------------------------------------------------------
     def collect(self, iteration: int) -> list[float]:
         """Gather ``steps_per_iteration`` transitions; returns each rollout's return."""
+        if self.replay is not None:
+            return self.replay_iteration(iteration)
         s = self.settings
         rng = np.random.default_rng(iteration_seed(self.seed, iteration, 1))
         agent = None
@@ -209,6 +271,15 @@ class IterativeTrainer:
             steps += n
             returns.append(ret)
         return returns
+
+    def replay_iteration(self, iteration: int) -> list[float]:
+        """Add the replayed run's ``iteration`` to the buffer; returns its rollouts' returns."""
+        assert self.replay is not None
+        cols = self.replay.iteration(iteration)
+        episode = cols["episode"]
+        self.buffer.add(*(cols[k] for k in ("obs", "act", "next_obs", "reward", "episode", "step", "task_id", "val")))
+        self._episodes = int(episode.max()) + 1 if episode.numel() else self._episodes
+        return [float(cols["reward"][episode == e].sum()) for e in episode.unique().tolist()]
 
     def fit(self, iteration: int) -> dict[str, float]:
         s = self.settings
