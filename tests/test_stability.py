@@ -1,0 +1,35 @@
+"""benchmarks/stability.py: the long-stream finiteness check of every learner, on a short stream."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import torch
+
+from metadapt.adapt.static import StaticLearner
+from metadapt.meta.prior import load_prior
+
+_spec = importlib.util.spec_from_file_location(
+    "stability", Path(__file__).resolve().parents[1] / "benchmarks" / "stability.py")
+assert _spec is not None and _spec.loader is not None
+stability = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(stability)
+
+
+def test_every_learner_stays_finite_on_a_real_random_action_stream(capsys):
+    assert stability.main(["--steps", "90", "--episode-length", "40", "--check-every", "30"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1] == "non_finite_steps=0"
+    for name in ("mb", "de", "ts", "gs", "mole"):
+        assert any(line.startswith(f"{name} ") and "steps=90" in line for line in out.splitlines()), name
+
+
+def test_the_check_counts_non_finite_parameters():
+    prior = load_prior("builtin:halfcheetah_malfunction")
+    stream, episodes = stability.collect_stream(12, 40, seed=1)
+    assert stream.shape == (12, 2 * prior.model.obs_dim + prior.model.act_dim)
+    broken = {k: torch.full_like(v, math.nan) for k, v in prior.params.items()}
+    res = stability.run_learner(StaticLearner(broken), prior.model, stream, episodes, 16, check_every=5)
+    assert res["non_finite_steps"] == 12
