@@ -118,6 +118,7 @@ class MOLeLearner:
         self.creation_margin, self.merge_kl = creation_margin, merge_kl
         self._window_pred = vmap(model.predict_normalized_delta, in_dims=(0, None, None))
         self.prior = {k: v.detach() for k, v in prior.items()}
+        self.device = next(iter(self.prior.values())).device  # every tensor the learner makes lives here
         self.lr = {k: v.detach() for k, v in lr.items()} if isinstance(lr, dict) else lr
         new_lr = lr if new_lr is None else new_lr
         self.new_lr = {k: v.detach() for k, v in new_lr.items()} if isinstance(new_lr, dict) else new_lr
@@ -134,12 +135,12 @@ class MOLeLearner:
     def reset(self) -> None:
         """One component, the prior; no counts, no previous window."""
         self.stack = {k: v[None].clone() for k, v in self.prior.items()}
-        self.counts = torch.zeros(1, dtype=torch.float64)
+        self.counts = torch.zeros(1, dtype=torch.float64, device=self.device)
         self.ids = [0]  # a component's id never changes, even when others are removed
         self.steps = 0
         self.chosen = 0
         self.created_total = 0
-        self.last_posterior = torch.ones(1, dtype=torch.float64)
+        self.last_posterior = torch.ones(1, dtype=torch.float64, device=self.device)
         self._prev: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # Storage. The plain step keeps the C components; the fused one C + 2 slots:
@@ -190,7 +191,7 @@ class MOLeLearner:
         return torch.addcmul(value, shaped, grad_, value=-lr)
 
     def _drop_least_used(self) -> torch.Tensor:
-        keep = torch.ones(self.num_components, dtype=torch.bool)
+        keep = torch.ones(self.num_components, dtype=torch.bool, device=self.device)
         keep[int(torch.argmin(self.counts))] = False
         self._keep(keep)
         return keep
@@ -213,9 +214,14 @@ class MOLeLearner:
             "posterior": ";".join(f"{i}:{p:.4g}" for i, p in zip(self.ids, self.last_posterior.tolist(), strict=True)),
         })
 
+    @property
+    def _log_alpha(self) -> torch.Tensor:
+        """``[log alpha]``: the CRP's prior weight of a new component."""
+        return torch.tensor([math.log(self.alpha)], dtype=torch.float64, device=self.device)
+
     def _log_prior(self) -> torch.Tensor:
         # The first step has no history: the prior's single component is responsible for it.
-        return torch.log(self.counts) if self.steps > 0 else torch.zeros(1, dtype=torch.float64)
+        return torch.log(self.counts) if self.steps > 0 else torch.zeros_like(self.counts)
 
     def _creates(self, ll: torch.Tensor, log_prior: torch.Tensor, ll_new: torch.Tensor) -> bool:
         if self.creation_test == "weighted":
@@ -240,7 +246,7 @@ class MOLeLearner:
         created = False
         if self._prev is not None and self.alpha > 0:
             created = self._creates(ll, log_prior, ll_all[cand])
-        keep = torch.ones(c + 2, dtype=torch.bool)
+        keep = torch.ones(c + 2, dtype=torch.bool, device=self.device)
         if created:
             if self.max_components is not None and c >= self.max_components:
                 drop = int(torch.argmin(self.counts))
@@ -249,15 +255,15 @@ class MOLeLearner:
                 self.ids = [i for j, i in enumerate(self.ids) if j != drop]
                 ll, log_prior = ll[keep[:c]], log_prior[keep[:c]]
             ll = torch.cat([ll, ll_all[cand][None]])
-            log_prior = torch.cat([log_prior, torch.tensor([math.log(self.alpha)], dtype=torch.float64)])
-            self.counts = torch.cat([self.counts, torch.zeros(1, dtype=torch.float64)])
+            log_prior = torch.cat([log_prior, self._log_alpha])
+            self.counts = torch.cat([self.counts, torch.zeros(1, dtype=torch.float64, device=self.device)])
             self.ids.append(self.created_total + 1)
             self.created_total += 1
         log_post = ll + log_prior
         post = torch.softmax(log_post, 0)
         # Step multipliers per slot: components by their posterior, the prior copy by 1 (it becomes
         # the next candidate), the candidate by its posterior when it was just created, else 0.
-        scale = torch.zeros(c + 2, dtype=torch.float64)
+        scale = torch.zeros(c + 2, dtype=torch.float64, device=self.device)
         scale[work] = 1.0
         scale[torch.nonzero(keep[:c]).squeeze(1)] = post[: int(keep[:c].sum())]
         if created:
@@ -296,10 +302,10 @@ class MOLeLearner:
                 new_grad = self._grad(new, obs, act, y)
                 grads = {k: torch.cat([g, new_grad[k][None]]) for k, g in grads.items()}
                 self.stack = {k: torch.cat([v, new[k][None]]) for k, v in self.stack.items()}
-                self.counts = torch.cat([self.counts, torch.zeros(1, dtype=torch.float64)])
+                self.counts = torch.cat([self.counts, torch.zeros(1, dtype=torch.float64, device=self.device)])
                 self.ids.append(self.created_total + 1)
                 ll = torch.cat([ll, ll_new[None]])
-                log_prior = torch.cat([log_prior, torch.tensor([math.log(self.alpha)], dtype=torch.float64)])
+                log_prior = torch.cat([log_prior, self._log_alpha])
                 self.created_total += 1
         log_post = ll + log_prior
         post = torch.softmax(log_post, 0)

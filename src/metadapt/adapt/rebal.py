@@ -24,7 +24,7 @@ class RecurrentLearner:
         self.reset()
 
     def reset(self) -> None:
-        self.h = torch.zeros(self.model.context_dim)
+        self.h = torch.zeros(self.model.context_dim, device=next(iter(self.rec_params.values())).device)
         self._params = self.model.planning_params(self.rec_params, self.h)
 
     def observe(self, x: torch.Tensor, y: torch.Tensor) -> StepInfo:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,18 @@ def _replayed_data(cfg: dict[str, Any]) -> ReplayedData | None:
     return ReplayedData.load(source)
 
 
+def _device(cfg: dict[str, Any]) -> torch.device:
+    """``device``, refused in one line when PyTorch cannot reach it."""
+    if cfg["device"] == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config key 'device' is cuda, but this PyTorch sees no CUDA GPU")
+    return torch.device(cfg["device"])
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    """A parameter dict (or a learning rate, dict or number) on ``device``; numbers pass through."""
+    return {k: v.to(device) for k, v in value.items()} if isinstance(value, dict) else value
+
+
 def resume_train(run_dir: Path, reporter: Reporter) -> tuple[MLPDynamics, Params]:
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir} is not a training run directory (no config.yaml)")
@@ -87,6 +100,7 @@ def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter, video: bool = Fa
 
     ``video``: also write each trial as ``trial_<i>/trial.mp4`` (needs offscreen OpenGL).
     """
+    device = _device(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out_dir / "config.yaml")
     env, reward_fn = build.build_env(cfg, max_episode_steps=cfg["trial"]["episode_length"], render=video)
@@ -116,6 +130,13 @@ def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter, video: bool = Fa
     else:
         reporter.log(f"no model.checkpoint: training one into {out_dir / 'train'}")
         model, params = train(cfg, out_dir / "train", reporter)
+    model.normalizer = model.normalizer.to(device)
+    params = _to(params, device)
+    if prior is not None:
+        prior = replace(prior, params=_to(prior.params, device), inner_lr=_to(prior.inner_lr, device))
+    if recurrent is not None:
+        recurrent[0].normalizer = model.normalizer
+        recurrent = (recurrent[0], _to(recurrent[1], device))
     seed_everything(cfg["seed"])
     results = []
     for i in range(cfg["trial"]["episodes"]):

@@ -92,7 +92,7 @@ class RecurrentDynamics:
         if h0 is not None:
             h0 = (h0[None] if single else h0)[None]
         if x.shape[1] == 0:
-            h = torch.zeros(x.shape[0], self.context_dim) if h0 is None else h0[0]
+            h = torch.zeros(x.shape[0], self.context_dim, device=x.device) if h0 is None else h0[0]
         else:
             _, hn = functional_call(self.gru, self._part(params, "gru"), (x, h0))
             h = hn[0]
