@@ -35,3 +35,6 @@ class Transitions:
 
     def __len__(self) -> int:
         return int(self.obs.shape[0])
+
+    def to(self, device: torch.device | str) -> Transitions:
+        return Transitions(self.obs.to(device), self.act.to(device), self.next_obs.to(device), self.reward.to(device))

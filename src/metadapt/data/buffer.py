@@ -150,9 +150,14 @@ class ReplayBuffer:
         return starts
 
     def sample_windows(
-        self, past: int, future: int, batch: int, generator: torch.Generator, split: str = "all"
+        self, past: int, future: int, batch: int, generator: torch.Generator, split: str = "all",
+        device: torch.device | str | None = None,
     ) -> Windows:
-        """``batch`` windows of ``past`` (M) then ``future`` (K) steps; M and K are independent."""
+        """``batch`` windows of ``past`` (M) then ``future`` (K) steps; M and K are independent.
+
+        The draw happens on the CPU (the same windows whatever ``device``); the
+        windows are then moved to ``device`` (default: stay on the CPU).
+        """
         if past < 0 or future < 1:
             raise ValueError(f"need past >= 0 and future >= 1, got M={past}, K={future}")
         length = past + future
@@ -163,7 +168,10 @@ class ReplayBuffer:
         pick = starts[torch.randint(starts.numel(), (batch,), generator=generator)]
         idx = self._order()[pick[:, None] + torch.arange(length)]
         d = self._data
-        return Windows(d["obs"][idx], d["act"][idx], d["next_obs"][idx], d["task_id"][idx[:, 0]], past)
+        w = Windows(d["obs"][idx], d["act"][idx], d["next_obs"][idx], d["task_id"][idx[:, 0]], past)
+        if device is not None and torch.device(device) != w.obs.device:
+            w = Windows(w.obs.to(device), w.act.to(device), w.next_obs.to(device), w.task_id.to(device), past)
+        return w
 
     def state_dict(self) -> dict[str, torch.Tensor | int]:
         order = self._order()

@@ -45,21 +45,22 @@ def seed_everything(seed: int) -> None:
 def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool = False) -> tuple[MLPDynamics, Params]:
     """Iterative model training (MB) into ``run_dir``; resumes from its checkpoint if asked."""
     seed_everything(cfg["seed"])
+    device = _device(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         dump_config(cfg, run_dir / "config.yaml")
     env, reward_fn = build.build_env(cfg)
     common = (lambda s: build.build_planner(cfg, env, s), build.iteration_settings(cfg), cfg["seed"], run_dir,
               StaticLearner, build.DTYPES[cfg["planner"]["dtype"]], reporter)
-    replay = _replayed_data(cfg)
+    placed = {"replay": _replayed_data(cfg), "device": device}
     trainer: IterativeTrainer
     if cfg["meta"]["enabled"] and cfg["meta"]["method"] == "rebal":
         build.meta_settings(cfg)  # the same window-size checks
         trainer = RecurrentTrainer(env, reward_fn, build.build_recurrent(cfg, env), *common,
-                                   recurrent=build.recurrent_settings(cfg), env_id=cfg["env"]["id"], replay=replay)
+                                   recurrent=build.recurrent_settings(cfg), env_id=cfg["env"]["id"], **placed)
     else:
         trainer = IterativeTrainer(env, reward_fn, build.build_model(cfg, env), *common,
-                                   meta=build.meta_settings(cfg), env_id=cfg["env"]["id"], replay=replay)
+                                   meta=build.meta_settings(cfg), env_id=cfg["env"]["id"], **placed)
     params = trainer.run(resume=resume)
     env.close()
     return trainer.model, params

@@ -60,7 +60,7 @@ def model_state(model: MLPDynamics, params: Params) -> dict[str, Any]:
         "hidden": list(model.hidden),
         "activation": model.activation,
         "sigma": model.sigma,
-        "normalizer": model.normalizer.state_dict(),
+        "normalizer": {k: v.cpu() for k, v in model.normalizer.state_dict().items()},
         "params": {k: v.detach().cpu().clone() for k, v in params.items()},
     }
 

@@ -61,6 +61,8 @@ def fit_dynamics(
     """
     if len(train) == 0:
         raise ValueError("no training transitions")
+    device = next(iter(params.values())).device  # training runs where the parameters live
+    train, val = train.to(device), val.to(device)
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
     opt = torch.optim.Adam(list(leaves.values()), lr=lr)
     if optimizer_state is not None:

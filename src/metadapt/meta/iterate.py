@@ -113,6 +113,21 @@ class ReplayedData:
                                                           "task_id", "val")}
 
 
+def _cpu(params: Params | None) -> Params | None:
+    return None if params is None else {k: v.detach().cpu() for k, v in params.items()}
+
+
+def _cpu_tree(value: Any) -> Any:
+    """Every tensor in nested dicts and lists on the CPU, so checkpoints load on any machine."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _cpu_tree(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_cpu_tree(v) for v in value)
+    return value
+
+
 def iteration_seed(seed: int, iteration: int, stream: int = 0) -> int:
     """An independent 31-bit seed for ``(seed, iteration, stream)``."""
     return int(np.random.SeedSequence([seed, iteration, stream]).generate_state(1)[0] & 0x7FFFFFFF)
@@ -138,6 +153,8 @@ class IterativeTrainer:
         env_id: recorded in ``prior.pt``.
         replay: fit on another run's data, iteration by iteration, instead of
             collecting (see ``ReplayedData``).
+        device: where the parameters live and fitting runs (``cpu`` or
+            ``cuda``); the data buffer and every checkpoint stay on the CPU.
     """
 
     def __init__(
@@ -155,7 +172,9 @@ class IterativeTrainer:
         meta: MetaSettings | None = None,
         env_id: str | None = None,
         replay: ReplayedData | None = None,
+        device: torch.device | str = "cpu",
     ) -> None:
+        self.device = torch.device(device)
         self.env, self.reward_fn, self.model = env, reward_fn, model
         self.replay = replay
         self.meta, self.env_id = meta, env_id
@@ -169,7 +188,7 @@ class IterativeTrainer:
         if replay is not None:
             replay.check(obs_dim, act_dim, settings.iterations)
         gen = torch.Generator().manual_seed(iteration_seed(seed, 0, 9))
-        self.params: Params = model.init_params(gen)
+        self.params: Params = model.init_params(gen, self.device)
         self.inner_lrs: Params | None = None
         if meta is not None and meta.learn_inner_lr:
             self.inner_lrs = {k: torch.full_like(v, meta.inner_lr) for k, v in self.params.items()}
@@ -188,8 +207,8 @@ class IterativeTrainer:
             "settings": asdict(self.settings),
             "seed": self.seed,
             "model": self.model_state(),
-            "optimizer": self.optimizer_state,
-            "inner_lrs": self.inner_lrs,
+            "optimizer": _cpu_tree(self.optimizer_state),
+            "inner_lrs": _cpu(self.inner_lrs),
             "buffer": self.buffer.state_dict(),
             "history": self.history,
         }
@@ -205,15 +224,17 @@ class IterativeTrainer:
             raise CheckpointError(f"{path} was written with seed {state.get('seed')}, not {self.seed}")
         try:
             self.buffer = ReplayBuffer.from_state_dict(state["buffer"])
-            self.model.normalizer = Normalizer.from_state_dict(state["model"]["normalizer"])
+            self.model.normalizer = Normalizer.from_state_dict(state["model"]["normalizer"]).to(self.device)
             self.check_model_state(state["model"], path)
-            self.params = {k: v.float() for k, v in state["model"]["params"].items()}
+            self.params = {k: v.float().to(self.device) for k, v in state["model"]["params"].items()}
         except (KeyError, TypeError, ValueError, AssertionError) as exc:
             raise CheckpointError(f"{path} is incomplete: {exc}") from exc
         if {k: tuple(v.shape) for k, v in self.params.items()} != self.model.param_shapes():
             raise CheckpointError(f"{path} does not match the configured model architecture")
         self.optimizer_state = state.get("optimizer")
         self.inner_lrs = state.get("inner_lrs")
+        if self.inner_lrs is not None:
+            self.inner_lrs = {k: v.to(self.device) for k, v in self.inner_lrs.items()}
         if (self.inner_lrs is None) != (self.meta is None or not self.meta.learn_inner_lr):
             raise CheckpointError(f"{path} does not match the configured meta-learning settings")
         self.history = list(state["history"])
@@ -284,7 +305,7 @@ class IterativeTrainer:
     def fit(self, iteration: int) -> dict[str, float]:
         s = self.settings
         every = self.buffer.transitions()
-        self.model.normalizer = Normalizer.from_data(every.obs, every.act, every.next_obs)
+        self.model.normalizer = Normalizer.from_data(every.obs, every.act, every.next_obs).to(self.device)
         gen = torch.Generator().manual_seed(iteration_seed(self.seed, iteration, 4))
         self.reporter.start("fit", f"iter {iteration} fit", s.epochs)
 

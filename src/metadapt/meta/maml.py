@@ -110,6 +110,11 @@ def adapted_loss(
     return vmap(one)(*past, *future).mean()
 
 
+def _device(params: Params) -> torch.device:
+    """Where the parameters live: meta-training runs there (windows are moved to it)."""
+    return next(iter(params.values())).device
+
+
 @dataclass(frozen=True)
 class MetaFitResult:
     """Losses are normalized-delta MSEs on evaluation windows; ``val_prior`` is before adaptation."""
@@ -126,7 +131,7 @@ def _evaluate(model: MLPDynamics, params: Params, lr: InnerLR, s: MetaSettings, 
     gen = torch.Generator().manual_seed(gen_seed)  # the same validation windows every epoch
     total = 0.0
     for _ in range(s.val_batches):
-        w = buffer.sample_windows(s.past, s.future, s.meta_batch, gen, split="val")
+        w = buffer.sample_windows(s.past, s.future, s.meta_batch, gen, split="val", device=_device(params))
         # torch.func.grad still differentiates inside no_grad; only the outer graph is skipped.
         with torch.no_grad():
             loss = adapted_loss(model, params, w.past(), w.future(), lr, steps, first_order=True)
@@ -164,8 +169,9 @@ def fit_meta(
             "has been collected yet: raise the rollout length or lower the validation fraction"
         )
     has_val = buffer.window_starts(s.past + s.future, "val").numel() > 0
+    device = _device(params)
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-    lrs = {k: v.detach().clone().requires_grad_(True) for k, v in inner_lrs.items()} if inner_lrs else None
+    lrs = {k: v.detach().to(device).clone().requires_grad_(True) for k, v in inner_lrs.items()} if inner_lrs else None
     opt = torch.optim.Adam(list(leaves.values()) + (list(lrs.values()) if lrs else []), lr=lr)
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
@@ -189,7 +195,7 @@ def fit_meta(
     for epoch in range(1, epochs + 1):
         total = 0.0
         for _ in range(s.batches_per_epoch):
-            w = buffer.sample_windows(s.past, s.future, s.meta_batch, generator, split="train")
+            w = buffer.sample_windows(s.past, s.future, s.meta_batch, generator, split="train", device=device)
             loss = adapted_loss(model, leaves, w.past(), w.future(), inner(lrs), s.inner_steps, s.first_order)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -59,6 +59,7 @@ def fit_recurrent(
         )
     has_val = buffer.window_starts(past + future, "val").numel() > 0
     val_seed = int(torch.randint(2**31, (1,), generator=generator))
+    device = next(iter(params.values())).device  # training runs where the parameters live
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
     opt = torch.optim.Adam(list(leaves.values()), lr=lr)
 
@@ -69,7 +70,7 @@ def fit_recurrent(
         total = 0.0
         with torch.no_grad():
             for _ in range(val_batches):
-                w = buffer.sample_windows(past, future, batch, g, split="val")
+                w = buffer.sample_windows(past, future, batch, g, split="val", device=device)
                 total += float(model.window_loss(p, w.past(), w.future()))
         return total / val_batches
 
@@ -78,7 +79,7 @@ def fit_recurrent(
     for epoch in range(1, epochs + 1):
         total = 0.0
         for _ in range(batches_per_epoch):
-            w = buffer.sample_windows(past, future, batch, generator, split="train")
+            w = buffer.sample_windows(past, future, batch, generator, split="train", device=device)
             loss = model.window_loss(leaves, w.past(), w.future())
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -100,7 +101,7 @@ def recurrent_state(model: RecurrentDynamics, params: Params) -> dict[str, Any]:
     return {
         "format": RECURRENT_FORMAT, "obs_dim": model.obs_dim, "act_dim": model.act_dim,
         "hidden": list(model.hidden), "context": model.context_dim, "activation": model.activation,
-        "sigma": model.sigma, "normalizer": model.normalizer.state_dict(),
+        "sigma": model.sigma, "normalizer": {k: v.cpu() for k, v in model.normalizer.state_dict().items()},
         "params": {k: v.detach().cpu().clone() for k, v in params.items()},
     }
 
@@ -166,7 +167,7 @@ class RecurrentTrainer(IterativeTrainer):
     def fit(self, iteration: int) -> dict[str, float]:
         s, r = self.settings, self.recurrent
         every = self.buffer.transitions()
-        self.model.normalizer = Normalizer.from_data(every.obs, every.act, every.next_obs)
+        self.model.normalizer = Normalizer.from_data(every.obs, every.act, every.next_obs).to(self.device)
         gen = torch.Generator().manual_seed(iteration_seed(self.seed, iteration, 4))
         self.params, res = fit_recurrent(
             self.model, self.params, self.buffer, past=r.past, future=r.future, batch=r.batch,

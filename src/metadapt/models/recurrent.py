@@ -52,7 +52,7 @@ class RecurrentDynamics:
         self.mlp = _MLP((obs_dim + act_dim + context, *self.hidden, obs_dim), activation)
         self.normalizer = normalizer or Normalizer.identity(obs_dim, act_dim)
 
-    def init_params(self, generator: torch.Generator) -> Params:
+    def init_params(self, generator: torch.Generator, device: torch.device | str = "cpu") -> Params:
         params: Params = {}
         for prefix, module in (("gru", self.gru), ("mlp", self.mlp)):
             for name, p in module.named_parameters():
@@ -61,7 +61,7 @@ class RecurrentDynamics:
                 fan = self.context_dim if prefix == "gru" else module.get_submodule(owner).in_features
                 bound = 1.0 / math.sqrt(fan)
                 params[f"{prefix}.{name}"] = torch.empty(p.shape).uniform_(-bound, bound, generator=generator)
-        return params
+        return {k: v.to(device) for k, v in params.items()}
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {f"{prefix}.{n}": tuple(p.shape) for prefix, module in (("gru", self.gru), ("mlp", self.mlp))
