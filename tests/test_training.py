@@ -113,7 +113,9 @@ def test_replaying_a_runs_data_fits_on_exactly_that_data(tmp_path):
     assert proc.wait(timeout=600) == 0, proc.stderr.read()
 
     mb = tmp_path / "mb"
-    proc = _train(mb, "env.id=metadapt/HalfCheetahMalfunction-v0", "train.iterations=2", f"train.data={source}")
+    # steps_per_iteration has no say in a replay: the source's iterations are what they are
+    proc = _train(mb, "env.id=metadapt/HalfCheetahMalfunction-v0", "train.iterations=2", f"train.data={source}",
+                  "train.steps_per_iteration=999")
     assert proc.wait(timeout=600) == 0, proc.stderr.read()
     src, got = (load_checkpoint(d / "checkpoints/latest.pt")["buffer"] for d in (source, mb))
     for k in ("obs", "act", "next_obs", "reward", "episode", "step", "task_id", "val"):
@@ -121,7 +123,7 @@ def test_replaying_a_runs_data_fits_on_exactly_that_data(tmp_path):
     assert bool(got["val"].any()) and not bool(got["val"].all())  # the source's held-out trajectories stay held out
     src_rows, mb_rows = _rows(source / "metrics.csv"), _rows(mb / "metrics.csv")
     for a, b in zip(src_rows, mb_rows, strict=True):
-        for k in ("env_steps", "rollouts", "rollout_return_mean"):
+        for k in ("env_steps", "rollouts", "rollout_return_mean", "rollout_return_per_1000"):
             assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-5), k
 
     for extra, why in (
@@ -129,8 +131,18 @@ def test_replaying_a_runs_data_fits_on_exactly_that_data(tmp_path):
         (["train.iterations=1"], "was collected in metadapt/HalfCheetahMalfunction-v0"),
         (["env.id=metadapt/HalfCheetahMalfunction-v0", "train.iterations=1", f"train.data={tmp_path / 'none'}"],
          "checkpoint not found"),
+        (["env.id=metadapt/HalfCheetahMalfunction-v0", "train.iterations=1", "train.buffer_capacity=100"],
+         "more than train.buffer_capacity"),
     ):
         bad = _train(tmp_path / f"bad{len(why)}", f"train.data={source}", *extra)
         assert bad.wait(timeout=600) != 0
         err = bad.stderr.read().strip()
         assert why in err and len(err.splitlines()) == 1, err
+
+    # a plain run's single held-out steps cannot validate meta-training on whole trajectories
+    plain = tmp_path / "plain"
+    assert _train(plain, "env.id=metadapt/HalfCheetahMalfunction-v0", "train.iterations=1").wait(timeout=600) == 0
+    bad = _train(tmp_path / "bad_meta", *META, "train.iterations=1", f"train.data={plain}")
+    assert bad.wait(timeout=600) != 0
+    err = bad.stderr.read().strip()
+    assert "holds out single steps" in err and len(err.splitlines()) == 1, err

@@ -46,13 +46,14 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
     """Iterative model training (MB) into ``run_dir``; resumes from its checkpoint if asked."""
     seed_everything(cfg["seed"])
     device = _device(cfg)
+    replay = _replayed_data(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         dump_config(cfg, run_dir / "config.yaml")
     env, reward_fn = build.build_env(cfg)
     common = (lambda s: build.build_planner(cfg, env, s), build.iteration_settings(cfg), cfg["seed"], run_dir,
               StaticLearner, build.DTYPES[cfg["planner"]["dtype"]], reporter)
-    placed = {"replay": _replayed_data(cfg), "device": device}
+    placed = {"replay": replay, "device": device}
     trainer: IterativeTrainer
     if cfg["meta"]["enabled"] and cfg["meta"]["method"] == "rebal":
         build.meta_settings(cfg)  # the same window-size checks
@@ -74,13 +75,16 @@ def _replayed_data(cfg: dict[str, Any]) -> ReplayedData | None:
     source_cfg = Path(source) / "config.yaml"
     if source_cfg.is_file() and (env_id := load_config(source_cfg)["env"]["id"]) != cfg["env"]["id"]:
         raise ConfigError(f"train.data {source} was collected in {env_id}, not {cfg['env']['id']}")
-    return ReplayedData.load(source)
+    replay = ReplayedData.load(source)
+    cfg["train"]["data"] = str(Path(source).resolve())  # config.yaml must point at it from anywhere (--resume)
+    return replay
 
 
 def _device(cfg: dict[str, Any]) -> torch.device:
     """``device``, refused in one line when PyTorch cannot reach it."""
     if cfg["device"] == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("config key 'device' is cuda, but this PyTorch sees no CUDA GPU")
+        raise ConfigError("config key 'device' is cuda, but this PyTorch sees no CUDA GPU (a run directory's "
+                          "config.yaml can be edited to device: cpu to go on without one)")
     return torch.device(cfg["device"])
 
 

@@ -93,8 +93,14 @@ class ReplayedData:
             raise CheckpointError(f"{path}: its buffer dropped old data, so its iterations cannot be replayed")
         return ReplayedData(buffer, counts, str(run_dir))
 
-    def check(self, obs_dim: int, act_dim: int, iterations: int) -> None:
-        """Refuse data of other dimensions, or fewer iterations than asked for."""
+    def check(self, obs_dim: int, act_dim: int, iterations: int, capacity: int, per_episode: bool) -> None:
+        """Refuse data the trainer could not fit exactly as the source collected it.
+
+        That is: other dimensions, fewer iterations than asked for, more
+        transitions than ``capacity`` holds, or (``per_episode``: the trainer
+        validates on whole held-out trajectories, as meta-training does)
+        validation marks drawn per step, as an MB run draws them.
+        """
         if (self.buffer.obs_dim, self.buffer.act_dim) != (obs_dim, act_dim):
             raise CheckpointError(
                 f"train.data {self.source} holds {self.buffer.obs_dim}-D observations and {self.buffer.act_dim}-D "
@@ -102,6 +108,19 @@ class ReplayedData:
         if iterations > len(self.episodes_per_iteration):
             raise CheckpointError(f"train.data {self.source} holds {len(self.episodes_per_iteration)} completed "
                                   f"iterations; train.iterations asks for {iterations}")
+        if len(self.buffer) > capacity:
+            raise CheckpointError(f"train.data {self.source} holds {len(self.buffer)} transitions, more than "
+                                  f"train.buffer_capacity ({capacity})")
+        if per_episode:
+            episode, val = self.buffer.column("episode"), self.buffer.column("val").long()
+            _, inverse = torch.unique(episode, return_inverse=True)
+            held = torch.zeros(int(inverse.max()) + 1 if inverse.numel() else 0, dtype=torch.long)
+            held.index_add_(0, inverse, val)
+            size = torch.bincount(inverse, minlength=held.numel())
+            if bool(((held > 0) & (held < size)).any()):
+                raise CheckpointError(
+                    f"train.data {self.source} holds out single steps for validation (a plain-model run); "
+                    "meta-training validates on whole held-out trajectories: replay a meta-training run")
 
     def iteration(self, iteration: int) -> dict[str, torch.Tensor]:
         """The columns of the episodes collected in ``iteration`` (``N x ...`` each)."""
@@ -185,8 +204,6 @@ class IterativeTrainer:
         obs_dim = int(np.prod(env.observation_space.shape))
         act_dim = int(np.prod(env.action_space.shape))
         self.buffer = ReplayBuffer(obs_dim, act_dim, settings.buffer_capacity)
-        if replay is not None:
-            replay.check(obs_dim, act_dim, settings.iterations)
         gen = torch.Generator().manual_seed(iteration_seed(seed, 0, 9))
         self.params: Params = model.init_params(gen, self.device)
         self.inner_lrs: Params | None = None
@@ -362,12 +379,16 @@ class IterativeTrainer:
 
     def run(self, resume: bool = False) -> Params:
         """Run the remaining iterations; ``resume`` continues from ``run_dir``'s checkpoint."""
+        if self.replay is not None:
+            self.replay.check(self.buffer.obs_dim, self.buffer.act_dim, self.settings.iterations,
+                              self.settings.buffer_capacity, self.meta is not None or self.per_episode_validation)
         if resume:
             self.restore()
             self.reporter.log(f"resuming after iteration {self.completed}")
         for iteration in range(self.completed + 1, self.settings.iterations):
-            t0 = time.perf_counter()
+            t0, added = time.perf_counter(), self.buffer.total_added
             returns = self.collect(iteration)
+            added = self.buffer.total_added - added
             t1 = time.perf_counter()
             fit = self.fit(iteration)
             t2 = time.perf_counter()
@@ -376,7 +397,7 @@ class IterativeTrainer:
                 "env_steps": self.buffer.total_added,
                 "rollouts": len(returns),
                 "rollout_return_mean": float(np.mean(returns)),
-                "rollout_return_per_1000": float(np.sum(returns) / self.settings.steps_per_iteration * 1000),
+                "rollout_return_per_1000": float(np.sum(returns) / max(added, 1) * 1000),
                 **fit,
                 "collect_seconds": t1 - t0,
                 "fit_seconds": t2 - t1,

@@ -36,7 +36,8 @@ class Prior:
 
     def adapt(self, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> Params:
         """Adapted parameters from recent transitions (``M x O``, ``M x A``, ``M x O``, raw)."""
-        obs, act, next_obs = (torch.as_tensor(t, dtype=torch.float32) for t in (obs, act, next_obs))
+        device = next(iter(self.params.values())).device
+        obs, act, next_obs = (torch.as_tensor(t, dtype=torch.float32, device=device) for t in (obs, act, next_obs))
         with torch.no_grad():
             out = adapt(self.model, self.params, obs, act, next_obs, self.inner_lr, self.inner_steps, True)
         return {k: v.detach() for k, v in out.items()}
