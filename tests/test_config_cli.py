@@ -208,3 +208,15 @@ def test_tensorboard_logging_writes_every_step(tmp_path):
     assert [e.step for e in rewards] == list(range(30))
     logged = [float(x.split(",")[2]) for x in (out / "trial_0" / "metrics.csv").read_text().splitlines()[1:]]
     assert [e.value for e in rewards] == pytest.approx(logged, rel=1e-6)
+
+
+def test_every_shipped_sweep_expands_into_valid_configs():
+    from metadapt.experiments.sweep import load_sweep
+
+    sweeps = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
+    assert sweeps
+    for path in sweeps:
+        sweep = load_sweep(path)
+        assert sweep.points, path
+        assert all(p.error is None for p in sweep.points), (path, [p.error for p in sweep.points if p.error])
+        assert len({p.run_id for p in sweep.points}) == len(sweep.points), path  # no two points share a directory
