@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -72,7 +73,7 @@ def _finite_params(params: Params) -> bool:
 
 def run_learner(
     learner: OnlineLearner, model: MLPDynamics, stream: np.ndarray, episodes: np.ndarray, window: int,
-    check_every: int,
+    check_every: int, progress_every: int = 10_000,
 ) -> dict[str, float]:
     """Feed ``stream`` to ``learner``; counts the steps where anything it produced was not finite."""
     o = model.obs_dim
@@ -100,6 +101,9 @@ def run_learner(
             if isinstance(learner, MOLeLearner):
                 ok &= _finite_params(learner.stack) and bool(torch.isfinite(learner.counts).all())
         bad_steps += not ok
+        if (t + 1) % progress_every == 0:
+            print(f"  {t + 1} steps, {bad_steps} non-finite, {time.perf_counter() - start:.0f} s", file=sys.stderr,
+                  flush=True)
     out = {"steps": float(len(data)), "non_finite_steps": float(bad_steps), "refused_steps": float(refused),
            "largest_one_step_error": worst_err, "seconds": time.perf_counter() - start}
     if isinstance(learner, MOLeLearner):
