@@ -9,7 +9,7 @@ import torch
 
 from metadapt.types import Transitions
 
-_FIELDS = ("obs", "act", "next_obs", "reward", "episode", "step", "task_id", "val")
+FIELDS = ("obs", "act", "next_obs", "reward", "episode", "step", "task_id", "val")
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict[str, torch.Tensor | int]:
         order = self._order()
-        state: dict[str, torch.Tensor | int] = {k: self._data[k][order].clone() for k in _FIELDS}
+        state: dict[str, torch.Tensor | int] = {k: self._data[k][order].clone() for k in FIELDS}
         state.update(capacity=self.capacity, total_added=self.total_added)
         return state
 
@@ -186,6 +186,6 @@ class ReplayBuffer:
         assert isinstance(obs, torch.Tensor) and isinstance(act, torch.Tensor)
         buf = ReplayBuffer(obs.shape[1], act.shape[1], int(state["capacity"]))
         if obs.shape[0]:
-            buf.add(*(state[k] for k in _FIELDS))  # type: ignore[arg-type]
+            buf.add(*(state[k] for k in FIELDS))  # type: ignore[arg-type]
         buf.total_added = int(state["total_added"])
         return buf

@@ -24,6 +24,7 @@ from metadapt.adapt.base import OnlineLearner
 from metadapt.adapt.static import StaticLearner
 from metadapt.adapt.ts import KShotLearner
 from metadapt.agent import MPCAgent
+from metadapt.data.buffer import FIELDS as BUFFER_FIELDS
 from metadapt.data.buffer import ReplayBuffer
 from metadapt.data.normalizer import Normalizer
 from metadapt.errors import CheckpointError
@@ -128,12 +129,7 @@ class ReplayedData:
         last = first + self.episodes_per_iteration[iteration]
         episode = self.buffer.column("episode")
         keep = (episode >= first) & (episode < last)
-        return {k: self.buffer.column(k)[keep] for k in ("obs", "act", "next_obs", "reward", "episode", "step",
-                                                          "task_id", "val")}
-
-
-def _cpu(params: Params | None) -> Params | None:
-    return None if params is None else {k: v.detach().cpu() for k, v in params.items()}
+        return {k: self.buffer.column(k)[keep] for k in BUFFER_FIELDS}
 
 
 def _cpu_tree(value: Any) -> Any:
@@ -225,7 +221,7 @@ class IterativeTrainer:
             "seed": self.seed,
             "model": self.model_state(),
             "optimizer": _cpu_tree(self.optimizer_state),
-            "inner_lrs": _cpu(self.inner_lrs),
+            "inner_lrs": _cpu_tree(self.inner_lrs),
             "buffer": self.buffer.state_dict(),
             "history": self.history,
         }
@@ -315,7 +311,7 @@ class IterativeTrainer:
         assert self.replay is not None
         cols = self.replay.iteration(iteration)
         episode = cols["episode"]
-        self.buffer.add(*(cols[k] for k in ("obs", "act", "next_obs", "reward", "episode", "step", "task_id", "val")))
+        self.buffer.add(*(cols[k] for k in BUFFER_FIELDS))
         self._episodes = int(episode.max()) + 1 if episode.numel() else self._episodes
         return [float(cols["reward"][episode == e].sum()) for e in episode.unique().tolist()]
 
