@@ -19,6 +19,10 @@ SMALL = {
 
 def bench_sweep(runs: int = 8, workers: tuple[int, ...] = (1, 2)) -> float:
     """Wall time of ``runs`` equal small runs (distinct seeds) per worker count; prints the speedup."""
+    from metadapt.experiments.runner import preload
+
+    preload()  # before timing, so that no case pays for the imports
+
     times = {}
     with tempfile.TemporaryDirectory() as tmp:
         spec = {"name": "bench", "set": SMALL, "grid": {"seed": list(range(runs))}}

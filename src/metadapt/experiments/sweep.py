@@ -240,6 +240,10 @@ def run_sweep(
         results.update(_run_ray(sweep, todo, runs, ray_address, emit))
     elif backend == "local":
         threads = threads_per_run or max(1, cores // workers)
+        # Forked workers inherit what is imported here instead of each importing it before its first run.
+        from metadapt.experiments.runner import preload
+
+        preload()
         with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent) as pool:
             pending: dict[Future[dict[str, Any]], Point] = {}
             queue = list(todo)
