@@ -25,11 +25,14 @@ def _model(obs=3, act=2, hidden=(16, 16), activation="relu") -> tuple[MLPDynamic
     return m, m.init_params(g)
 
 
-def test_params_are_a_functional_call_dict():
-    m, p = _model()
+@pytest.mark.parametrize("activation", ["relu", "tanh", "silu"])
+def test_params_are_a_functional_call_dict_and_the_forward_is_that_call(activation):
+    m, p = _model(activation=activation)
     assert set(p) == set(m.param_shapes())
-    x = torch.randn(7, 5)
-    assert functional_call(m.net, p, (x,)).shape == (7, 3)
+    obs, act = torch.randn(7, 3), torch.randn(7, 2)
+    # The hand-written forward must be the module's, bit for bit.
+    ref = functional_call(m.net, p, (m._normalize_inputs(obs, act),))
+    assert torch.equal(m.predict_normalized_delta(p, obs, act), ref)
 
 
 def test_log_likelihood_matches_torch_normal():
@@ -199,10 +202,12 @@ def test_stacked_mlp_step_equals_vmap_grad(activation, scale, meta_sgd):
            for k, v in stack.items()}
     loss_ref = vmap(m.loss, in_dims=(0, None, None, None))(stack, obs, act, nxt)
     fused = StackedMLP(m)
-    work = {k: v.clone() for k, v in stack.items()}
+    work = fused.to_storage(stack)
+    assert all(v.is_contiguous() for v in work.values())
     loss, inputs, err = fused.forward(work, obs, act, nxt)
     torch.testing.assert_close(loss, loss_ref)
     fused.sgd_step_(work, inputs, err, s, lr)
+    work = fused.from_storage(work)
     for k in stack:
         torch.testing.assert_close(work[k], ref[k], rtol=1e-5, atol=1e-6)
     for j in range(3):  # an idle member is left bit-for-bit unchanged

@@ -38,10 +38,11 @@ nats of the chosen component's are folded into it (counts added).
 Two implementations of the same step (``fused``): the plain one is the
 algorithm written with ``vmap(grad_and_value(loss))``; the fused one
 (``models/stacked.py``, the default for ReLU and tanh networks) keeps the
-candidate ``theta_new`` and a working copy of the prior in two extra slots of
-the stack, so the E step, the creation test's likelihood, the M step and the
-next step's candidate come from one forward pass over ``C + 2`` networks and
-one in-place backward pass over those whose step is not negligible (a
+candidate ``theta_new`` and a copy of the prior in two extra slots of the
+stack, so the E step, the creation test's likelihood, the M step and the next
+step's candidate come from one forward pass over ``C + 2`` networks and one
+in-place backward pass over those whose step is not negligible (the prior's
+step is written into the next candidate's slot) (a
 posterior under ``IDLE_POSTERIOR`` moves no float32 weight, and with windows of
 16 x 17 dimensions most posteriors are that small). Tests check both give the
 same numbers.
@@ -130,6 +131,8 @@ class MOLeLearner:
             raise ValueError(f"fused MOLe needs one of the activations {FUSED_ACTIVATIONS}, not {model.activation}")
         self.fused = supported if fused is None else fused
         self._stacked = StackedMLP(model) if self.fused else None
+        # The prior as the fused slots store it (a fresh candidate is a copy of it).
+        self._prior_stored = self._stacked.to_storage(self.prior) if self._stacked else self.prior
         self.reset()
 
     def reset(self) -> None:
@@ -144,20 +147,23 @@ class MOLeLearner:
         self._prev: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # Storage. The plain step keeps the C components; the fused one C + 2 slots:
-    # the components, then the candidate theta_new and a copy of the prior that
-    # this step adapts into the next candidate (their order is _extra).
+    # the components, then the candidate theta_new and a copy of the prior whose
+    # step on this window becomes the next candidate (_extra: their indices), with
+    # the weights transposed (StackedMLP's stored layout).
     @property
     def stack(self) -> Params:
-        """The components' parameters, ``C x ...`` per entry."""
+        """The components' parameters, ``C x ...`` per entry (``nn.Linear`` layout; views when fused)."""
         c = self._num
-        return {k: v[:c] for k, v in self._slots.items()}
+        own = {k: v[:c] for k, v in self._slots.items()}
+        return self._stacked.from_storage(own) if self._stacked else own
 
     @stack.setter
     def stack(self, value: Params) -> None:
         self._num = int(next(iter(value.values())).shape[0])
-        if self.fused:
-            self._slots = {k: torch.cat([v, self.prior[k][None], self.prior[k][None]]) for k, v in value.items()}
-            self._extra = (self._num, self._num + 1)  # (candidate, prior working copy)
+        if self._stacked:
+            p = self._prior_stored
+            self._slots = {k: torch.cat([v, p[k][None], p[k][None]]) for k, v in self._stacked.to_storage(value).items()}
+            self._extra = (self._num, self._num + 1)  # (candidate, prior copy)
         else:
             self._slots = dict(value)
 
@@ -271,17 +277,17 @@ class MOLeLearner:
         # A posterior below IDLE_POSTERIOR scales a step under float32's resolution of the weights it
         # would change; treating it as 0 lets the step skip those components (and keeps denormals out).
         scale = torch.where(scale < IDLE_POSTERIOR, torch.zeros_like(scale), scale)
-        self._stacked.sgd_step_(self._slots, inputs, err, scale, self.lr, {work: self.new_lr})
+        # The prior copy stays the prior; its step is written straight into the next candidate's place:
+        # the old candidate's slot, or a new tensor when the old candidate was just kept as a component.
+        nxt = {k: torch.empty_like(v) for k, v in self._prior_stored.items()} if created else \
+            {k: v[cand] for k, v in self._slots.items()}
+        self._stacked.sgd_step_(self._slots, inputs, err, scale, self.lr, {work: self.new_lr}, {work: nxt})
         if created:
-            order = [*torch.nonzero(keep[:c]).squeeze(1).tolist(), cand, work]
-            self._slots = {k: torch.cat([v[order], self.prior[k][None]]) for k, v in self._slots.items()}
-            self._num = len(order) - 1
+            order = [*torch.nonzero(keep[:c]).squeeze(1).tolist(), cand]
+            self._slots = {k: torch.cat([v[order], nxt[k][None], self._prior_stored[k][None]])
+                           for k, v in self._slots.items()}
+            self._num = len(order)
             self._extra = (self._num, self._num + 1)
-        else:
-            # The adapted prior copy is the next candidate; the old candidate's slot gets the prior back.
-            for k, v in self._slots.items():
-                v[cand].copy_(self.prior[k])
-            self._extra = (work, cand)
         merged = self._finish(post, ll, log_post, obs, act)
         return created, merged, post
 

@@ -2,8 +2,11 @@
 
 The network maps normalized ``(s, a)`` to the normalized state delta
 ``(s' - s - delta_mean) / delta_std``. Parameters live in a plain dict
-(``Params``) and are always passed explicitly, through
-``torch.func.functional_call``, so learners can adapt, stack and vmap them.
+(``Params``) and are always passed explicitly, so learners can adapt, stack and
+vmap them. The forward pass is written with ``F.linear`` on the dict's tensors:
+the same operations as ``torch.func.functional_call`` on the module (the same
+numbers, bit for bit), without its per-call reparametrisation (a third of the
+time of a one-transition prediction).
 The normalizer is model state that is not adapted; it is recomputed from all
 raw data whenever the training data grows.
 """
@@ -17,7 +20,6 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from metadapt.data.normalizer import Normalizer
 from metadapt.types import Params
@@ -103,7 +105,11 @@ class MLPDynamics:
 
     def predict_normalized_delta(self, params: Params, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """``... x O`` obs and ``... x A`` act -> ``... x O`` normalized delta."""
-        return functional_call(self.net, params, (self._normalize_inputs(obs, act),))
+        x = self._normalize_inputs(obs, act)
+        act_fn, last = self.net.act, len(self.hidden)
+        for i in range(last):
+            x = act_fn(F.linear(x, params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]))
+        return F.linear(x, params[f"layers.{last}.weight"], params[f"layers.{last}.bias"])
 
     def target(self, obs: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
         """The normalized delta the network is trained to output (``... x O``)."""
@@ -221,9 +227,11 @@ class FoldedMLP:
             self.b1 = params["layers.0.bias"].to(dtype)
             if self.fused:
                 # oneDNN takes weights as stored by nn.Linear (out x in).
-                self.w1 = w1.to(dtype).contiguous()
+                # One pass each, also from a transposed view (MOLe's stored layout).
+                dense = torch.contiguous_format
+                self.w1 = w1.to(dtype, memory_format=dense)
                 self.mid = [
-                    (params[f"layers.{i}.weight"].to(dtype).contiguous(), params[f"layers.{i}.bias"].to(dtype))
+                    (params[f"layers.{i}.weight"].to(dtype, memory_format=dense), params[f"layers.{i}.bias"].to(dtype))
                     for i in range(1, layers - 1)
                 ]
             else:

@@ -9,6 +9,12 @@ Here the per-member step scale is folded into the output error, so every
 weight update is one ``baddbmm_`` that reads and writes the weights in place
 (two passes, no gradient tensor). The same numbers as ``vmap(grad(loss))``
 followed by ``theta - lr * scale * grad``, to float rounding.
+
+The stack is stored with every weight transposed (``S x in x out``,
+``to_storage``): a batched product of 16 window rows against ``in x out``
+weights runs about 1.3-2x faster than against ``nn.Linear``'s ``out x in``
+(a transposed operand per member). ``from_storage`` gives the ``nn.Linear``
+layout back as views.
 """
 
 from __future__ import annotations
@@ -36,10 +42,25 @@ class StackedMLP:
         self.num_layers = len(model.hidden) + 1
         self.relu = model.activation == "relu"
 
+    def _weights(self) -> set[str]:
+        return {f"layers.{i}.weight" for i in range(self.num_layers)}
+
+    def to_storage(self, params: Params) -> Params:
+        """``nn.Linear`` layout (``... x out x in`` weights) -> the stored one (``... x in x out``, contiguous)."""
+        w = self._weights()
+        return {k: v.transpose(-1, -2).contiguous() if k in w else v for k, v in params.items()}
+
+    def from_storage(self, stored: Params) -> Params:
+        """The stored layout -> ``nn.Linear``'s, as views (no copy)."""
+        w = self._weights()
+        return {k: v.transpose(-1, -2) if k in w else v for k, v in stored.items()}
+
     def forward(
         self, stack: Params, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """Every member on one window: ``K x O``, ``K x A``, ``K x O`` -> per-member MSE ``S``.
+
+        ``stack`` is in the stored layout (``to_storage``).
 
         Also returns the layer inputs (``[K x D, S x K x H, ...]``) and the
         output error ``S x K x O`` that ``sgd_step_`` needs.
@@ -52,7 +73,7 @@ class StackedMLP:
         for i in range(self.num_layers):
             w, b = stack[f"layers.{i}.weight"], stack[f"layers.{i}.bias"]
             # S x K x out; the first layer's input is shared and broadcast.
-            z = torch.matmul(h, w.transpose(1, 2)).add_(b.unsqueeze(1))
+            z = torch.matmul(h, w).add_(b.unsqueeze(1))
             if i == self.num_layers - 1:
                 err = z.sub_(target)
                 return err.pow(2).mean((1, 2)), inputs, err
@@ -63,6 +84,7 @@ class StackedMLP:
     def sgd_step_(
         self, stack: Params, inputs: list[torch.Tensor], err: torch.Tensor, scale: torch.Tensor,
         lr: float | Params, member_lr: dict[int, float | Params] | None = None,
+        member_out: dict[int, Params] | None = None,
     ) -> None:
         """``theta_s -= lr * scale_s * grad_s(MSE)`` for every member, in place.
 
@@ -71,51 +93,59 @@ class StackedMLP:
         views of the stack, reading only the weights that change.
 
         Args:
-            stack: the parameters ``forward`` ran with (``S x ...`` each), updated in place.
+            stack: the parameters ``forward`` ran with (``S x ...`` each, stored layout), updated in place.
             inputs, err: from ``forward``.
             scale: ``S`` per-member step multipliers (MOLe's posterior).
             lr: a scalar or a per-parameter dict (Meta-SGD) of step sizes.
             member_lr: step sizes of particular members that differ from ``lr``.
+            member_out: particular members whose updated parameters are written to
+                these tensors (stored layout, one member's shapes) instead of in
+                place: one pass that reads the member and writes the result, where
+                a copy followed by an in-place step would take two.
         """
         s, k, o = err.shape
-        own = dict(member_lr or {})
+        own, outs = dict(member_lr or {}), dict(member_out or {})
         base = scale.to(err.dtype) * (2.0 / (k * o))
         # A scalar rate is folded into the output error; a per-parameter (dict) one is applied per weight.
         per_member = base * (1.0 if isinstance(lr, dict) else float(lr))
         for j, r in own.items():
             per_member[j] = base[j] * (1.0 if isinstance(r, dict) else float(r))
         active = torch.nonzero(scale != 0).squeeze(1).tolist()
-        if 2 * len(active) > s and not own:
+        if 2 * len(active) > s and not own and not outs:
             # The scaled, negated gradient at the output, every member at once.
             self._backward_(stack, inputs, err * (-per_member).view(s, 1, 1), lr, None)
             return
         for j in active:
             member = [h if h.dim() == 2 else h[j] for h in inputs]
-            self._backward_(stack, member, err[j] * -per_member[j], own.get(j, lr), j)
+            self._backward_(stack, member, err[j] * -per_member[j], own.get(j, lr), j, outs.get(j))
 
     def _backward_(
-        self, stack: Params, inputs: list[torch.Tensor], dz: torch.Tensor, lr: float | Params, member: int | None
+        self, stack: Params, inputs: list[torch.Tensor], dz: torch.Tensor, lr: float | Params, member: int | None,
+        out: Params | None = None,
     ) -> None:
-        """Backpropagate ``dz`` (``S x K x O``, or ``K x O`` for one ``member``) and update in place."""
+        """Backpropagate ``dz`` (``S x K x O``, or ``K x O`` for one ``member``) and update in place (or into ``out``)."""
         for i in reversed(range(self.num_layers)):
             w, b = stack[f"layers.{i}.weight"], stack[f"layers.{i}.bias"]
             if member is not None:
                 w, b = w[member], b[member]
+            # Where the update goes: in place, or into the member's out tensors.
+            w_to, b_to = (w, b) if out is None else (out[f"layers.{i}.weight"], out[f"layers.{i}.bias"])
             h = inputs[i]
             # The error flows to the layer below through the weights as they were before this step.
-            below = torch.matmul(dz, w) if i > 0 else None
+            below = torch.matmul(dz, w.transpose(-1, -2)) if i > 0 else None
             if member is None and h.dim() == 2:
                 h = h.expand(dz.shape[0], -1, -1)
             rows = dz.dim() - 2  # the row axis of dz (0 for one member, 1 for the stack)
             if isinstance(lr, dict):
+                # Meta-SGD rates come in nn.Linear's layout.
                 lr_w, lr_b = lr[f"layers.{i}.weight"], lr[f"layers.{i}.bias"]
-                w.addcmul_(lr_w, torch.matmul(dz.transpose(-1, -2), h))
-                b.addcmul_(lr_b, dz.sum(rows))
+                torch.addcmul(w, lr_w.transpose(-1, -2), torch.matmul(h.transpose(-1, -2), dz), out=w_to)
+                torch.addcmul(b, lr_b, dz.sum(rows), out=b_to)
             elif member is None:
-                w.baddbmm_(dz.transpose(1, 2), h)
+                w.baddbmm_(h.transpose(1, 2), dz)
                 b.add_(dz.sum(rows))
             else:
-                w.addmm_(dz.t(), h)
-                b.add_(dz.sum(rows))
+                torch.addmm(w, h.t(), dz, out=w_to)
+                torch.add(b, dz.sum(rows), out=b_to)
             if below is not None:
                 dz = below.mul_(inputs[i] > 0) if self.relu else below.mul_(1 - inputs[i].pow(2))
