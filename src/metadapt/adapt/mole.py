@@ -161,8 +161,8 @@ class MOLeLearner:
     def stack(self, value: Params) -> None:
         self._num = int(next(iter(value.values())).shape[0])
         if self._stacked:
-            p = self._prior_stored
-            self._slots = {k: torch.cat([v, p[k][None], p[k][None]]) for k, v in self._stacked.to_storage(value).items()}
+            p, stored = self._prior_stored, self._stacked.to_storage(value)
+            self._slots = {k: torch.cat([v, p[k][None], p[k][None]]) for k, v in stored.items()}
             self._extra = (self._num, self._num + 1)  # (candidate, prior copy)
         else:
             self._slots = dict(value)

@@ -123,7 +123,7 @@ class StackedMLP:
         self, stack: Params, inputs: list[torch.Tensor], dz: torch.Tensor, lr: float | Params, member: int | None,
         out: Params | None = None,
     ) -> None:
-        """Backpropagate ``dz`` (``S x K x O``, or ``K x O`` for one ``member``) and update in place (or into ``out``)."""
+        """Backpropagate ``dz`` (``S x K x O``, or ``K x O`` for one ``member``); update in place or into ``out``."""
         for i in reversed(range(self.num_layers)):
             w, b = stack[f"layers.{i}.weight"], stack[f"layers.{i}.bias"]
             if member is not None:
