@@ -186,11 +186,23 @@ def bench_speed(
     out["rs_bf16_speedup"] = out["rs_f32_ms"] / out["rs_bf16_ms"]
 
     # 3. The MOLe learner step (paper configuration: alpha 1, the creation test runs every step). As in a
-    # trial, the components disagree (here by their output offsets, 0.5 normalized units) and the
-    # window is explained by one of them; "uniform" is the worst case, identical components.
-    x = torch.randn(k, o + a, generator=gen)
+    # trial, the components disagree (here by their output offsets, 0.5 normalized units), the window
+    # of the last K transitions moves by one each step and is explained by one of them; "uniform" is
+    # the worst case, identical components.
+    stream = 4 * repeats + 4 * k
+    xs = torch.randn(stream, o + a, generator=gen)
+    ys = model.predict(params, xs[:, :o], xs[:, o:]) + 0.1 * torch.randn(stream, o, generator=gen)
+    x, y = xs[:k], ys[:k]
     last = f"layers.{len(hidden)}.bias"
-    y = model.predict(params, x[:, :o], x[:, o:]) + 0.1 * torch.randn(k, o, generator=gen)
+
+    def sliding(learner: MOLeLearner) -> Callable[[], object]:
+        t = [k]
+
+        def step() -> object:
+            t[0] = t[0] + 1 if t[0] < stream else k
+            return learner.observe(xs[t[0] - k: t[0]], ys[t[0] - k: t[0]])
+
+        return step
 
     def mole(c: int, fused: bool = True, uniform: bool = False) -> MOLeLearner:
         # An infinite margin keeps the component count at c while the creation test still runs.
@@ -208,7 +220,7 @@ def bench_speed(
     if 10 in components:
         moles["mole_10_plain"] = mole(10, fused=False)
         moles["mole_10_uniform"] = mole(10, uniform=True)
-    learn_t = _interleaved({n: (lambda m=m: m.observe(x, y)) for n, m in moles.items()}, repeats)
+    learn_t = _interleaved({n: sliding(m) for n, m in moles.items()}, repeats)
     for n, t in learn_t.items():
         out[f"{n}_learner_ms"] = t * 1e3
         label = "mole x" + n.removeprefix("mole_").replace("_", " (") + (")" if n.count("_") > 1 else "")
