@@ -241,3 +241,30 @@ def test_report_smoothing_keeps_the_length_of_short_and_non_finite_series():
         out = smooth(x)
         assert out.shape == x.shape and np.isfinite(out).all()
     assert smooth(np.array([])).shape == (0,)
+
+
+def test_stacked_step_written_into_another_place_leaves_the_member_as_it_was():
+    """member_out: the member's step lands in the given tensors (its own slot untouched), the same numbers as
+    the in-place step; a member that does not step is copied there."""
+    from metadapt.models.stacked import StackedMLP
+
+    gen = torch.Generator().manual_seed(3)
+    m = MLPDynamics(4, 2, [12, 10], "relu")
+    fused = StackedMLP(m)
+    stack = fused.to_storage({k: torch.stack([m.init_params(gen)[k] for _ in range(3)]) for k in m.param_shapes()})
+    obs, act = torch.randn(16, 4, generator=gen), torch.randn(16, 2, generator=gen)
+    nxt = torch.randn(16, 4, generator=gen)
+    scale = torch.tensor([0.5, 1.0, 0.0], dtype=torch.float64)
+    before = {k: v.clone() for k, v in stack.items()}
+    _, inputs, err = fused.forward(stack, obs, act, nxt)
+    in_place = {k: v.clone() for k, v in stack.items()}
+    fused.sgd_step_(in_place, inputs, err, scale, 0.3, {1: 0.1})
+    out = {k: torch.full_like(v[0], float("nan")) for k, v in stack.items()}
+    idle = {k: torch.full_like(v[0], float("nan")) for k, v in stack.items()}
+    fused.sgd_step_(stack, inputs, err, scale, 0.3, {1: 0.1}, {1: out, 2: idle})
+    for k in stack:
+        assert torch.equal(stack[k][1], before[k][1])
+        torch.testing.assert_close(out[k], in_place[k][1])
+        assert not torch.equal(out[k], before[k][1])
+        assert torch.equal(idle[k], before[k][2])
+        torch.testing.assert_close(stack[k][0], in_place[k][0])

@@ -185,14 +185,17 @@ def _sliding_stream(model: MLPDynamics, steps: int, seed: int):
         yield win[:, : o + a], win[:, o + a:]
 
 
-@pytest.mark.parametrize("sliding", [False, True])
 @pytest.mark.parametrize(
-    ("activation", "options", "meta_sgd"),
+    ("activation", "options", "meta_sgd", "sliding"),
     [
-        ("relu", {}, False),
-        ("tanh", {"choose": "posterior", "creation_test": "likelihood"}, True),
-        ("relu", {"max_components": 2, "merge_kl": 2.0}, True),
-        ("relu", {"new_lr": "meta_sgd"}, False),
+        ("relu", {}, False, False),
+        ("tanh", {"choose": "posterior", "creation_test": "likelihood"}, True, False),
+        ("relu", {"max_components": 2, "merge_kl": 2.0}, True, False),
+        ("relu", {"new_lr": "meta_sgd"}, False, False),
+        ("relu", {}, False, True),
+        # On this sliding stream a merge happens, in the same step as a creation.
+        ("relu", {"max_components": 2, "merge_kl": 20.0}, True, True),
+        ("relu", {"new_lr": "meta_sgd"}, False, True),
     ],
 )
 def test_fused_step_equals_the_plain_one(activation, options, meta_sgd, sliding):
@@ -206,20 +209,21 @@ def test_fused_step_equals_the_plain_one(activation, options, meta_sgd, sliding)
         options = {**options, "new_lr": {k: torch.rand(v.shape, generator=gen) * 0.6 for k, v in prior.items()}}
     plain = MOLeLearner(model, prior, lr, alpha=1.0, fused=False, **options)
     fused = MOLeLearner(model, prior, lr, alpha=1.0, fused=True, **options)
-    created = 0
+    created = merged = 0
     for x, y in (_sliding_stream if sliding else _random_stream)(model, 90, seed=2):
         a, b = plain.observe(x, y).metrics, fused.observe(x, y).metrics
         assert (a["components"], a["chosen"], a["created"], a["merged"]) == (
             b["components"], b["chosen"], b["created"], b["merged"])
         created += int(a["created"])
+        merged += int(a["merged"])
         torch.testing.assert_close(fused.counts, plain.counts, rtol=1e-4, atol=1e-6)
         for k, v in plain.stack.items():
             torch.testing.assert_close(fused.stack[k], v, rtol=1e-4, atol=1e-5)
         for k, v in plain.params().items():
             torch.testing.assert_close(fused.params()[k], v, rtol=1e-4, atol=1e-5)
-    # The stream exercised the creation path (and the cap where set); on sliding windows the components
-    # follow the window closely enough that the likelihood-only creation test never fires in this one.
-    assert created >= (0 if sliding and options.get("creation_test") == "likelihood" else 2)
+    # The stream exercised the creation path (and the cap where set, and merging on the sliding stream).
+    assert created >= 2
+    assert merged >= (1 if sliding and options.get("merge_kl") else 0)
     assert fused.ids == plain.ids
 
 

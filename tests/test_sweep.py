@@ -163,3 +163,15 @@ def test_confidence_interval_and_aggregation():
             {"status": "failed", "mean_return": "nan", "m": "b"}]
     table = {g["m"]: g for g in aggregate(rows, ["m"])}
     assert table["a"]["mean"] == 2.0 and table["a"]["n"] == 2 and table["b"]["failed"] == 1
+
+
+def test_preload_imports_what_runs_would_import_lazily():
+    """The sweep's parent imports the environments and torch._dynamo before forking its workers."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from metadapt.experiments.runner import preload; "
+            "lazy = ('mujoco', 'torch._dynamo', 'metadapt.envs.crawler'); "
+            "assert not any(m in sys.modules for m in lazy), [m for m in lazy if m in sys.modules]; "
+            "preload(); assert all(m in sys.modules for m in lazy)")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -41,11 +41,10 @@ algorithm written with ``vmap(grad_and_value(loss))``; the fused one
 candidate ``theta_new`` and a copy of the prior in two extra slots of the
 stack, so the E step, the creation test's likelihood, the M step and the next
 step's candidate come from one forward pass over ``C + 2`` networks and one
-in-place backward pass over those whose step is not negligible (the prior's
-step is written into the next candidate's slot) (a
-posterior under ``IDLE_POSTERIOR`` moves no float32 weight, and with windows of
-16 x 17 dimensions most posteriors are that small). Tests check both give the
-same numbers.
+in-place backward pass over those whose step is not negligible (a posterior
+under ``IDLE_POSTERIOR`` moves no float32 weight, and with windows of 16 x 17
+dimensions most posteriors are that small); the prior's step is written into
+the next candidate's slot. Tests check both give the same numbers.
 
 Optional cap (off by default, as in the paper): with ``max_components`` set, a
 creation that would exceed it first removes the component with the smallest
@@ -118,7 +117,8 @@ class MOLeLearner:
         self.creation_test, self.max_components = creation_test, max_components
         self.creation_margin, self.merge_kl = creation_margin, merge_kl
         self._window_pred = vmap(model.predict_normalized_delta, in_dims=(0, None, None))
-        self.prior = {k: v.detach() for k, v in prior.items()}
+        # A copy: the fused slots hold a snapshot of the prior, so the caller's tensors must not move it.
+        self.prior = {k: v.detach().clone() for k, v in prior.items()}
         self.device = next(iter(self.prior.values())).device  # every tensor the learner makes lives here
         self.lr = {k: v.detach() for k, v in lr.items()} if isinstance(lr, dict) else lr
         new_lr = lr if new_lr is None else new_lr

@@ -29,7 +29,9 @@ import hashlib
 import itertools
 import json
 import math
+import multiprocessing
 import os
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -240,11 +242,17 @@ def run_sweep(
         results.update(_run_ray(sweep, todo, runs, ray_address, emit))
     elif backend == "local":
         threads = threads_per_run or max(1, cores // workers)
-        # Forked workers inherit what is imported here instead of each importing it before its first run.
-        from metadapt.experiments.runner import preload
+        # Forked workers inherit what is imported here instead of each importing it before its first run
+        # (fork asked for by name: Python 3.14 starts Linux workers with forkserver by default).
+        ctx = multiprocessing.get_context("fork") if sys.platform == "linux" else None
+        if todo:
+            try:
+                from metadapt.experiments.runner import preload
 
-        preload()
-        with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent) as pool:
+                preload()
+            except Exception:  # a run that cannot import fails alone, with its traceback in its directory
+                pass
+        with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent, mp_context=ctx) as pool:
             pending: dict[Future[dict[str, Any]], Point] = {}
             queue = list(todo)
             while queue or pending:

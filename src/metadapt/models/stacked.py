@@ -6,8 +6,9 @@ materialises a ``C x ...`` gradient per parameter, and an update that reads
 the parameters and the gradients and writes new parameters: five passes over
 ``C`` copies of the network, which at 3 x 500 and ``C = 10`` is 20 MB each.
 Here the per-member step scale is folded into the output error, so every
-weight update is one ``baddbmm_`` that reads and writes the weights in place
-(two passes, no gradient tensor). The same numbers as ``vmap(grad(loss))``
+weight update is one ``addmm``/``baddbmm`` that reads the weights and writes
+the result, in place or into another member's place (two passes, no gradient
+tensor). The same numbers as ``vmap(grad(loss))``
 followed by ``theta - lr * scale * grad``, to float rounding.
 
 The stack is stored with every weight transposed (``S x in x out``,
@@ -86,7 +87,7 @@ class StackedMLP:
         lr: float | Params, member_lr: dict[int, float | Params] | None = None,
         member_out: dict[int, Params] | None = None,
     ) -> None:
-        """``theta_s -= lr * scale_s * grad_s(MSE)`` for every member, in place.
+        """``theta_s -= lr * scale_s * grad_s(MSE)`` for every member, in place (or into ``member_out``).
 
         Members whose scale is exactly 0 are not touched: when most are idle
         (MOLe's posterior is nearly one-hot) the step runs member by member on
@@ -101,7 +102,8 @@ class StackedMLP:
             member_out: particular members whose updated parameters are written to
                 these tensors (stored layout, one member's shapes) instead of in
                 place: one pass that reads the member and writes the result, where
-                a copy followed by an in-place step would take two.
+                a copy followed by an in-place step would take two. A member that
+                does not step is copied there.
         """
         s, k, o = err.shape
         own, outs = dict(member_lr or {}), dict(member_out or {})
@@ -111,6 +113,9 @@ class StackedMLP:
         for j, r in own.items():
             per_member[j] = base[j] * (1.0 if isinstance(r, dict) else float(r))
         active = torch.nonzero(scale != 0).squeeze(1).tolist()
+        for j in set(outs) - set(active):  # an out tensor always ends up holding the member's parameters
+            for name, t in outs[j].items():
+                t.copy_(stack[name][j])
         if 2 * len(active) > s and not own and not outs:
             # The scaled, negated gradient at the output, every member at once.
             self._backward_(stack, inputs, err * (-per_member).view(s, 1, 1), lr, None)
