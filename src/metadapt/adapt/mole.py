@@ -151,6 +151,11 @@ class MOLeLearner:
     # step on this window becomes the next candidate (_extra: their indices), with
     # the weights transposed (StackedMLP's stored layout).
     @property
+    def _extra(self) -> tuple[int, int]:
+        """Fused slots: (candidate, prior copy), always right after the components."""
+        return self._num, self._num + 1
+
+    @property
     def stack(self) -> Params:
         """The components' parameters, ``C x ...`` per entry (``nn.Linear`` layout; views when fused)."""
         c = self._num
@@ -163,7 +168,6 @@ class MOLeLearner:
         if self._stacked:
             p, stored = self._prior_stored, self._stacked.to_storage(value)
             self._slots = {k: torch.cat([v, p[k][None], p[k][None]]) for k, v in stored.items()}
-            self._extra = (self._num, self._num + 1)  # (candidate, prior copy)
         else:
             self._slots = dict(value)
 
@@ -287,7 +291,6 @@ class MOLeLearner:
             self._slots = {k: torch.cat([v[order], nxt[k][None], self._prior_stored[k][None]])
                            for k, v in self._slots.items()}
             self._num = len(order)
-            self._extra = (self._num, self._num + 1)
         merged = self._finish(post, ll, log_post, obs, act)
         return created, merged, post
 
@@ -348,7 +351,6 @@ class MOLeLearner:
             order = [*torch.nonzero(keep).squeeze(1).tolist(), *self._extra]
             self._slots = {k: v[order] for k, v in self._slots.items()}
             self._num = len(order) - 2
-            self._extra = (self._num, self._num + 1)
         else:
             self.stack = {k: v[keep] for k, v in self.stack.items()}
         self.counts = self.counts[keep]
