@@ -15,7 +15,7 @@ from metadapt.data.buffer import ReplayBuffer
 from metadapt.data.normalizer import Normalizer
 from metadapt.errors import CheckpointError
 from metadapt.meta.checkpoint import save_model
-from metadapt.meta.maml import MetaSettings, adapted_loss, fit_meta
+from metadapt.meta.maml import MetaSettings, adapted_loss, expand_inner_lrs, fit_meta, initial_inner_lrs
 from metadapt.meta.prior import Prior, load_prior, save_prior
 from metadapt.models.mlp import MLPDynamics
 
@@ -95,6 +95,32 @@ def test_meta_sgd_gradient_reaches_the_inner_learning_rates():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+def test_per_tensor_rate_gradient_is_the_sum_of_the_per_entry_gradients():
+    # One rate shared by a tensor's entries: d/d(eta) = sum over entries of d/d(eta_entry) at equal rates.
+    model, params = _model64()
+    past, fut = _windows(3, 4, 4, seed=5)
+    entry = {k: torch.full_like(v, 0.05).requires_grad_(True) for k, v in params.items()}
+    tensor = {k: torch.full((), 0.05, dtype=v.dtype).requires_grad_(True) for k, v in params.items()}
+    g_entry = torch.autograd.grad(adapted_loss(model, params, past, fut, entry, 2, False), list(entry.values()))
+    g_tensor = torch.autograd.grad(adapted_loss(model, params, past, fut, tensor, 2, False), list(tensor.values()))
+    for a, b in zip(g_entry, g_tensor, strict=True):
+        torch.testing.assert_close(a.sum(), b, rtol=1e-9, atol=1e-12)
+
+
+def test_initial_inner_rates_have_the_configured_shape():
+    params = MLPDynamics(3, 2, [8], "relu").init_params(torch.Generator().manual_seed(0))
+    assert initial_inner_lrs(params, MetaSettings(inner_lr=0.02)) is None
+    entry = initial_inner_lrs(params, MetaSettings(inner_lr=0.02, learn_inner_lr=True))
+    tensor = initial_inner_lrs(params, MetaSettings(inner_lr=0.02, learn_inner_lr=True, inner_lr_per="tensor"))
+    assert entry is not None and tensor is not None
+    assert all(entry[k].shape == v.shape and tensor[k].shape == () for k, v in params.items())
+    expanded = expand_inner_lrs(tensor, params)
+    for k, v in params.items():
+        assert expanded[k].shape == v.shape and torch.equal(expanded[k], entry[k])
+    with pytest.raises(ValueError, match="inner_lr_per"):
+        initial_inner_lrs(params, MetaSettings(learn_inner_lr=True, inner_lr_per="row"))
+
+
 def _two_task_buffer(episodes: int = 40, length: int = 40, seed: int = 0) -> ReplayBuffer:
     """x' = x + a * u with a = +1 or -1 per episode: a prior must adapt to the sign from a few steps."""
     rng = np.random.default_rng(seed)
@@ -130,6 +156,20 @@ def test_meta_sgd_learns_its_rates():
     _, new_lrs, _, _ = fit_meta(model, params, buf, settings, epochs=2, lr=1e-2, patience=5,
                                 generator=torch.Generator().manual_seed(0), inner_lrs=lrs)
     assert new_lrs is not None and any(not torch.equal(new_lrs[k], lrs[k]) for k in lrs)
+
+
+def test_per_tensor_rates_are_learned_and_stay_one_per_tensor():
+    buf = _two_task_buffer(episodes=20)
+    every = buf.transitions()
+    model = MLPDynamics(2, 2, [16], "tanh", 1.0, Normalizer.from_data(every.obs, every.act, every.next_obs))
+    params = model.init_params(torch.Generator().manual_seed(0))
+    settings = MetaSettings(inner_lr=0.1, learn_inner_lr=True, inner_lr_per="tensor", past=8, future=8,
+                            meta_batch=8, batches_per_epoch=10)
+    lrs = initial_inner_lrs(params, settings)
+    _, new_lrs, _, _ = fit_meta(model, params, buf, settings, epochs=2, lr=1e-2, patience=5,
+                                generator=torch.Generator().manual_seed(0), inner_lrs=lrs)
+    assert new_lrs is not None and all(v.shape == () for v in new_lrs.values())
+    assert any(float(new_lrs[k]) != 0.1 for k in new_lrs)
 
 
 def _prior(tmp_path: Path) -> tuple[Prior, Path]:

@@ -92,6 +92,24 @@ def test_train_refuses_to_overwrite_and_resume_rejects_extra_args(tmp_path):
     assert "use --resume" in again.stderr.read()
 
 
+def test_per_tensor_rates_train_a_prior_and_resume_refuses_other_rates(tmp_path):
+    out = tmp_path / "r"
+    proc = _train(out, *META, "train.iterations=1", "meta.learn_inner_lr=true", "meta.inner_lr_per=tensor")
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    prior = load_prior(out / "prior.pt")
+    assert isinstance(prior.inner_lr, dict)
+    for k, v in prior.params.items():  # stored in the parameters' shapes, one value per tensor
+        assert prior.inner_lr[k].shape == v.shape and bool((prior.inner_lr[k] == prior.inner_lr[k].flatten()[0]).all())
+    cfg = out / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("inner_lr_per: tensor", "inner_lr_per: entry")
+                   .replace("iterations: 1", "iterations: 2"))
+    resumed = subprocess.run([sys.executable, "-m", "metadapt.cli", "train", "--resume", str(out), "--quiet"],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode != 0
+    lines = resumed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "meta.inner_lr_per" in lines[0], resumed.stderr
+
+
 def test_trial_is_reproducible_and_logs_every_step(tmp_path):
     from metadapt.cli import main
 

@@ -31,7 +31,7 @@ from metadapt.errors import CheckpointError
 from metadapt.experiments.progress import Reporter
 from metadapt.meta.checkpoint import load_checkpoint, model_state, save_atomic, save_model
 from metadapt.meta.fit import fit_dynamics
-from metadapt.meta.maml import MetaSettings, fit_meta
+from metadapt.meta.maml import MetaSettings, expand_inner_lrs, fit_meta, initial_inner_lrs
 from metadapt.meta.prior import Prior, save_prior
 from metadapt.models.mlp import MLPDynamics
 from metadapt.planning.base import Planner
@@ -132,6 +132,10 @@ class ReplayedData:
         return {k: self.buffer.column(k)[keep] for k in BUFFER_FIELDS}
 
 
+def _shapes(params: Params | None) -> dict[str, torch.Size] | None:
+    return None if params is None else {k: v.shape for k, v in params.items()}
+
+
 def _cpu_tree(value: Any) -> Any:
     """Every tensor in nested dicts and lists on the CPU, so checkpoints load on any machine."""
     if isinstance(value, torch.Tensor):
@@ -202,9 +206,7 @@ class IterativeTrainer:
         self.buffer = ReplayBuffer(obs_dim, act_dim, settings.buffer_capacity)
         gen = torch.Generator().manual_seed(iteration_seed(seed, 0, 9))
         self.params: Params = model.init_params(gen, self.device)
-        self.inner_lrs: Params | None = None
-        if meta is not None and meta.learn_inner_lr:
-            self.inner_lrs = {k: torch.full_like(v, meta.inner_lr) for k, v in self.params.items()}
+        self.inner_lrs: Params | None = initial_inner_lrs(self.params, meta) if meta is not None else None
         self.optimizer_state: dict[str, Any] | None = None
         self.history: list[dict[str, float]] = []
         self.completed = -1
@@ -248,8 +250,10 @@ class IterativeTrainer:
         self.inner_lrs = state.get("inner_lrs")
         if self.inner_lrs is not None:
             self.inner_lrs = {k: v.to(self.device) for k, v in self.inner_lrs.items()}
-        if (self.inner_lrs is None) != (self.meta is None or not self.meta.learn_inner_lr):
-            raise CheckpointError(f"{path} does not match the configured meta-learning settings")
+        want = initial_inner_lrs(self.params, self.meta) if self.meta is not None else None
+        if _shapes(want) != _shapes(self.inner_lrs):
+            raise CheckpointError(f"{path} does not match the configured meta-learning settings "
+                                  "(meta.learn_inner_lr, meta.inner_lr_per)")
         self.history = list(state["history"])
         self.completed = int(state["completed"])
         self._episodes = int(state.get("episodes", 0))
@@ -366,7 +370,7 @@ class IterativeTrainer:
         """The current parameters as a meta-trained prior (requires ``meta``)."""
         assert self.meta is not None, "not meta-training"
         m = self.meta
-        lr = self.inner_lrs if self.inner_lrs is not None else m.inner_lr
+        lr = expand_inner_lrs(self.inner_lrs, self.params) if self.inner_lrs is not None else m.inner_lr
         return Prior(self.model, self.params, lr, m.inner_steps, m.past, m.future, self.env_id)
 
     def prior_learner(self) -> KShotLearner:

@@ -6,8 +6,12 @@ steps on the adaptation set as a pure function of the parameter dict; the outer
 loss is the evaluation-set error of the adapted parameters, averaged over a
 meta-batch of windows with ``torch.func.vmap``. Second-order MAML by default;
 ``first_order`` drops the inner gradients' dependence on the parameters;
-``learn_inner_lr`` learns one inner learning rate per parameter entry
-(Meta-SGD).
+``learn_inner_lr`` learns the inner learning rates too: one per parameter entry
+(Meta-SGD, ``inner_lr_per="entry"``) or one per parameter tensor
+(``inner_lr_per="tensor"``). Per-entry rates learn *which* weights vary across
+the training tasks (a joint never disabled in training keeps small rates on its
+action inputs); per-tensor rates cannot, and adapt less on training and
+held-out tasks alike (docs/results.md, "Model adaptation").
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from metadapt.models.mlp import MLPDynamics
 from metadapt.types import Params
 
 InnerLR = float | Params
+INNER_LR_PER = ("entry", "tensor")
 
 
 @dataclass(frozen=True)
@@ -36,11 +41,28 @@ class MetaSettings:
     inner_steps: int = 1
     first_order: bool = False
     learn_inner_lr: bool = False
+    inner_lr_per: str = "entry"  # with learn_inner_lr: "entry" (Meta-SGD) or "tensor" (one rate per layer tensor)
     past: int = 16  # M, the adaptation window
     future: int = 16  # K, the evaluation window
     meta_batch: int = 32
     batches_per_epoch: int = 100
     val_batches: int = 8
+
+
+def initial_inner_lrs(params: Params, settings: MetaSettings) -> Params | None:
+    """The learned inner rates before meta-training: ``settings.inner_lr`` in the configured shape, or ``None``."""
+    if settings.inner_lr_per not in INNER_LR_PER:
+        raise ValueError(f"inner_lr_per must be one of {', '.join(INNER_LR_PER)}, got {settings.inner_lr_per!r}")
+    if not settings.learn_inner_lr:
+        return None
+    if settings.inner_lr_per == "entry":
+        return {k: torch.full_like(v, settings.inner_lr) for k, v in params.items()}
+    return {k: torch.full((), settings.inner_lr, dtype=v.dtype, device=v.device) for k, v in params.items()}
+
+
+def expand_inner_lrs(lrs: Params, params: Params) -> Params:
+    """Learned rates in the parameters' shapes (per-tensor rates broadcast), as priors store and learners use them."""
+    return {k: v.expand_as(params[k]).clone() for k, v in lrs.items()}
 
 
 def adapt(
