@@ -64,7 +64,26 @@ def collect_random(env_id: str, task: str, steps: int, episode_length: int, seed
     return out
 
 
-def _window_error(scorer: MLPDynamics, predictor: MLPDynamics, params: Params, f: tuple[torch.Tensor, ...]) -> float:
+Window = tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]
+
+
+def sample_windows(trajs: list[np.ndarray], obs_dim: int, m: int, k: int, windows: int, seed: int) -> list[Window]:
+    """``windows`` random (past, future) windows of ``M`` and ``K`` steps, each ``(obs, act, next_obs)``."""
+    trajs = [t for t in trajs if len(t) >= m + k]
+    if not trajs:
+        raise ValueError(f"no trajectory reached M + K = {m + k} steps")
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(windows):
+        traj = trajs[int(rng.integers(len(trajs)))]
+        s = int(rng.integers(len(traj) - m - k + 1))
+        w = torch.from_numpy(traj[s : s + m + k])
+        obs, act, nxt = w[:, :obs_dim], w[:, obs_dim : w.shape[1] - obs_dim], w[:, w.shape[1] - obs_dim :]
+        out.append(((obs[:m], act[:m], nxt[:m]), (obs[m:], act[m:], nxt[m:])))
+    return out
+
+
+def window_error(scorer: MLPDynamics, predictor: MLPDynamics, params: Params, f: tuple[torch.Tensor, ...]) -> float:
     """K-step error of ``predictor`` scored in ``scorer``'s normalization."""
     obs, act, nxt = f
     with torch.no_grad():
@@ -78,28 +97,22 @@ def adaptation_errors(
     episode_length: int = 500, windows: int = 400, de_lr: float = 0.01, seed: int = 0,
 ) -> AdaptationErrors:
     """Mean K-step error over ``windows`` random windows of held-out-task trajectories."""
-    m, k = prior.past, prior.future
-    trajs = [t for t in collect_random(env_id, task, steps, episode_length, seed) if len(t) >= m + k]
-    if not trajs:
-        raise ValueError(f"no trajectory of {env_id} on {task} reached {m + k} steps")
-    rng = np.random.default_rng(seed + 1)
+    trajs = collect_random(env_id, task, steps, episode_length, seed)
+    try:
+        sampled = sample_windows(trajs, prior.model.obs_dim, prior.past, prior.future, windows, seed + 1)
+    except ValueError as exc:
+        raise ValueError(f"{env_id} on {task}: {exc}") from exc
     mb_model, mb_params = mb
-    o = prior.model.obs_dim
     sums = np.zeros(4)
-    for _ in range(windows):
-        traj = trajs[int(rng.integers(len(trajs)))]
-        s = int(rng.integers(len(traj) - m - k + 1))
-        w = torch.from_numpy(traj[s : s + m + k])
-        obs, act, nxt = w[:, :o], w[:, o : w.shape[1] - o], w[:, w.shape[1] - o :]
-        past, future = (obs[:m], act[:m], nxt[:m]), (obs[m:], act[m:], nxt[m:])
+    for past, future in sampled:
         with torch.no_grad():
             de = adapt(mb_model, mb_params, *past, de_lr, 1, first_order=True)
             grbal = adapt(prior.model, prior.params, *past, prior.inner_lr, prior.inner_steps, first_order=True)
         sums += [
-            _window_error(prior.model, mb_model, mb_params, future),
-            _window_error(prior.model, mb_model, de, future),
-            _window_error(prior.model, prior.model, prior.params, future),
-            _window_error(prior.model, prior.model, grbal, future),
+            window_error(prior.model, mb_model, mb_params, future),
+            window_error(prior.model, mb_model, de, future),
+            window_error(prior.model, prior.model, prior.params, future),
+            window_error(prior.model, prior.model, grbal, future),
         ]
     mean = sums / windows
     return AdaptationErrors(env_id, task, windows, *map(float, mean))

@@ -1,0 +1,124 @@
+"""How much of a prior's held-out error adaptation could remove, and how much its one step does (issue 4).
+
+``metadapt bench adaptation`` reports the prior's K-step error before and after
+its meta-trained step on M past steps. This script puts that step between two
+references on the same windows (uniform-random-action episodes of the held-out
+task, scored as the bench scores them):
+
+- more inner steps with the prior's own rates (1 to ``--max-inner-steps``);
+- an *oracle*: the prior fine-tuned with Adam on ``--oracle-steps`` fresh
+  random-action transitions of the held-out task itself (a different seed), the
+  error a model of that task reaches when data is not the limit.
+
+For a Meta-SGD prior it also prints the mean learned inner rate of the first
+layer's weights per input column: the observations, then every action (by
+actuator name). A held-out task that changes an actuator no training task
+changed finds small rates on that actuator's column.
+
+    python benchmarks/adaptation_headroom.py --env metadapt/HalfCheetahDisabledJoint-v0 --task joint_0 \\
+        --prior runs/prior_hcd12
+
+Last lines: ``grbal_reduction=<x>`` and ``oracle_reduction=<x>`` (fractions of the prior's error removed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+import mujoco
+import numpy as np
+import torch
+
+from metadapt.envs import make_env
+from metadapt.errors import MetadaptError
+from metadapt.experiments.adaptation import Window, collect_random, sample_windows, window_error
+from metadapt.meta.maml import InnerLR, adapt
+from metadapt.meta.prior import Prior, load_prior
+from metadapt.types import Params
+
+
+def mean_error(prior: Prior, windows: list[Window], params_for: Callable[[tuple[torch.Tensor, ...]], Params]) -> float:
+    """Mean K-step error over ``windows`` of the parameters ``params_for(past)`` returns."""
+    with torch.no_grad():
+        return float(np.mean([window_error(prior.model, prior.model, params_for(p), f) for p, f in windows]))
+
+
+def fine_tune(prior: Prior, trajs: list[np.ndarray], iters: int, batch: int, seed: int) -> Params:
+    """Adam (1e-3) on the normalized-delta MSE of ``trajs``' transitions, from the prior."""
+    data = torch.from_numpy(np.concatenate(trajs))
+    o = prior.model.obs_dim
+    obs, act, nxt = data[:, :o], data[:, o : data.shape[1] - o], data[:, data.shape[1] - o :]
+    params = {k: v.clone().requires_grad_(True) for k, v in prior.params.items()}
+    opt = torch.optim.Adam(params.values(), lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(iters):
+        idx = torch.randint(len(data), (batch,), generator=gen)
+        loss = prior.model.loss(params, obs[idx], act[idx], nxt[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return {k: v.detach() for k, v in params.items()}
+
+
+def column_rates(prior: Prior, env_id: str, task: str) -> list[tuple[str, float]]:
+    """Mean |learned rate| of the first layer's weight per input column group (Meta-SGD priors only)."""
+    lr: InnerLR = prior.inner_lr
+    if not isinstance(lr, dict):
+        return []
+    w = lr["layers.0.weight"].abs()
+    o = prior.model.obs_dim
+    env = make_env(env_id, schedule=task)
+    model = env.unwrapped.model
+    names = [  # the actuator's name, else the joint it drives (Ant's motors are unnamed)
+        mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_ACTUATOR, i)
+        or mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, int(model.actuator_trnid[i, 0])) or f"action {i}"
+        for i in range(model.nu)
+    ]
+    env.close()
+    return [("observations", float(w[:, :o].mean()))] + [(n, float(w[:, o + i].mean())) for i, n in enumerate(names)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--env", required=True)
+    ap.add_argument("--task", required=True, help="the held-out task")
+    ap.add_argument("--prior", required=True, help="prior.pt, a run directory or builtin:<name>")
+    ap.add_argument("--steps", type=int, default=4000, help="random-action steps scored")
+    ap.add_argument("--episode-length", type=int, default=188)
+    ap.add_argument("--windows", type=int, default=400)
+    ap.add_argument("--max-inner-steps", type=int, default=5)
+    ap.add_argument("--oracle-steps", type=int, default=20000, help="held-out-task steps the oracle is fitted on")
+    ap.add_argument("--oracle-iters", type=int, default=3000, help="Adam steps of 512 transitions")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    try:
+        prior = load_prior(args.prior)
+        test = collect_random(args.env, args.task, args.steps, args.episode_length, args.seed)
+        windows = sample_windows(test, prior.model.obs_dim, prior.past, prior.future, args.windows, args.seed + 1)
+        train = collect_random(args.env, args.task, args.oracle_steps, args.episode_length, args.seed + 1000)
+    except (MetadaptError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    base = mean_error(prior, windows, lambda past: prior.params)
+    print(f"{args.env} {args.task}: M={prior.past} K={prior.future}, {len(windows)} windows, seed {args.seed}")
+    print(f"{'prior, not adapted':<34}{base:>10.4f}")
+    grbal = base
+    for steps in range(1, args.max_inner_steps + 1):
+        err = mean_error(prior, windows, lambda past, s=steps: adapt(
+            prior.model, prior.params, *past, prior.inner_lr, s, first_order=True))
+        grbal = err if steps == prior.inner_steps else grbal
+        print(f"{f'adapted, {steps} inner step(s)':<34}{err:>10.4f}{1 - err / base:>10.1%}")
+    oracle_params = fine_tune(prior, train, args.oracle_iters, 512, args.seed)
+    oracle = mean_error(prior, windows, lambda past: oracle_params)
+    print(f"{f'oracle ({args.oracle_steps} task steps)':<34}{oracle:>10.4f}{1 - oracle / base:>10.1%}")
+    for name, rate in column_rates(prior, args.env, args.task):
+        print(f"learned rate, first layer, {name:<20}{rate:>10.4f}")
+    print(f"grbal_reduction={1 - grbal / base:.3f}")
+    print(f"oracle_reduction={1 - oracle / base:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
