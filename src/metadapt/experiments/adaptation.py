@@ -68,7 +68,10 @@ Window = tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]
 
 
 def sample_windows(trajs: list[np.ndarray], obs_dim: int, m: int, k: int, windows: int, seed: int) -> list[Window]:
-    """``windows`` random (past, future) windows of ``M`` and ``K`` steps, each ``(obs, act, next_obs)``."""
+    """``windows`` random windows of ``T x (O + A + O)`` trajectories, drawn with ``seed``.
+
+    Each is ``(past, future)``: ``(M x O, M x A, M x O)`` and ``(K x O, K x A, K x O)`` (obs, act, next_obs).
+    """
     trajs = [t for t in trajs if len(t) >= m + k]
     if not trajs:
         raise ValueError(f"no trajectory reached M + K = {m + k} steps")
