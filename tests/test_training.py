@@ -122,6 +122,10 @@ def test_trial_is_reproducible_and_logs_every_step(tmp_path):
     assert len(a) == 40
     assert [r["reward"] for r in a] == [r["reward"] for r in b]
     assert {r["episode"] for r in a} == {"0", "1"}  # the env reset after 25 steps, the trial went on
+    # The environment's numeric info is logged: Gymnasium's reward terms add up to the reward.
+    assert "env/x_velocity" in a[0] and "env/task" not in a[0] and "env/task_id" not in a[0]
+    for r in a:
+        assert float(r["reward"]) == pytest.approx(float(r["env/reward_forward"]) + float(r["env/reward_ctrl"]))
 
 
 def test_replaying_a_runs_data_fits_on_exactly_that_data(tmp_path):

@@ -49,7 +49,9 @@ def run_trial(
     """Run ``agent`` for ``steps`` steps, resetting the env when an episode ends.
 
     The learner is reset once, at the start: adaptation carries across
-    episodes of the same trial. Writes ``metrics.csv`` (one row per step) and
+    episodes of the same trial. Writes ``metrics.csv`` (one row per step, with
+    the environment's numeric ``info`` entries of the first step as ``env/<key>``
+    columns: positions, velocities, reward terms) and
     ``summary.json`` into ``out_dir``; with ``tensorboard``, also every numeric
     per-step column as TensorBoard scalars in ``out_dir/tb``; with ``video``
     (``env`` made with ``render_mode="rgb_array"``), ``out_dir/trial.mp4`` with
@@ -71,6 +73,7 @@ def run_trial(
     movie = TrialVideo(out / "trial.mp4") if video else None
     reporter.start(label, label, steps)
     writer: csv.DictWriter[str] | None = None
+    env_keys: list[str] | None = None
     with open(out / "metrics.csv", "w", newline="") as f:
         for step in range(steps):
             t0 = time.perf_counter()
@@ -93,6 +96,10 @@ def run_trial(
                 "task_id": int(info.get("task_id", 0)), "plan_ms": plan_ms[-1], "learner_ms": (t3 - t2) * 1e3,
                 "nonfinite": bad, **learner_metrics,
             }
+            if env_keys is None:
+                env_keys = [k for k, v in info.items() if k != "task_id" and _is_number(v)]
+            # A key missing from a later step's info is left empty rather than failing the trial.
+            row.update({f"env/{k}": float(info[k]) if k in info else "" for k in env_keys})
             if writer is None:
                 writer = csv.DictWriter(f, fieldnames=list(row), extrasaction="raise")
                 writer.writeheader()
@@ -128,6 +135,10 @@ def run_trial(
     )
     (out / "summary.json").write_text(json.dumps(asdict(result), indent=2))
     return result
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
 
 
 def _tensorboard_writer(path: Path) -> Any:
