@@ -167,6 +167,18 @@ def test_crawler_command_changes_the_reward_not_the_dynamics():
     assert info_l["reward_turn"] == pytest.approx(info_l["yaw_rate"])
 
 
+def test_crawler_reports_how_upright_its_torso_is():
+    env = _env("metadapt/Crawler-v0", "normal")
+    _, _, _, _, info = env.step(np.zeros(12))
+    assert info["torso_up"] > 0.95
+    u = env.unwrapped
+    qpos, qvel = u.data.qpos.copy(), u.data.qvel.copy()
+    qpos[2], qpos[3:7] = 0.5, [0.0, 1.0, 0.0, 0.0]  # rotated half a turn about x: on its back
+    u.set_state(qpos, qvel)
+    _, _, _, _, info = env.step(np.zeros(12))
+    assert info["torso_up"] < -0.95
+
+
 # ---- schedules and switching ---------------------------------------------------------------------------------
 def test_three_task_schedule_switches_at_exact_steps_and_state_carries_over():
     schedule = {"type": "sequence", "entries": [[0, "normal"], [7, "sign_negative"], [15, "flip_2"]]}

@@ -162,6 +162,8 @@ class CrawlerEnv(TaskEnv, MujocoEnv):
             "y_position": self.data.qpos[1],
             "x_velocity": self._velocity[0],
             "yaw_rate": self._velocity[1],
+            # z component of the torso's up axis: 1 upright, below 0 on its back
+            "torso_up": 1.0 - 2.0 * float(self.data.qpos[4] ** 2 + self.data.qpos[5] ** 2),
             "reward_forward": forward,
             "reward_turn": turning,
             "reward_ctrl": -ctrl,
