@@ -206,7 +206,7 @@ def test_stacked_mlp_step_equals_vmap_grad(activation, scale, meta_sgd):
     assert all(v.is_contiguous() for v in work.values())
     loss, inputs, err = fused.forward(work, obs, act, nxt)
     torch.testing.assert_close(loss, loss_ref)
-    fused.sgd_step_(work, inputs, err, s, lr)
+    fused.sgd_step_(work, inputs, err, s, fused.to_storage(lr) if meta_sgd else lr)
     work = fused.from_storage(work)
     for k in stack:
         torch.testing.assert_close(work[k], ref[k], rtol=1e-5, atol=1e-6)

@@ -131,8 +131,10 @@ class MOLeLearner:
             raise ValueError(f"fused MOLe needs one of the activations {FUSED_ACTIVATIONS}, not {model.activation}")
         self.fused = supported if fused is None else fused
         self._stacked = StackedMLP(model) if self.fused else None
-        # The prior as the fused slots store it (a fresh candidate is a copy of it).
+        # The prior as the fused slots store it (a fresh candidate is a copy of it), and the step sizes in
+        # the same layout, converted once rather than transposed on every step.
         self._prior_stored = self._stacked.to_storage(self.prior) if self._stacked else self.prior
+        self._lr_stored, self._new_lr_stored = (self._stored_lr(self.lr), self._stored_lr(self.new_lr))
         self.reset()
 
     def reset(self) -> None:
@@ -188,6 +190,9 @@ class MOLeLearner:
         ll = -size * (loss.double() / (2 * var) + 0.5 * math.log(2 * math.pi * var))
         # A component whose prediction is not finite explains nothing: it gets no posterior, no step, no choice.
         return torch.where(torch.isnan(ll), -math.inf, ll)
+
+    def _stored_lr(self, lr: InnerLR) -> InnerLR:
+        return self._stacked.to_storage(lr) if self._stacked is not None and isinstance(lr, dict) else lr
 
     def _lr(self, k: str) -> float | torch.Tensor:
         return self.lr[k] if isinstance(self.lr, dict) else self.lr
@@ -285,7 +290,8 @@ class MOLeLearner:
         # the old candidate's slot, or a new tensor when the old candidate was just kept as a component.
         nxt = {k: torch.empty_like(v) for k, v in self._prior_stored.items()} if created else \
             {k: v[cand] for k, v in self._slots.items()}
-        self._stacked.sgd_step_(self._slots, inputs, err, scale, self.lr, {work: self.new_lr}, {work: nxt})
+        self._stacked.sgd_step_(self._slots, inputs, err, scale, self._lr_stored, {work: self._new_lr_stored},
+                                {work: nxt})
         if created:
             order = [*torch.nonzero(keep[:c]).squeeze(1).tolist(), cand]
             self._slots = {k: torch.cat([v[order], nxt[k][None], self._prior_stored[k][None]])

@@ -42,19 +42,15 @@ class StackedMLP:
         self.model = model
         self.num_layers = len(model.hidden) + 1
         self.relu = model.activation == "relu"
-
-    def _weights(self) -> set[str]:
-        return {f"layers.{i}.weight" for i in range(self.num_layers)}
+        self._weights = frozenset(f"layers.{i}.weight" for i in range(self.num_layers))
 
     def to_storage(self, params: Params) -> Params:
         """``nn.Linear`` layout (``... x out x in`` weights) -> the stored one (``... x in x out``, contiguous)."""
-        w = self._weights()
-        return {k: v.transpose(-1, -2).contiguous() if k in w else v for k, v in params.items()}
+        return {k: v.transpose(-1, -2).contiguous() if k in self._weights else v for k, v in params.items()}
 
     def from_storage(self, stored: Params) -> Params:
         """The stored layout -> ``nn.Linear``'s, as views (no copy)."""
-        w = self._weights()
-        return {k: v.transpose(-1, -2) if k in w else v for k, v in stored.items()}
+        return {k: v.transpose(-1, -2) if k in self._weights else v for k, v in stored.items()}
 
     def forward(
         self, stack: Params, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor
@@ -97,8 +93,8 @@ class StackedMLP:
             stack: the parameters ``forward`` ran with (``S x ...`` each, stored layout), updated in place.
             inputs, err: from ``forward``.
             scale: ``S`` per-member step multipliers (MOLe's posterior).
-            lr: a scalar or a per-parameter dict (Meta-SGD) of step sizes.
-            member_lr: step sizes of particular members that differ from ``lr``.
+            lr: a scalar or a per-parameter dict (Meta-SGD) of step sizes, the dict in the stored layout.
+            member_lr: step sizes of particular members that differ from ``lr`` (dicts in the stored layout).
             member_out: particular members whose updated parameters are written to
                 these tensors (stored layout, one member's shapes) instead of in
                 place: one pass that reads the member and writes the result, where
@@ -142,9 +138,8 @@ class StackedMLP:
                 h = h.expand(dz.shape[0], -1, -1)
             rows = dz.dim() - 2  # the row axis of dz (0 for one member, 1 for the stack)
             if isinstance(lr, dict):
-                # Meta-SGD rates come in nn.Linear's layout.
                 lr_w, lr_b = lr[f"layers.{i}.weight"], lr[f"layers.{i}.bias"]
-                torch.addcmul(w, lr_w.transpose(-1, -2), torch.matmul(h.transpose(-1, -2), dz), out=w_to)
+                torch.addcmul(w, lr_w, torch.matmul(h.transpose(-1, -2), dz), out=w_to)
                 torch.addcmul(b, lr_b, dz.sum(rows), out=b_to)
             elif member is None:
                 w.baddbmm_(h.transpose(1, 2), dz)
