@@ -6,7 +6,7 @@ references on the same windows (uniform-random-action episodes of the held-out
 task, scored as the bench scores them):
 
 - more inner steps with the prior's own rates (1 to ``--max-inner-steps``);
-- an *oracle*: the prior fine-tuned with Adam on ``--oracle-steps`` fresh
+- an *oracle*: the prior refitted (``fit_dynamics``) on ``--oracle-steps`` fresh
   random-action transitions of the held-out task itself (a different seed), the
   error a model of that task reaches when data is not the limit.
 
@@ -34,9 +34,10 @@ import torch
 from metadapt.envs import make_env
 from metadapt.errors import MetadaptError
 from metadapt.experiments.adaptation import Window, collect_random, sample_windows, window_error
+from metadapt.meta.fit import fit_dynamics
 from metadapt.meta.maml import InnerLR, adapt
 from metadapt.meta.prior import Prior, load_prior
-from metadapt.types import Params
+from metadapt.types import Params, Transitions
 
 
 def mean_error(prior: Prior, windows: list[Window], params_for: Callable[[tuple[torch.Tensor, ...]], Params]) -> float:
@@ -45,21 +46,16 @@ def mean_error(prior: Prior, windows: list[Window], params_for: Callable[[tuple[
         return float(np.mean([window_error(prior.model, prior.model, params_for(p), f) for p, f in windows]))
 
 
-def fine_tune(prior: Prior, trajs: list[np.ndarray], iters: int, batch: int, seed: int) -> Params:
-    """Adam (1e-3) on the normalized-delta MSE of ``trajs``' transitions, from the prior."""
+def fine_tune(prior: Prior, trajs: list[np.ndarray], epochs: int, seed: int) -> Params:
+    """The prior refitted (``fit_dynamics``: Adam 1e-3, batches of 512, no validation) on ``trajs``' transitions."""
     data = torch.from_numpy(np.concatenate(trajs))
     o = prior.model.obs_dim
     obs, act, nxt = data[:, :o], data[:, o : data.shape[1] - o], data[:, data.shape[1] - o :]
-    params = {k: v.clone().requires_grad_(True) for k, v in prior.params.items()}
-    opt = torch.optim.Adam(params.values(), lr=1e-3)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(iters):
-        idx = torch.randint(len(data), (batch,), generator=gen)
-        loss = prior.model.loss(params, obs[idx], act[idx], nxt[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return {k: v.detach() for k, v in params.items()}
+    train = Transitions(obs, act, nxt, torch.zeros(len(data)))
+    empty = Transitions(obs[:0], act[:0], nxt[:0], torch.zeros(0))
+    params, _, _ = fit_dynamics(prior.model, prior.params, train, empty, epochs=epochs, batch_size=512, lr=1e-3,
+                                patience=epochs, generator=torch.Generator().manual_seed(seed))
+    return params
 
 
 def column_rates(prior: Prior, env_id: str, task: str) -> list[tuple[str, float]]:
@@ -90,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--windows", type=int, default=400)
     ap.add_argument("--max-inner-steps", type=int, default=5)
     ap.add_argument("--oracle-steps", type=int, default=20000, help="held-out-task steps the oracle is fitted on")
-    ap.add_argument("--oracle-iters", type=int, default=3000, help="Adam steps of 512 transitions")
+    ap.add_argument("--oracle-epochs", type=int, default=80, help="passes over the oracle's data")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     try:
@@ -110,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             prior.model, prior.params, *past, prior.inner_lr, s, first_order=True))
         grbal = err if steps == prior.inner_steps else grbal
         print(f"{f'adapted, {steps} inner step(s)':<34}{err:>10.4f}{1 - err / base:>10.1%}")
-    oracle_params = fine_tune(prior, train, args.oracle_iters, 512, args.seed)
+    oracle_params = fine_tune(prior, train, args.oracle_epochs, args.seed)
     oracle = mean_error(prior, windows, lambda past: oracle_params)
     print(f"{f'oracle ({args.oracle_steps} task steps)':<34}{oracle:>10.4f}{1 - oracle / base:>10.1%}")
     for name, rate in column_rates(prior, args.env, args.task):

@@ -13,7 +13,7 @@ _spec.loader.exec_module(headroom)
 
 ARGS = ["--env", "metadapt/HalfCheetahMalfunction-v0", "--task", "sign_negative", "--steps", "200",
         "--episode-length", "100", "--windows", "20", "--max-inner-steps", "2", "--oracle-steps", "400",
-        "--oracle-iters", "30"]
+        "--oracle-epochs", "2"]
 
 
 def test_headroom_reports_steps_oracle_and_the_learned_rates_per_actuator(capsys):
