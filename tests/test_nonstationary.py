@@ -179,6 +179,39 @@ def test_crawler_reports_how_upright_its_torso_is():
     assert info["torso_up"] < -0.95
 
 
+def _on_its_back(env) -> None:
+    u = env.unwrapped
+    qpos, qvel = u.data.qpos.copy(), u.data.qvel.copy()
+    qpos[:3], qpos[3:7] = [1.5, -0.5, 0.5], [0.0, 1.0, 0.0, 0.0]
+    u.set_state(qpos, qvel)
+
+
+def test_crawler_left_on_its_back_is_righted_where_it_lies_and_the_schedule_goes_on():
+    schedule = {"type": "sequence", "entries": [[0, "normal"], [12, "leg_0"]]}
+    env = make_env("metadapt/Crawler-v0", schedule=schedule, right_after=3)
+    env.reset(seed=0)
+    _on_its_back(env)
+    infos = [env.step(np.zeros(12))[4] for _ in range(3)]
+    assert [i["righted"] for i in infos] == [0.0, 0.0, 1.0]
+    assert all(i["torso_up"] < 0 for i in infos)
+    _, _, _, _, info = env.step(np.zeros(12))
+    assert info["torso_up"] > 0.95 and info["righted"] == 0.0
+    assert info["x_position"] == pytest.approx(1.5, abs=0.05) and info["y_position"] == pytest.approx(-0.5, abs=0.05)
+    tasks = [env.step(np.zeros(12))[4]["task"] for _ in range(10)]
+    assert tasks == ["normal"] * 8 + ["leg_0"] * 2  # steps 4-13: the righting did not restart the schedule
+
+    never = make_env("metadapt/Crawler-v0", schedule="test_leg_0", right_after=None)
+    never.reset(seed=0)
+    _on_its_back(never)
+    assert all(never.step(np.zeros(12))[4]["torso_up"] < 0 for _ in range(30))
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, True, "10"])
+def test_crawler_refuses_a_bad_right_after(bad):
+    with pytest.raises(ConfigError, match="right_after"):
+        make_env("metadapt/Crawler-v0", right_after=bad)
+
+
 # ---- schedules and switching ---------------------------------------------------------------------------------
 def test_three_task_schedule_switches_at_exact_steps_and_state_carries_over():
     schedule = {"type": "sequence", "entries": [[0, "normal"], [7, "sign_negative"], [15, "flip_2"]]}

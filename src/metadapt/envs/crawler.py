@@ -13,6 +13,13 @@ half as long. ``command``: ``straight`` rewards world-x velocity, ``left`` /
 The command is a goal, not a hidden dynamics change: the reward must be a
 function of the observation, so the command's two reward weights are the last
 two observations. The crippling is not observed.
+
+A crawler on its back cannot walk again, and an online trial is one unbroken
+stream whose task schedule must not restart, so instead of terminating the
+episode (Ant-v5's health check) the environment sets a crawler that has spent
+``right_after`` consecutive steps on its back upright again where it lies, with
+its heading kept and its joints at rest: the caretaker of a real robot.
+``info["righted"]`` is 1 on that step.
 """
 
 from __future__ import annotations
@@ -60,7 +67,8 @@ class CrawlerEnv(TaskEnv, MujocoEnv):
     Observation (39): ``qpos[2:]`` (17: height, orientation quaternion, 12
     joints), ``qvel`` (18), the torso's average x velocity and yaw rate over the
     step, then the command's weights ``(w_x, w_yaw)``. Reward: ``w_x v_x + w_yaw
-    yaw_rate - 0.1 |a|^2``. No termination: a trial keeps going whatever happens.
+    yaw_rate - 0.01 |a|^2``. No termination: a trial keeps going whatever happens
+    (a crawler left on its back is righted, see the module docstring).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["human", "rgb_array", "depth_array"], "render_fps": 20}
@@ -68,7 +76,7 @@ class CrawlerEnv(TaskEnv, MujocoEnv):
         robot="metadapt crawler: 6 legs x 2 joints (dt 0.05 s)",
         obs="39: qpos[2:], qvel, mean v_x and yaw rate over the step, command weights",
         action="12 torques in [-1, 1]",
-        reward="w_x v_x + w_yaw yaw_rate - 0.1 |a|^2",
+        reward="w_x v_x + w_yaw yaw_rate - 0.01 |a|^2 (righted after 10 steps on its back)",
         train="0-2 random joints disabled; command straight/left/right",
         test="one crippled leg (leg_0 ... leg_5), straight or turning",
     )
@@ -95,11 +103,17 @@ class CrawlerEnv(TaskEnv, MujocoEnv):
     def __init__(
         self,
         frame_skip: int = 5,
-        ctrl_cost_weight: float = 0.1,
+        ctrl_cost_weight: float = 0.01,
         reset_noise_scale: float = 0.1,
+        right_after: int | None = 10,
         **kwargs: Any,
     ) -> None:
         schedule, sampler = split_task_kwargs(kwargs)
+        if right_after is not None and (isinstance(right_after, bool) or not isinstance(right_after, int)
+                                        or right_after < 1):
+            raise ConfigError(f"crawler 'right_after' must be a positive number of steps or null, got {right_after!r}")
+        self._right_after = right_after
+        self._on_back = 0
         self._ctrl_cost_weight = ctrl_cost_weight
         self._reset_noise_scale = reset_noise_scale
         obs_space = Box(-np.inf, np.inf, shape=(OBS_DIM,), dtype=np.float64)
@@ -153,6 +167,8 @@ class CrawlerEnv(TaskEnv, MujocoEnv):
         self.do_simulation(action, self.frame_skip)
         turn = (_yaw(self.data.qpos[3:7]) - yaw_before + np.pi) % (2 * np.pi) - np.pi
         self._velocity = np.array([(self.data.qpos[0] - x_before) / self.dt, turn / self.dt])
+        torso_up = self._torso_up()
+        righted = self._right_if_stuck(torso_up)
         obs = self._get_obs()
         forward = self._command[0] * self._velocity[0]
         turning = self._command[1] * self._velocity[1]
@@ -162,8 +178,9 @@ class CrawlerEnv(TaskEnv, MujocoEnv):
             "y_position": self.data.qpos[1],
             "x_velocity": self._velocity[0],
             "yaw_rate": self._velocity[1],
-            # z component of the torso's up axis: 1 upright, below 0 on its back
-            "torso_up": 1.0 - 2.0 * float(self.data.qpos[4] ** 2 + self.data.qpos[5] ** 2),
+            # z component of the torso's up axis before any righting: 1 upright, below 0 on its back
+            "torso_up": torso_up,
+            "righted": float(righted),
             "reward_forward": forward,
             "reward_turn": turning,
             "reward_ctrl": -ctrl,
@@ -173,8 +190,25 @@ class CrawlerEnv(TaskEnv, MujocoEnv):
             self.render()
         return obs, float(forward + turning - ctrl), False, False, info
 
+    def _torso_up(self) -> float:
+        return 1.0 - 2.0 * float(self.data.qpos[4] ** 2 + self.data.qpos[5] ** 2)
+
+    def _right_if_stuck(self, torso_up: float) -> bool:
+        """Count steps on the back; after ``right_after`` of them stand the crawler up where it lies."""
+        self._on_back = self._on_back + 1 if torso_up < 0.0 else 0
+        if self._right_after is None or self._on_back < self._right_after:
+            return False
+        self._on_back = 0
+        qpos = self.init_qpos.copy()
+        qpos[:2] = self.data.qpos[:2]
+        half_yaw = 0.5 * _yaw(self.data.qpos[3:7])
+        qpos[3:7] = (np.cos(half_yaw), 0.0, 0.0, np.sin(half_yaw))
+        self.set_state(qpos, np.zeros(self.model.nv))
+        return True
+
     def reset_model(self) -> np.ndarray:
         self._begin_episode(self.np_random)
+        self._on_back = 0
         c = self._reset_noise_scale
         qpos = self.init_qpos + self.np_random.uniform(-c, c, size=self.model.nq)
         qvel = self.init_qvel + c * self.np_random.standard_normal(self.model.nv)

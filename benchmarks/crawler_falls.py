@@ -1,0 +1,98 @@
+"""How often the crawler ends up on its back under aggressive random actions, per motor gear.
+
+MPC picks actions near the bounds and holds them for several steps; a robot that
+such actions throw on its back spends its trial there (docs/results.md,
+"Crawler"). For every gear this script drives ``metadapt/Crawler-v0`` (righting
+off, task ``normal``) with random actions held for ``--hold`` steps, drawn
+uniformly in [-1, 1] and as bang-bang +-1, and prints the fraction of steps the
+torso's up axis points below the horizon and the fraction of episodes that end
+there. It also prints the forward speed of the best of a few open-loop tripod
+gaits, so that a gear that cannot flip the robot is also seen to walk it.
+
+    python benchmarks/crawler_falls.py --gears 80 30 20
+
+Last line: ``on_back_fraction_bang=<x>`` for the last gear (the shipped one by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from metadapt.envs import make_env
+from metadapt.errors import MetadaptError
+
+
+def _env(gear: float):
+    env = make_env("metadapt/Crawler-v0", schedule={"type": "constant", "task": "normal"}, right_after=None)
+    env.unwrapped.model.actuator_gear[:, 0] = gear
+    return env
+
+
+def on_back(gear: float, mode: str, episodes: int, steps: int, hold: int, seed: int) -> tuple[float, float]:
+    """(fraction of steps, fraction of episode ends) with the torso's up axis below the horizon."""
+    env, rng = _env(gear), np.random.default_rng(seed)
+    back = ends = 0
+    for e in range(episodes):
+        env.reset(seed=seed + e)
+        action = np.zeros(12)
+        info: dict = {}
+        for t in range(steps):
+            if t % hold == 0:
+                action = rng.uniform(-1, 1, 12) if mode == "uniform" else rng.choice([-1.0, 1.0], 12)
+            info = env.step(action)[4]
+            back += info["torso_up"] < 0
+        ends += info["torso_up"] < 0
+    return back / (episodes * steps), ends / episodes
+
+
+def best_gait_speed(gear: float, steps: int = 300) -> float:
+    """Forward speed (m/s) of the best tripod gait: legs 0, 2, 4 against 1, 3, 5, hips and knees sinusoidal."""
+    env, best = _env(gear), -np.inf
+    side = np.array([1, 1, 1, -1, -1, -1])
+    group = np.array([0, np.pi, 0, np.pi, 0, np.pi])  # legs 0, 2, 4 in phase; 1, 3, 5 opposite
+    for period in (4, 6, 8, 10, 14):
+        for knee_lag in (0.5 * np.pi, -0.5 * np.pi):
+            env.reset(seed=0)
+            x0 = env.unwrapped.data.qpos[0]
+            for t in range(steps):
+                phase = 2 * np.pi * t / period + group
+                action = np.empty(12)
+                action[0::2], action[1::2] = side * np.sin(phase), np.sin(phase + knee_lag)
+                env.step(action)
+            best = max(best, (env.unwrapped.data.qpos[0] - x0) / (steps * env.unwrapped.dt))
+    return float(best)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--gears", type=float, nargs="+", default=[80.0, 30.0])
+    p.add_argument("--episodes", type=int, default=6)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--hold", type=int, default=4, help="steps each random action is held")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    if a.episodes < 1 or a.steps < 1 or a.hold < 1 or any(g <= 0 for g in a.gears):
+        print("error: --episodes, --steps, --hold and every --gears must be positive", file=sys.stderr)
+        return 2
+    print(f"{'gear':>6} {'on back, uniform':>17} {'ends on back':>13} {'on back, +-1':>13} {'ends on back':>13}"
+          f" {'best gait m/s':>14}")
+    bang = float("nan")
+    try:
+        for gear in a.gears:
+            uniform = on_back(gear, "uniform", a.episodes, a.steps, a.hold, a.seed)
+            bang_bang = on_back(gear, "bang", a.episodes, a.steps, a.hold, a.seed)
+            bang = bang_bang[0]
+            print(f"{gear:6.0f} {uniform[0]:17.3f} {uniform[1]:13.2f} {bang_bang[0]:13.3f} {bang_bang[1]:13.2f}"
+                  f" {best_gait_speed(gear):14.3f}", flush=True)
+    except MetadaptError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"on_back_fraction_bang={bang:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
