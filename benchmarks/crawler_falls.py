@@ -7,9 +7,12 @@ off, task ``normal``) with random actions held for ``--hold`` steps, drawn
 uniformly in [-1, 1] and as bang-bang +-1, and prints the fraction of steps the
 torso's up axis points below the horizon and the fraction of episodes that end
 there. It also prints the forward speed of the best of a few open-loop tripod
-gaits, so that a gear that cannot flip the robot is also seen to walk it.
+gaits, so that a gear that cannot flip the robot is also seen to walk it, and
+with ``--mpc-steps N`` the speed that random shooting reaches in N steps when
+its model is the simulator itself (``--mpc-samples`` sequences of 10 steps
+scored on copies of the state): what a perfect learned model would allow.
 
-    python benchmarks/crawler_falls.py --gears 80 30 20
+    python benchmarks/crawler_falls.py --gears 80 30 20 [--mpc-steps 100]
 
 Last line: ``on_back_fraction_bang=<x>`` for the last gear (the shipped one by default).
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import mujoco
 import numpy as np
 
 from metadapt.envs import make_env
@@ -66,27 +70,53 @@ def best_gait_speed(gear: float, steps: int = 300) -> float:
     return float(best)
 
 
+def perfect_model_mpc_speed(gear: float, steps: int, samples: int, horizon: int = 10, seed: int = 0) -> float:
+    """Forward speed (m/s) of random shooting that scores its candidates on the simulator (no model error)."""
+    env, rng = _env(gear), np.random.default_rng(seed)
+    u = env.unwrapped
+    env.reset(seed=seed)
+    scratch, x0 = mujoco.MjData(u.model), float(u.data.qpos[0])
+    for _ in range(steps):
+        plans = rng.uniform(-1, 1, (samples, horizon, 12))
+        scores = np.empty(samples)
+        for i, plan in enumerate(plans):
+            scratch.qpos[:], scratch.qvel[:] = u.data.qpos, u.data.qvel
+            start = float(scratch.qpos[0])
+            for a in plan:
+                scratch.ctrl[:] = a
+                mujoco.mj_step(u.model, scratch, nstep=u.frame_skip)
+            # the environment's reward for walking straight, summed over the horizon
+            scores[i] = (scratch.qpos[0] - start) / u.dt - u._ctrl_cost_weight * float(np.square(plan).sum())
+        env.step(plans[int(np.argmax(scores)), 0])
+    return (float(u.data.qpos[0]) - x0) / (steps * u.dt)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gears", type=float, nargs="+", default=[80.0, 30.0])
     p.add_argument("--episodes", type=int, default=6)
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--hold", type=int, default=4, help="steps each random action is held")
+    p.add_argument("--mpc-steps", type=int, default=0, help="steps of random shooting on the simulator (0: off)")
+    p.add_argument("--mpc-samples", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    if a.episodes < 1 or a.steps < 1 or a.hold < 1 or any(g <= 0 for g in a.gears):
-        print("error: --episodes, --steps, --hold and every --gears must be positive", file=sys.stderr)
+    if a.episodes < 1 or a.steps < 1 or a.hold < 1 or a.mpc_samples < 1 or a.mpc_steps < 0 or \
+            any(g <= 0 for g in a.gears):
+        print("error: --episodes, --steps, --hold, --mpc-samples and every --gears must be positive", file=sys.stderr)
         return 2
     print(f"{'gear':>6} {'on back, uniform':>17} {'ends on back':>13} {'on back, +-1':>13} {'ends on back':>13}"
-          f" {'best gait m/s':>14}")
+          f" {'best gait m/s':>14}" + (f" {'MPC, perfect model m/s':>23}" if a.mpc_steps else ""))
     bang = float("nan")
     try:
         for gear in a.gears:
             uniform = on_back(gear, "uniform", a.episodes, a.steps, a.hold, a.seed)
             bang_bang = on_back(gear, "bang", a.episodes, a.steps, a.hold, a.seed)
             bang = bang_bang[0]
+            mpc = f" {perfect_model_mpc_speed(gear, a.mpc_steps, a.mpc_samples, seed=a.seed):23.3f}" \
+                if a.mpc_steps else ""
             print(f"{gear:6.0f} {uniform[0]:17.3f} {uniform[1]:13.2f} {bang_bang[0]:13.3f} {bang_bang[1]:13.2f}"
-                  f" {best_gait_speed(gear):14.3f}", flush=True)
+                  f" {best_gait_speed(gear):14.3f}{mpc}", flush=True)
     except MetadaptError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -18,6 +18,10 @@ def test_gear_80_flips_the_crawler_under_random_actions_and_gear_30_does_not():
     assert strong[0] > 0.2 and shipped == (0.0, 0.0)
 
 
+def test_random_shooting_on_the_simulator_walks_the_crawler_forward():
+    assert falls.perfect_model_mpc_speed(30.0, steps=12, samples=30) > 0.1
+
+
 def test_report_ends_with_the_last_gears_fraction_and_bad_options_are_one_line(capsys):
     assert falls.main(["--gears", "30", "--episodes", "1", "--steps", "50"]) == 0
     out = capsys.readouterr().out.splitlines()
