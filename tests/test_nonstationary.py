@@ -179,6 +179,19 @@ def test_crawler_reports_how_upright_its_torso_is():
     assert info["torso_up"] < -0.95
 
 
+def test_crawler_walking_straight_is_rewarded_along_its_own_heading():
+    env = _env("metadapt/Crawler-v0", "normal")
+    u = env.unwrapped
+    qpos, qvel = u.data.qpos.copy(), np.zeros(u.model.nv)
+    qpos[3:7] = [np.cos(np.pi / 4), 0.0, 0.0, np.sin(np.pi / 4)]  # turned 90 degrees left: facing world +y
+    qvel[1] = 1.0
+    u.set_state(qpos, qvel)
+    _, reward, _, _, info = env.step(np.zeros(12))
+    assert info["forward_velocity"] > 0.3 and abs(info["x_velocity"]) < 0.05
+    assert info["reward_forward"] == pytest.approx(info["forward_velocity"])
+    assert reward == pytest.approx(info["forward_velocity"])
+
+
 def _on_its_back(env) -> None:
     u = env.unwrapped
     qpos, qvel = u.data.qpos.copy(), u.data.qvel.copy()

@@ -7,8 +7,10 @@ and a knee each, about the size of Gymnasium's Ant, with Ant-v5's physics
 A task has two parts. ``disabled``: any subset of the 12 joints (``2 * leg``
 is a hip, ``2 * leg + 1`` a knee) whose actuators produce no torque; a leg with
 both joints disabled is *crippled* and its foot segment is drawn and collides
-half as long. ``command``: ``straight`` rewards world-x velocity, ``left`` /
-``right`` reward turning (yaw rate, counter-clockwise / clockwise).
+half as long. ``command``: ``straight`` rewards walking forward (the torso's
+velocity along its own heading, so that "straight" after a turn means straight
+on, not back towards the world's x axis), ``left`` / ``right`` reward turning
+(yaw rate, counter-clockwise / clockwise).
 
 The command is a goal, not a hidden dynamics change: the reward must be a
 function of the observation, so the command's two reward weights are the last
@@ -65,8 +67,9 @@ class CrawlerEnv(TaskEnv, MujocoEnv):
     """Six-legged crawler; task parameters ``disabled`` (joint indices 0-11) and ``command``.
 
     Observation (39): ``qpos[2:]`` (17: height, orientation quaternion, 12
-    joints), ``qvel`` (18), the torso's average x velocity and yaw rate over the
-    step, then the command's weights ``(w_x, w_yaw)``. Reward: ``w_x v_x + w_yaw
+    joints), ``qvel`` (18), the torso's average forward velocity (along its
+    heading) and yaw rate over the step, then the command's weights ``(w_x,
+    w_yaw)``. Reward: ``w_x v_forward + w_yaw
     yaw_rate - 0.01 |a|^2``. No termination: a trial keeps going whatever happens
     (a crawler left on its back is righted, see the module docstring).
     """
@@ -74,9 +77,9 @@ class CrawlerEnv(TaskEnv, MujocoEnv):
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["human", "rgb_array", "depth_array"], "render_fps": 20}
     INFO: ClassVar[EnvInfo] = EnvInfo(
         robot="metadapt crawler: 6 legs x 2 joints (dt 0.05 s)",
-        obs="39: qpos[2:], qvel, mean v_x and yaw rate over the step, command weights",
+        obs="39: qpos[2:], qvel, mean forward velocity and yaw rate over the step, command weights",
         action="12 torques in [-1, 1]",
-        reward="w_x v_x + w_yaw yaw_rate - 0.01 |a|^2 (righted after 10 steps on its back)",
+        reward="w_x v_forward + w_yaw yaw_rate - 0.01 |a|^2 (righted after 10 steps on its back)",
         train="0-2 random joints disabled; command straight/left/right",
         test="one crippled leg (leg_0 ... leg_5), straight or turning",
     )
@@ -163,10 +166,14 @@ class CrawlerEnv(TaskEnv, MujocoEnv):
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         self._begin_step()
-        x_before, yaw_before = float(self.data.qpos[0]), _yaw(self.data.qpos[3:7])
+        xy_before, yaw_before = self.data.qpos[:2].copy(), _yaw(self.data.qpos[3:7])
         self.do_simulation(action, self.frame_skip)
         turn = (_yaw(self.data.qpos[3:7]) - yaw_before + np.pi) % (2 * np.pi) - np.pi
-        self._velocity = np.array([(self.data.qpos[0] - x_before) / self.dt, turn / self.dt])
+        # the step's displacement along the heading halfway through the step
+        heading = yaw_before + 0.5 * turn
+        dx, dy = self.data.qpos[:2] - xy_before
+        forward_velocity = (dx * np.cos(heading) + dy * np.sin(heading)) / self.dt
+        self._velocity = np.array([forward_velocity, turn / self.dt])
         torso_up = self._torso_up()
         righted = self._right_if_stuck(torso_up)
         obs = self._get_obs()
@@ -176,7 +183,8 @@ class CrawlerEnv(TaskEnv, MujocoEnv):
         info = {
             "x_position": self.data.qpos[0],
             "y_position": self.data.qpos[1],
-            "x_velocity": self._velocity[0],
+            "x_velocity": dx / self.dt,
+            "forward_velocity": self._velocity[0],
             "yaw_rate": self._velocity[1],
             # z component of the torso's up axis before any righting: 1 upright, below 0 on its back
             "torso_up": torso_up,
