@@ -14,6 +14,11 @@ steps (and at the end) that every parameter tensor is. It prints one line per
 learner and ends with ``non_finite_steps=<n>`` over all of them (0 passes).
 
     python benchmarks/stability.py --steps 100000 --mb runs/mb_halfcheetah_malfunction
+    python benchmarks/stability.py --env crawler --steps 100000
+
+``--env crawler`` streams the crawler with its command switching too (straight,
+left, right, leg 0 crippled): its observation carries command weights that no
+training episode ever changed, the case that once made one GS step diverge.
 
 MOLe runs with ``--mole-cap`` components at most (the documented cap, least-used
 component removed): the literal algorithm creates about 6 components per task
@@ -44,12 +49,21 @@ from metadapt.meta.prior import load_prior
 from metadapt.models.mlp import MLPDynamics
 from metadapt.types import Params
 
-ENV = "metadapt/HalfCheetahMalfunction-v0"
+# name: (environment id, its shipped prior, the schedule of the stream)
+ENVS: dict[str, tuple[str, str, str | dict]] = {
+    "halfcheetah": ("metadapt/HalfCheetahMalfunction-v0", "builtin:halfcheetah_malfunction", "random_test"),
+    "crawler": ("metadapt/Crawler-v0", "builtin:crawler",
+                {"type": "random", "tasks": ["normal", "turn_left", "turn_right", "leg_0"], "min_len": 200,
+                 "max_len": 600}),
+}
+ENV = ENVS["halfcheetah"][0]
 
 
-def collect_stream(steps: int, episode_length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def collect_stream(
+    steps: int, episode_length: int, seed: int, env_id: str = ENV, schedule: str | dict = "random_test"
+) -> tuple[np.ndarray, np.ndarray]:
     """``T x (O + A + O)`` random-action transitions of one non-stationary trial, and each step's episode index."""
-    env = make_env(ENV, schedule="random_test", max_episode_steps=episode_length)
+    env = make_env(env_id, schedule=schedule, max_episode_steps=episode_length)
     env.action_space.seed(seed)
     rng = np.random.default_rng(seed)
     rows, episodes, episode = [], [], 0
@@ -115,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--episode-length", type=int, default=1000)
-    parser.add_argument("--prior", default="builtin:halfcheetah_malfunction")
+    parser.add_argument("--env", choices=sorted(ENVS), default="halfcheetah")
+    parser.add_argument("--prior", default=None, help="default: the environment's shipped prior")
     parser.add_argument("--mb", default=None, help="MB model for MB and DE (default: the prior's parameters)")
     parser.add_argument("--learners", nargs="+", default=["mb", "de", "ts", "gs", "mole"],
                         choices=["mb", "de", "ts", "gs", "mole"])
@@ -125,13 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
 
-    prior = load_prior(args.prior)
+    env_id, builtin, schedule = ENVS[args.env]
+    prior = load_prior(args.prior or builtin)
     mb_path = Path(args.mb) / "model.pt" if args.mb and Path(args.mb).is_dir() else args.mb
     mb_model, mb_params = load_model(mb_path) if mb_path else (prior.model, prior.params)
     lr = continual_lr(None, prior.inner_lr)
     start = time.perf_counter()
-    stream, episodes = collect_stream(args.steps, args.episode_length, args.seed)
-    print(f"stream: {len(stream)} steps of {ENV} (random actions, random_test schedule) in "
+    stream, episodes = collect_stream(args.steps, args.episode_length, args.seed, env_id, schedule)
+    print(f"stream: {len(stream)} steps of {env_id} (random actions, schedule {schedule}) in "
           f"{time.perf_counter() - start:.0f} s", flush=True)
     makers = {
         "mb": lambda: (StaticLearner(mb_params), mb_model),

@@ -13,7 +13,7 @@ from torch.func import functional_call, vmap
 from metadapt.data import Normalizer, ReplayBuffer
 from metadapt.meta.fit import fit_dynamics
 from metadapt.models import MLPDynamics, make_objective, rollout_returns
-from metadapt.models.mlp import fused_linear_available
+from metadapt.models.mlp import FoldedMLP, fused_linear_available
 from metadapt.types import Transitions
 
 
@@ -31,7 +31,7 @@ def test_params_are_a_functional_call_dict_and_the_forward_is_that_call(activati
     assert set(p) == set(m.param_shapes())
     obs, act = torch.randn(7, 3), torch.randn(7, 2)
     # The hand-written forward must be the module's, bit for bit.
-    ref = functional_call(m.net, p, (m._normalize_inputs(obs, act),))
+    ref = functional_call(m.net, p, (m.normalizer.normalize_inputs(obs, act),))
     assert torch.equal(m.predict_normalized_delta(p, obs, act), ref)
 
 
@@ -268,3 +268,31 @@ def test_stacked_step_written_into_another_place_leaves_the_member_as_it_was():
         assert not torch.equal(out[k], before[k][1])
         assert torch.equal(idle[k], before[k][2])
         torch.testing.assert_close(stack[k][0], in_place[k][0])
+
+
+def test_a_dimension_constant_in_the_data_is_neither_read_nor_predicted():
+    # The crawler's command weights never change within a training episode; a task switch mid-trial changes
+    # them between two observations. Divided by their floored std (1e-6) that change was an input and a
+    # target of 1e6, and one GS step on the window blew the model up (crawler sweep, step 500).
+    g = torch.Generator().manual_seed(0)
+    obs, act = torch.randn(200, 3, generator=g), torch.randn(200, 2, generator=g)
+    obs[:, 2] = 1.0
+    nxt = obs + 0.1 * torch.randn(200, 3, generator=g)
+    nxt[:, 2] = 1.0
+    model = MLPDynamics(3, 2, hidden=(16, 16), normalizer=Normalizer.from_data(obs, act, nxt))
+    params = model.init_params(generator=g)
+    switched = nxt.clone()
+    switched[:, 2] = 0.0
+    target = model.target(obs, switched)
+    assert torch.equal(target[:, 2], torch.zeros(200))
+    assert torch.equal(target[:, :2], model.target(obs, nxt)[:, :2])
+    new_command = obs.clone()
+    new_command[:, 2] = 0.0
+    pred = model.predict(params, new_command, act)
+    assert torch.equal(pred[:, :2], model.predict(params, obs, act)[:, :2])
+    assert torch.equal(pred[:, 2], new_command[:, 2])
+    folded = FoldedMLP(model, params, fused=False)
+    step = folded.step(new_command, folded.project_actions(act[:, None, :])[0])
+    torch.testing.assert_close(step, pred, rtol=1e-5, atol=1e-5)
+    loss = float(model.loss(params, obs, act, switched))
+    assert loss == pytest.approx(float(model.loss(params, obs, act, nxt)))

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import torch
 
+from metadapt.adapt.continual import ContinualLearner
 from metadapt.adapt.static import StaticLearner
+from metadapt.experiments.build import continual_lr
 from metadapt.meta.prior import load_prior
 
 _spec = importlib.util.spec_from_file_location(
@@ -33,3 +35,17 @@ def test_the_check_counts_non_finite_parameters():
     broken = {k: torch.full_like(v, math.nan) for k, v in prior.params.items()}
     res = stability.run_learner(StaticLearner(broken), prior.model, stream, episodes, 16, check_every=5)
     assert res["non_finite_steps"] == 12
+
+
+def test_gs_stays_accurate_across_a_crawler_command_switch():
+    # Regression: the command weights never change inside a training episode, so at a mid-trial switch
+    # their normalized delta was 1e6; GS's step on that window left a model whose error reached 5e10 and
+    # then inf (crawler sweep, step 500).
+    prior = load_prior("builtin:crawler")
+    schedule = {"type": "sequence", "entries": [[0, "normal"], [30, "turn_left"]]}
+    stream, episodes = stability.collect_stream(60, 100, seed=0, env_id=stability.ENVS["crawler"][0],
+                                                schedule=schedule)
+    gs = ContinualLearner(prior.model, prior.params, continual_lr(None, prior.inner_lr))
+    res = stability.run_learner(gs, prior.model, stream, episodes, prior.future, check_every=10)
+    assert res["non_finite_steps"] == 0 and res["refused_steps"] == 0
+    assert res["largest_one_step_error"] < 100.0

@@ -47,6 +47,42 @@ class Normalizer:
         (om, os_), (am, as_), (dm, ds) = stats(obs), stats(act), stats(delta)
         return Normalizer(om, os_, am, as_, dm, ds)
 
+    # A dimension that never varied in the data (std at the floor) is one the environment sets, not the
+    # physics: a command weight constant within every training episode. Dividing by its floored std turns
+    # the first change of command (a task switch inside a trial) into an input or target of 1e6, which
+    # wrecks a gradient step; such a dimension is read as 0 and its delta is neither predicted nor scored.
+    @staticmethod
+    def _inverse(std: torch.Tensor) -> torch.Tensor:
+        return torch.where(std > 2 * _MIN_STD, 1.0 / std, torch.zeros_like(std))
+
+    @property
+    def obs_scale(self) -> torch.Tensor:
+        """``O``: 1 / obs_std, 0 where the observation never varied."""
+        return self._inverse(self.obs_std)
+
+    @property
+    def act_scale(self) -> torch.Tensor:
+        """``A``: 1 / act_std, 0 where the action never varied."""
+        return self._inverse(self.act_std)
+
+    @property
+    def delta_scale(self) -> torch.Tensor:
+        """``O``: 1 / delta_std, 0 where the delta never varied (the normalized target is 0 there)."""
+        return self._inverse(self.delta_std)
+
+    @property
+    def delta_gain(self) -> torch.Tensor:
+        """``O``: delta_std, 0 where the delta never varied (the predicted delta is delta_mean there)."""
+        return torch.where(self.delta_std > 2 * _MIN_STD, self.delta_std, torch.zeros_like(self.delta_std))
+
+    def normalize_inputs(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """``... x O`` obs and ``... x A`` act -> ``... x (O + A)`` network input."""
+        return torch.cat([(obs - self.obs_mean) * self.obs_scale, (act - self.act_mean) * self.act_scale], dim=-1)
+
+    def target(self, obs: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+        """``... x O``: the normalized delta a network is trained to output."""
+        return (next_obs - obs - self.delta_mean) * self.delta_scale
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: getattr(self, k).clone() for k in self.__dataclass_fields__}
 

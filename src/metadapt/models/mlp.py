@@ -1,12 +1,13 @@
 """MLP dynamics model as a pure function of a parameter dict.
 
 The network maps normalized ``(s, a)`` to the normalized state delta
-``(s' - s - delta_mean) / delta_std``. Parameters live in a plain dict
-(``Params``) and are always passed explicitly, so learners can adapt, stack and
-vmap them. The forward pass is written with ``F.linear`` on the dict's tensors:
-the same operations as ``torch.func.functional_call`` on the module (the same
-numbers, bit for bit), without its per-call reparametrisation (a third of the
-time of a one-transition prediction).
+``(s' - s - delta_mean) / delta_std`` (0 for a dimension that never changed in
+the data, see ``Normalizer``). Parameters live in a plain dict (``Params``) and
+are always passed explicitly, so learners can adapt, stack and vmap them. The
+forward pass is written with ``F.linear`` on the dict's tensors: the same
+operations as ``torch.func.functional_call`` on the module (the same numbers,
+bit for bit), without its per-call reparametrisation (a third of the time of a
+one-transition prediction).
 The normalizer is model state that is not adapted; it is recomputed from all
 raw data whenever the training data grows.
 """
@@ -99,13 +100,9 @@ class MLPDynamics:
         return {name: tuple(p.shape) for name, p in self.net.named_parameters()}
 
     # -- prediction ----------------------------------------------------------
-    def _normalize_inputs(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        n = self.normalizer
-        return torch.cat([(obs - n.obs_mean) / n.obs_std, (act - n.act_mean) / n.act_std], dim=-1)
-
     def predict_normalized_delta(self, params: Params, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """``... x O`` obs and ``... x A`` act -> ``... x O`` normalized delta."""
-        x = self._normalize_inputs(obs, act)
+        x = self.normalizer.normalize_inputs(obs, act)
         act_fn, last = self.net.act, len(self.hidden)
         for i in range(last):
             x = act_fn(F.linear(x, params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]))
@@ -113,13 +110,12 @@ class MLPDynamics:
 
     def target(self, obs: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
         """The normalized delta the network is trained to output (``... x O``)."""
-        n = self.normalizer
-        return (next_obs - obs - n.delta_mean) / n.delta_std
+        return self.normalizer.target(obs, next_obs)
 
     def predict(self, params: Params, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """Predicted next observation, ``... x O``."""
         n = self.normalizer
-        return obs + n.delta_mean + n.delta_std * self.predict_normalized_delta(params, obs, act)
+        return obs + n.delta_mean + n.delta_gain * self.predict_normalized_delta(params, obs, act)
 
     def loss(self, params: Params, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
         """Mean squared error in normalized delta space (a scalar)."""
@@ -222,8 +218,8 @@ class FoldedMLP:
         with torch.no_grad():
             w1 = w1.float()
             n = model.normalizer.to(w1.device)
-            self.obs_mean, self.obs_inv_std = n.obs_mean, 1.0 / n.obs_std
-            self.act_mean, self.act_inv_std = n.act_mean, 1.0 / n.act_std
+            self.obs_mean, self.obs_inv_std = n.obs_mean, n.obs_scale
+            self.act_mean, self.act_inv_std = n.act_mean, n.act_scale
             self.b1 = params["layers.0.bias"].to(dtype)
             if self.fused:
                 # oneDNN takes weights as stored by nn.Linear (out x in).
@@ -241,9 +237,9 @@ class FoldedMLP:
                     (params[f"layers.{i}.weight"].t().contiguous().to(dtype), params[f"layers.{i}.bias"].to(dtype))
                     for i in range(1, layers - 1)
                 ]
-            wl = params[f"layers.{layers - 1}.weight"].float() * n.delta_std[:, None]
+            wl = params[f"layers.{layers - 1}.weight"].float() * n.delta_gain[:, None]
             self.wl_t = wl.t().contiguous().to(dtype)
-            self.bl = params[f"layers.{layers - 1}.bias"].float() * n.delta_std + n.delta_mean
+            self.bl = params[f"layers.{layers - 1}.bias"].float() * n.delta_gain + n.delta_mean
         self.dtype = dtype
         self.relu = model.activation == "relu"
         self.act_fn = ACTIVATIONS[model.activation]

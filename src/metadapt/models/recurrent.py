@@ -73,12 +73,10 @@ class RecurrentDynamics:
         return {k[n:]: v for k, v in params.items() if k.startswith(prefix + ".")}
 
     def _inputs(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        n = self.normalizer
-        return torch.cat([(obs - n.obs_mean) / n.obs_std, (act - n.act_mean) / n.act_std], dim=-1)
+        return self.normalizer.normalize_inputs(obs, act)
 
     def target(self, obs: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
-        n = self.normalizer
-        return (next_obs - obs - n.delta_mean) / n.delta_std
+        return self.normalizer.target(obs, next_obs)
 
     def context(
         self, params: Params, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor,

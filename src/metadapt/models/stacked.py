@@ -63,7 +63,7 @@ class StackedMLP:
         output error ``S x K x O`` that ``sgd_step_`` needs.
         """
         m = self.model
-        x = m._normalize_inputs(obs, act)
+        x = m.normalizer.normalize_inputs(obs, act)
         target = m.target(obs, next_obs)
         inputs: list[torch.Tensor] = [x]
         h: torch.Tensor = x
