@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     try:
-        prior = load_prior(args.prior)
+        prior = load_prior(args.prior, env_id=args.env)
         test = collect_random(args.env, args.task, args.steps, args.episode_length, args.seed)
         windows = sample_windows(test, prior.model.obs_dim, prior.past, prior.future, args.windows, args.seed + 1)
         train = collect_random(args.env, args.task, args.oracle_steps, args.episode_length, args.seed + 1000)

@@ -42,7 +42,7 @@ from metadapt.adapt.continual import ContinualLearner
 from metadapt.adapt.mole import MOLeLearner
 from metadapt.adapt.static import StaticLearner
 from metadapt.adapt.ts import KShotLearner
-from metadapt.envs import make_env
+from metadapt.envs import make_env, observation_version
 from metadapt.experiments.build import continual_lr
 from metadapt.meta.checkpoint import load_model
 from metadapt.meta.prior import load_prior
@@ -141,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
 
     env_id, builtin, schedule = ENVS[args.env]
-    prior = load_prior(args.prior or builtin)
+    prior = load_prior(args.prior or builtin, env_id=env_id)
     mb_path = Path(args.mb) / "model.pt" if args.mb and Path(args.mb).is_dir() else args.mb
-    mb_model, mb_params = load_model(mb_path) if mb_path else (prior.model, prior.params)
+    mb = load_model(mb_path, env_id, observation_version(env_id)) if mb_path else (prior.model, prior.params)
+    mb_model, mb_params = mb
     lr = continual_lr(None, prior.inner_lr)
     start = time.perf_counter()
     stream, episodes = collect_stream(args.steps, args.episode_length, args.seed, env_id, schedule)

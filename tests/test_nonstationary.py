@@ -192,6 +192,42 @@ def test_crawler_walking_straight_is_rewarded_along_its_own_heading():
     assert reward == pytest.approx(info["forward_velocity"])
 
 
+def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.zeros(4)
+    mujoco.mju_mulQuat(out, a, b)
+    return out
+
+
+@pytest.mark.parametrize("turn", [np.pi / 2, np.pi, 2 * np.pi, -2.5])
+def test_crawler_observation_and_dynamics_do_not_depend_on_the_heading(turn):
+    """The same state turned about the vertical (a full turn included: it negates the quaternion) and driven by
+    the same actions gives the same observations and rewards. Before the heading frame the prior's K-step error
+    on random actions rose from 0.27 facing +x to 0.40 facing -x."""
+    schedule = {"type": "constant", "task": "normal"}
+    a, b = (make_env("metadapt/Crawler-v0", schedule=schedule) for _ in range(2))
+    a.reset(seed=3)
+    b.reset(seed=3)
+    ua, ub = a.unwrapped, b.unwrapped
+    for _ in range(5):  # moving and tilted, not the rest pose
+        a.step(np.full(12, 0.7))
+        b.step(np.full(12, 0.7))
+    qpos, qvel = ub.data.qpos.copy(), ub.data.qvel.copy()
+    c, s = np.cos(turn), np.sin(turn)
+    rot = np.array([[c, -s], [s, c]])
+    qpos[:2], qvel[:2] = rot @ qpos[:2], rot @ qvel[:2]
+    qpos[3:7] = _quat_mul(np.array([np.cos(turn / 2), 0.0, 0.0, np.sin(turn / 2)]), qpos[3:7])
+    ub.set_state(qpos, qvel)
+    np.testing.assert_allclose(ub._get_obs(), ua._get_obs(), atol=1e-9)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        act = rng.uniform(-1, 1, 12)
+        obs_a, rew_a, *_ = a.step(act)
+        obs_b, rew_b, *_ = b.step(act)
+        np.testing.assert_allclose(obs_b, obs_a, atol=1e-6)
+        assert rew_b == pytest.approx(rew_a, abs=1e-6)
+    assert not np.allclose(ub.data.qpos[3:7], ua.data.qpos[3:7])  # the two really face different ways
+
+
 def _on_its_back(env) -> None:
     u = env.unwrapped
     qpos, qvel = u.data.qpos.copy(), u.data.qvel.copy()

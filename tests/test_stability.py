@@ -41,7 +41,7 @@ def test_gs_stays_accurate_across_a_crawler_command_switch():
     # Regression: the command weights never change inside a training episode, so at a mid-trial switch
     # their normalized delta was 1e6; GS's step on that window left a model whose error reached 5e10 and
     # then inf (crawler sweep, step 500).
-    prior = load_prior("builtin:crawler")
+    prior = load_prior("builtin:crawler", env_id=stability.ENVS["crawler"][0])
     schedule = {"type": "sequence", "entries": [[0, "normal"], [30, "turn_left"]]}
     stream, episodes = stability.collect_stream(60, 100, seed=0, env_id=stability.ENVS["crawler"][0],
                                                 schedule=schedule)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,3 +169,24 @@ def test_replaying_a_runs_data_fits_on_exactly_that_data(tmp_path):
     assert bad.wait(timeout=600) != 0
     err = bad.stderr.read().strip()
     assert "holds out single steps" in err and len(err.splitlines()) == 1, err
+
+    # data collected under an older observation layout of the environment (the crawler's world-frame one) is
+    # neither replayed nor resumed
+    stale = tmp_path / "stale"
+    shutil.copytree(source, stale)
+    ckpt = stale / "checkpoints" / "latest.pt"
+    state = torch.load(ckpt, weights_only=True)
+    assert state["obs_version"] == 1 and state["env_id"] == "metadapt/HalfCheetahMalfunction-v0"
+    state["obs_version"] = 0
+    torch.save(state, ckpt)
+    bad = _train(tmp_path / "bad_version", "env.id=metadapt/HalfCheetahMalfunction-v0", "train.iterations=1",
+                 f"train.data={stale}")
+    assert bad.wait(timeout=600) != 0
+    err = bad.stderr.read().strip()
+    assert "collected under observation version 0; the environment's is now 1" in err and len(err.splitlines()) == 1
+    cfg = stale / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("iterations: 2", "iterations: 3"))
+    resumed = subprocess.run([sys.executable, "-m", "metadapt.cli", "train", "--resume", str(stale), "--quiet"],
+                             capture_output=True, text=True, timeout=600)
+    err = resumed.stderr.strip()
+    assert resumed.returncode != 0 and len(err.splitlines()) == 1 and "observation version 0" in err, err

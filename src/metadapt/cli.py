@@ -182,7 +182,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _bench_adaptation(args: argparse.Namespace) -> int:
-    from metadapt.envs import env_class, make_env
+    from metadapt.envs import env_class, make_env, observation_version
     from metadapt.errors import CheckpointError
     from metadapt.experiments.adaptation import adaptation_errors, format_table
     from metadapt.meta.checkpoint import load_model
@@ -197,11 +197,11 @@ def _bench_adaptation(args: argparse.Namespace) -> int:
         obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
         probe.close()
         mb_file = Path(mb_path) / "model.pt" if Path(mb_path).is_dir() else Path(mb_path)
-        mb = load_model(mb_file)
+        mb = load_model(mb_file, env_id, observation_version(env_id))
         if (mb[0].obs_dim, mb[0].act_dim) != (obs_dim, act_dim):
             raise CheckpointError(f"{mb_file} is a model for obs/action sizes {mb[0].obs_dim}/{mb[0].act_dim}, "
                                   f"{env_id} has {obs_dim}/{act_dim}")
-        prior = load_prior(prior_path, obs_dim, act_dim)
+        prior = load_prior(prior_path, obs_dim, act_dim, env_id)
         rows.append(adaptation_errors(env_id, task, mb, prior, steps=args.steps, windows=args.windows,
                                       episode_length=args.episode_length, seed=args.seed))
         print(format_table(rows[-1:]).splitlines()[1], flush=True)

@@ -37,6 +37,16 @@ def env_class(env_id: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+def observation_version(env_id: str | None) -> int:
+    """The version of a metadapt environment's observation layout (1 for ids outside metadapt's registry)."""
+    return env_class(env_id).OBS_VERSION if env_id in REGISTRY else 1
+
+
+def env_obs_version(env: gym.Env) -> int:
+    """The observation-layout version of an environment instance (``OBS_VERSION``, 1 if it sets none)."""
+    return int(getattr(env.unwrapped, "OBS_VERSION", 1))
+
+
 def registered() -> dict[str, str]:
     """Environment id -> one-line description (the first line of its docstring)."""
     return {i: (env_class(i).__doc__ or "").strip().splitlines()[0] for i in REGISTRY}

@@ -40,8 +40,11 @@ class TaskEnv:
     ``TRAIN`` / ``TEST`` name the catalog tasks of the training and held-out
     test distributions (a subclass may override ``sample_train_task`` with a
     continuous distribution). ``PRESETS`` are named default schedules.
+    ``OBS_VERSION`` goes up whenever the observation's meaning changes at the
+    same size, so that models trained on the old one are refused.
     """
 
+    OBS_VERSION: ClassVar[int] = 1
     CATALOG: ClassVar[dict[str, dict[str, Any]]] = {"normal": {}}
     TRAIN: ClassVar[tuple[str, ...]] = ("normal",)
     TEST: ClassVar[tuple[str, ...]] = ("normal",)

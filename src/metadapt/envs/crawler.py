@@ -12,6 +12,13 @@ velocity along its own heading, so that "straight" after a turn means straight
 on, not back towards the world's x axis), ``left`` / ``right`` reward turning
 (yaw rate, counter-clockwise / clockwise).
 
+The observation is expressed in the torso's heading frame (the yaw taken out of
+the orientation, the linear velocity rotated by minus the yaw): on a flat floor
+the dynamics do not depend on which way the robot faces, and a model fed the
+world-frame heading has to learn every heading separately. A crawler that has
+turned half a circle then looks like one that has never turned, and a memoryless
+learner walks straight on as well as it did at the start.
+
 The command is a goal, not a hidden dynamics change: the reward must be a
 function of the observation, so the command's two reward weights are the last
 two observations. The crippling is not observed.
@@ -63,21 +70,46 @@ def _yaw(quat: np.ndarray) -> float:
     return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
 
 
+def heading_frame(qpos: np.ndarray, qvel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The free joint's orientation and velocity with the heading (yaw) taken out.
+
+    ``qpos[3:7]`` (w, x, y, z) -> the tilt ``q_yaw^-1 q`` with ``w >= 0`` (``q`` and
+    ``-q`` are one rotation, and a full turn takes one to the other); ``qvel[0:6]``
+    -> the linear velocity rotated into the heading frame, the angular velocity
+    unchanged (MuJoCo gives it in the body frame already). Two places jump: lying
+    exactly on its back (``w`` crosses 0 and the sign flips; the crawler is righted
+    soon after) and pointing its x axis straight up or down (the yaw is undefined).
+    """
+    half = 0.5 * _yaw(qpos[3:7])
+    c, s = np.cos(half), np.sin(half)
+    w, x, y, z = qpos[3:7]
+    # (c, 0, 0, -s) * (w, x, y, z)
+    tilt = np.array([c * w + s * z, c * x + s * y, c * y - s * x, c * z - s * w])
+    if tilt[0] < 0.0:
+        tilt = -tilt
+    cy, sy = np.cos(2 * half), np.sin(2 * half)
+    vx, vy = qvel[0], qvel[1]
+    vel = np.array([cy * vx + sy * vy, cy * vy - sy * vx, *qvel[2:6]])
+    return tilt, vel
+
+
 class CrawlerEnv(TaskEnv, MujocoEnv):
     """Six-legged crawler; task parameters ``disabled`` (joint indices 0-11) and ``command``.
 
-    Observation (39): ``qpos[2:]`` (17: height, orientation quaternion, 12
-    joints), ``qvel`` (18), the torso's average forward velocity (along its
+    Observation (39): ``qpos[2:]`` (17: height, orientation quaternion with the
+    heading taken out, 12 joints), ``qvel`` (18, the torso's linear velocity in
+    the heading frame), the torso's average forward velocity (along its
     heading) and yaw rate over the step, then the command's weights ``(w_x,
     w_yaw)``. Reward: ``w_x v_forward + w_yaw
     yaw_rate - 0.01 |a|^2``. No termination: a trial keeps going whatever happens
     (a crawler left on its back is righted, see the module docstring).
     """
 
+    OBS_VERSION: ClassVar[int] = 2  # 1: the torso's orientation and velocity in the world frame
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["human", "rgb_array", "depth_array"], "render_fps": 20}
     INFO: ClassVar[EnvInfo] = EnvInfo(
         robot="metadapt crawler: 6 legs x 2 joints (dt 0.05 s)",
-        obs="39: qpos[2:], qvel, mean forward velocity and yaw rate over the step, command weights",
+        obs="39: qpos[2:], qvel (torso in its heading frame), forward velocity and yaw rate, command weights",
         action="12 torques in [-1, 1]",
         reward="w_x v_forward + w_yaw yaw_rate - 0.01 |a|^2 (righted after 10 steps on its back)",
         train="0-2 random joints disabled; command straight/left/right",
@@ -162,7 +194,9 @@ class CrawlerEnv(TaskEnv, MujocoEnv):
         return _crippled(self.task.params["disabled"])
 
     def _get_obs(self) -> np.ndarray:
-        return np.concatenate((self.data.qpos[2:], self.data.qvel, self._velocity, self._command))
+        qpos, qvel = self.data.qpos, self.data.qvel
+        tilt, torso_vel = heading_frame(qpos, qvel)
+        return np.concatenate((qpos[2:3], tilt, qpos[7:], torso_vel, qvel[6:], self._velocity, self._command))
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         self._begin_step()

@@ -14,7 +14,7 @@ from metadapt.adapt.continual import ContinualLearner
 from metadapt.adapt.mole import MOLeLearner
 from metadapt.adapt.static import StaticLearner
 from metadapt.adapt.ts import KShotLearner
-from metadapt.envs import get_reward_fn, make_env
+from metadapt.envs import env_obs_version, get_reward_fn, make_env
 from metadapt.errors import ConfigError, MetadaptError
 from metadapt.meta.checkpoint import load_model
 from metadapt.meta.iterate import IterationSettings
@@ -58,7 +58,7 @@ def load_trained(cfg: dict[str, Any], env: gym.Env) -> tuple[MLPDynamics, Params
     path = Path(cfg["model"]["checkpoint"])
     if path.is_dir():
         path = path / "model.pt"
-    model, params = load_model(path)
+    model, params = load_model(path, cfg["env"]["id"], env_obs_version(env))
     if (model.obs_dim, model.act_dim) != dims(env):
         raise MetadaptError(
             f"checkpoint {path} is for obs/action sizes {model.obs_dim}/{model.act_dim}, "
@@ -171,9 +171,11 @@ def recurrent_settings(cfg: dict[str, Any]) -> RecurrentSettings:
                              batches_per_epoch=m["batches_per_epoch"], val_batches=m["val_batches"])
 
 
-def load_trained_recurrent(path: str | Path, env: gym.Env) -> tuple[RecurrentDynamics, Params]:
-    """A ReBAL model (``rebal.pt`` or a run directory holding one) that fits ``env``."""
-    model, params = load_recurrent(path)
+def load_trained_recurrent(
+    path: str | Path, env: gym.Env, env_id: str | None = None
+) -> tuple[RecurrentDynamics, Params]:
+    """A ReBAL model (``rebal.pt`` or a run directory holding one) that fits ``env`` (``env_id``'s layout)."""
+    model, params = load_recurrent(path, env_id, env_obs_version(env))
     if (model.obs_dim, model.act_dim) != dims(env):
         raise MetadaptError(f"ReBAL model {path} is for obs/action sizes {model.obs_dim}/{model.act_dim}, "
                             f"the environment has {dims(env)[0]}/{dims(env)[1]}")
@@ -182,7 +184,7 @@ def load_trained_recurrent(path: str | Path, env: gym.Env) -> tuple[RecurrentDyn
 
 def load_trained_prior(cfg: dict[str, Any], env: gym.Env) -> Prior:
     """The prior named by ``model.checkpoint`` (a ``prior.pt`` or a run directory holding one)."""
-    return load_prior(cfg["model"]["checkpoint"], *dims(env))
+    return load_prior(cfg["model"]["checkpoint"], *dims(env), cfg["env"]["id"], env_obs_version(env))
 
 
 def iteration_settings(cfg: dict[str, Any]) -> IterationSettings:

@@ -134,7 +134,7 @@ def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter, video: bool = Fa
                 raise ConfigError("learner.type=rebal plans with a ReBAL model: set model.checkpoint=REBAL "
                                   "or meta.enabled=true meta.method=rebal to train one first")
             train(cfg, out_dir / "train", reporter)
-        recurrent = build.load_trained_recurrent(cfg["model"]["checkpoint"] or out_dir / "train", env)
+        recurrent = build.load_trained_recurrent(cfg["model"]["checkpoint"] or out_dir / "train", env, cfg["env"]["id"])
         model, params = recurrent[0].planning_model(), recurrent[1]
     elif cfg["learner"]["type"] in build.PRIOR_LEARNERS:
         if cfg["model"]["checkpoint"]:

@@ -51,10 +51,26 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = ()) -> dict[st
     return obj
 
 
-def model_state(model: MLPDynamics, params: Params) -> dict[str, Any]:
-    """Everything needed to rebuild ``model`` with ``params``."""
+def check_origin(state: dict[str, Any], path: str | Path, env_id: str | None, obs_version: int) -> None:
+    """Refuse a file trained on ``env_id`` under another version of its observation layout.
+
+    ``state`` carries ``env_id`` and ``obs_version`` as recorded at training time
+    (files without them: version 1). Nothing is checked without ``env_id`` or
+    when the file came from another environment with the same sizes.
+    """
+    if env_id is None or state.get("env_id") != env_id:
+        return
+    if (found := int(state.get("obs_version", 1))) != obs_version:
+        raise CheckpointError(f"{path} was trained on {env_id}'s observation version {found}, the environment's "
+                              f"is now {obs_version}: retrain it")
+
+
+def model_state(model: MLPDynamics, params: Params, env_id: str | None = None, obs_version: int = 1) -> dict[str, Any]:
+    """Everything needed to rebuild ``model`` with ``params``, and the environment it was trained on."""
     return {
         "format": MODEL_FORMAT,
+        "env_id": env_id,
+        "obs_version": obs_version,
         "obs_dim": model.obs_dim,
         "act_dim": model.act_dim,
         "hidden": list(model.hidden),
@@ -65,8 +81,10 @@ def model_state(model: MLPDynamics, params: Params) -> dict[str, Any]:
     }
 
 
-def save_model(model: MLPDynamics, params: Params, path: str | Path) -> None:
-    save_atomic(model_state(model, params), path)
+def save_model(
+    model: MLPDynamics, params: Params, path: str | Path, env_id: str | None = None, obs_version: int = 1
+) -> None:
+    save_atomic(model_state(model, params, env_id, obs_version), path)
 
 
 def model_from_state(state: dict[str, Any], source: str = "checkpoint") -> tuple[MLPDynamics, Params]:
@@ -88,6 +106,9 @@ def model_from_state(state: dict[str, Any], source: str = "checkpoint") -> tuple
     return model, params
 
 
-def load_model(path: str | Path) -> tuple[MLPDynamics, Params]:
-    """Rebuild a model and its parameters from ``save_model``'s file."""
-    return model_from_state(load_checkpoint(path, ("format",)), str(path))
+def load_model(path: str | Path, env_id: str | None = None, obs_version: int = 1) -> tuple[MLPDynamics, Params]:
+    """Rebuild a model and its parameters from ``save_model``'s file (checked against ``env_id``'s layout)."""
+    state = load_checkpoint(path, ("format",))
+    out = model_from_state(state, str(path))
+    check_origin(state, path, env_id, obs_version)
+    return out

@@ -27,6 +27,7 @@ from metadapt.agent import MPCAgent
 from metadapt.data.buffer import FIELDS as BUFFER_FIELDS
 from metadapt.data.buffer import ReplayBuffer
 from metadapt.data.normalizer import Normalizer
+from metadapt.envs import env_obs_version
 from metadapt.errors import CheckpointError
 from metadapt.experiments.progress import Reporter
 from metadapt.meta.checkpoint import load_checkpoint, model_state, save_atomic, save_model
@@ -77,6 +78,7 @@ class ReplayedData:
     buffer: ReplayBuffer
     episodes_per_iteration: tuple[int, ...]
     source: str
+    obs_version: int = 1  # of the environment's observation layout when the data was collected
 
     @staticmethod
     def load(run_dir: str | Path) -> ReplayedData:
@@ -92,12 +94,14 @@ class ReplayedData:
             raise CheckpointError(f"{path} is incomplete: {exc}") from exc
         if buffer.total_added != len(buffer):
             raise CheckpointError(f"{path}: its buffer dropped old data, so its iterations cannot be replayed")
-        return ReplayedData(buffer, counts, str(run_dir))
+        return ReplayedData(buffer, counts, str(run_dir), int(state.get("obs_version", 1)))
 
-    def check(self, obs_dim: int, act_dim: int, iterations: int, capacity: int, per_episode: bool) -> None:
+    def check(
+        self, obs_dim: int, act_dim: int, iterations: int, capacity: int, per_episode: bool, obs_version: int
+    ) -> None:
         """Refuse data the trainer could not fit exactly as the source collected it.
 
-        That is: other dimensions, fewer iterations than asked for, more
+        That is: other dimensions or observation layout (``obs_version``), fewer iterations than asked for, more
         transitions than ``capacity`` holds, or (``per_episode``: the trainer
         validates on whole held-out trajectories, as meta-training does)
         validation marks drawn per step, as an MB run draws them.
@@ -106,6 +110,9 @@ class ReplayedData:
             raise CheckpointError(
                 f"train.data {self.source} holds {self.buffer.obs_dim}-D observations and {self.buffer.act_dim}-D "
                 f"actions; the environment has {obs_dim} and {act_dim}")
+        if self.obs_version != obs_version:
+            raise CheckpointError(f"train.data {self.source} was collected under observation version "
+                                  f"{self.obs_version}; the environment's is now {obs_version}")
         if iterations > len(self.episodes_per_iteration):
             raise CheckpointError(f"train.data {self.source} holds {len(self.episodes_per_iteration)} completed "
                                   f"iterations; train.iterations asks for {iterations}")
@@ -197,6 +204,7 @@ class IterativeTrainer:
         self.env, self.reward_fn, self.model = env, reward_fn, model
         self.replay = replay
         self.meta, self.env_id = meta, env_id
+        self.obs_version = env_obs_version(env)
         self.make_planner, self.make_learner = make_planner, make_learner
         self.settings, self.seed, self.dtype = settings, seed, dtype
         self.run_dir = Path(run_dir)
@@ -221,6 +229,8 @@ class IterativeTrainer:
             "episodes": self._episodes,
             "settings": asdict(self.settings),
             "seed": self.seed,
+            "env_id": self.env_id,
+            "obs_version": self.obs_version,
             "model": self.model_state(),
             "optimizer": _cpu_tree(self.optimizer_state),
             "inner_lrs": _cpu_tree(self.inner_lrs),
@@ -237,6 +247,9 @@ class IterativeTrainer:
             raise CheckpointError(f"{path} is not a training checkpoint")
         if state.get("seed") != self.seed:
             raise CheckpointError(f"{path} was written with seed {state.get('seed')}, not {self.seed}")
+        if (found := int(state.get("obs_version", 1))) != (now := self.obs_version):
+            raise CheckpointError(f"{path} holds data collected under observation version {found}; the "
+                                  f"environment's is now {now}: start a new run")
         try:
             self.buffer = ReplayBuffer.from_state_dict(state["buffer"])
             self.model.normalizer = Normalizer.from_state_dict(state["model"]["normalizer"]).to(self.device)
@@ -355,14 +368,14 @@ class IterativeTrainer:
         return self.make_learner(self.params) if self.meta is None else self.prior_learner()
 
     def model_state(self) -> dict[str, Any]:
-        return model_state(self.model, self.params)
+        return model_state(self.model, self.params, self.env_id, self.obs_version)
 
     def check_model_state(self, state: dict[str, Any], path: Path) -> None:
         """Refuse a checkpoint of another model kind (a hook: MLP checkpoints need no extra check)."""
 
     def save_artifacts(self) -> None:
         """``model.pt`` (and ``prior.pt`` when meta-training) after every iteration."""
-        save_model(self.model, self.params, self.run_dir / "model.pt")
+        save_model(self.model, self.params, self.run_dir / "model.pt", self.env_id, self.obs_version)
         if self.meta is not None:
             save_prior(self.prior(), self.run_dir / "prior.pt")
 
@@ -371,7 +384,7 @@ class IterativeTrainer:
         assert self.meta is not None, "not meta-training"
         m = self.meta
         lr = expand_inner_lrs(self.inner_lrs, self.params) if self.inner_lrs is not None else m.inner_lr
-        return Prior(self.model, self.params, lr, m.inner_steps, m.past, m.future, self.env_id)
+        return Prior(self.model, self.params, lr, m.inner_steps, m.past, m.future, self.env_id, self.obs_version)
 
     def prior_learner(self) -> KShotLearner:
         p = self.prior()
@@ -381,7 +394,8 @@ class IterativeTrainer:
         """Run the remaining iterations; ``resume`` continues from ``run_dir``'s checkpoint."""
         if self.replay is not None:
             self.replay.check(self.buffer.obs_dim, self.buffer.act_dim, self.settings.iterations,
-                              self.settings.buffer_capacity, self.meta is not None or self.per_episode_validation)
+                              self.settings.buffer_capacity, self.meta is not None or self.per_episode_validation,
+                              self.obs_version)
         if resume:
             self.restore()
             self.reporter.log(f"resuming after iteration {self.completed}")

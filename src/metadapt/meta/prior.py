@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
+from metadapt.envs import observation_version
 from metadapt.errors import CheckpointError
-from metadapt.meta.checkpoint import load_checkpoint, model_from_state, model_state, save_atomic
+from metadapt.meta.checkpoint import check_origin, load_checkpoint, model_from_state, model_state, save_atomic
 from metadapt.meta.maml import InnerLR, adapt
 from metadapt.models.mlp import MLPDynamics
 from metadapt.types import Params
@@ -33,6 +34,7 @@ class Prior:
     past: int
     future: int
     env_id: str | None = None
+    obs_version: int = 1  # of ``env_id``'s observation layout when the prior was trained
 
     def adapt(self, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> Params:
         """Adapted parameters from recent transitions (``M x O``, ``M x A``, ``M x O``, raw)."""
@@ -53,6 +55,7 @@ def save_prior(prior: Prior, path: str | Path) -> None:
         "past": prior.past,
         "future": prior.future,
         "env_id": prior.env_id,
+        "obs_version": prior.obs_version,
     }
     save_atomic(state, path)
 
@@ -78,8 +81,15 @@ def resolve_prior_path(path: str | Path) -> Path:
     return p / "prior.pt" if p.is_dir() else p
 
 
-def load_prior(path: str | Path, obs_dim: int | None = None, act_dim: int | None = None) -> Prior:
-    """Load a prior (a file, a run directory or ``builtin:<name>``); with dims, check it fits the environment."""
+def load_prior(
+    path: str | Path, obs_dim: int | None = None, act_dim: int | None = None, env_id: str | None = None,
+    obs_version: int | None = None,
+) -> Prior:
+    """Load a prior (a file, a run directory or ``builtin:<name>``); with dims, check it fits the environment.
+
+    With ``env_id``, a prior trained on that environment under another observation layout (same size, another
+    meaning) is refused; ``obs_version`` defaults to the registered environment's ``OBS_VERSION``.
+    """
     path = resolve_prior_path(path)
     state = load_checkpoint(path, ("format",))
     if state["format"] != PRIOR_FORMAT:
@@ -89,7 +99,7 @@ def load_prior(path: str | Path, obs_dim: int | None = None, act_dim: int | None
         lr = state["inner_lr"]
         inner_lr: InnerLR = {k: v.float() for k, v in lr.items()} if isinstance(lr, dict) else float(lr)
         prior = Prior(model, params, inner_lr, int(state["inner_steps"]), int(state["past"]), int(state["future"]),
-                      state.get("env_id"))
+                      state.get("env_id"), int(state.get("obs_version", 1)))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path} is incomplete: {exc}") from exc
     if isinstance(inner_lr, dict) and {k: tuple(v.shape) for k, v in inner_lr.items()} != model.param_shapes():
@@ -97,4 +107,6 @@ def load_prior(path: str | Path, obs_dim: int | None = None, act_dim: int | None
     for name, want, have in (("observation", obs_dim, model.obs_dim), ("action", act_dim, model.act_dim)):
         if want is not None and want != have:
             raise CheckpointError(f"{path} is a prior for {name} size {have}, the environment has {want}")
+    want = observation_version(env_id) if obs_version is None else obs_version
+    check_origin({"env_id": prior.env_id, "obs_version": prior.obs_version}, path, env_id, want)
     return prior

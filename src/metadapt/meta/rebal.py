@@ -19,7 +19,7 @@ from metadapt.adapt.rebal import RecurrentLearner
 from metadapt.data.buffer import ReplayBuffer
 from metadapt.data.normalizer import Normalizer
 from metadapt.errors import CheckpointError, MetadaptError
-from metadapt.meta.checkpoint import load_checkpoint, save_atomic
+from metadapt.meta.checkpoint import check_origin, load_checkpoint, save_atomic
 from metadapt.meta.iterate import IterativeTrainer, iteration_seed
 from metadapt.models.mlp import MLPDynamics
 from metadapt.models.recurrent import RecurrentDynamics
@@ -97,17 +97,22 @@ def fit_recurrent(
     return best, RecurrentFitResult(epoch, best_epoch, running, best_val)
 
 
-def recurrent_state(model: RecurrentDynamics, params: Params) -> dict[str, Any]:
+def recurrent_state(
+    model: RecurrentDynamics, params: Params, env_id: str | None = None, obs_version: int = 1
+) -> dict[str, Any]:
     return {
-        "format": RECURRENT_FORMAT, "obs_dim": model.obs_dim, "act_dim": model.act_dim,
+        "format": RECURRENT_FORMAT, "env_id": env_id, "obs_version": obs_version,
+        "obs_dim": model.obs_dim, "act_dim": model.act_dim,
         "hidden": list(model.hidden), "context": model.context_dim, "activation": model.activation,
         "sigma": model.sigma, "normalizer": {k: v.cpu() for k, v in model.normalizer.state_dict().items()},
         "params": {k: v.detach().cpu().clone() for k, v in params.items()},
     }
 
 
-def load_recurrent(path: str | Path) -> tuple[RecurrentDynamics, Params]:
-    """Load ``rebal.pt`` (or a run directory holding one); one-line errors for anything else."""
+def load_recurrent(
+    path: str | Path, env_id: str | None = None, obs_version: int = 1
+) -> tuple[RecurrentDynamics, Params]:
+    """Load ``rebal.pt`` (or a run directory holding one), checked against ``env_id``'s observation layout."""
     path = Path(path)
     if path.is_dir():
         path = path / "rebal.pt"
@@ -123,6 +128,7 @@ def load_recurrent(path: str | Path) -> tuple[RecurrentDynamics, Params]:
         raise CheckpointError(f"{path} is incomplete: {exc}") from exc
     if {k: tuple(v.shape) for k, v in params.items()} != model.param_shapes():
         raise CheckpointError(f"{path}: its parameters do not match its architecture")
+    check_origin(state, path, env_id, obs_version)
     return model, params
 
 
@@ -155,7 +161,7 @@ class RecurrentTrainer(IterativeTrainer):
         return RecurrentLearner(self.model, self.params)
 
     def model_state(self) -> dict[str, Any]:
-        return recurrent_state(self.model, self.params)
+        return recurrent_state(self.model, self.params, self.env_id, self.obs_version)
 
     def check_model_state(self, state: dict[str, Any], path: Path) -> None:
         if state.get("format") != RECURRENT_FORMAT:
