@@ -15,7 +15,14 @@ from metadapt.data.buffer import ReplayBuffer
 from metadapt.data.normalizer import Normalizer
 from metadapt.errors import CheckpointError
 from metadapt.meta.checkpoint import load_model, save_model
-from metadapt.meta.maml import MetaSettings, adapted_loss, expand_inner_lrs, fit_meta, initial_inner_lrs
+from metadapt.meta.maml import (
+    MetaSettings,
+    adapted_loss,
+    broadcast_inner_lrs,
+    expand_inner_lrs,
+    fit_meta,
+    initial_inner_lrs,
+)
 from metadapt.meta.prior import Prior, load_prior, save_prior
 from metadapt.meta.rebal import load_recurrent, recurrent_state
 from metadapt.models.mlp import MLPDynamics
@@ -172,6 +179,45 @@ def test_per_tensor_rates_are_learned_and_stay_one_per_tensor():
                                 generator=torch.Generator().manual_seed(0), inner_lrs=lrs)
     assert new_lrs is not None and all(v.shape == () for v in new_lrs.values())
     assert any(float(new_lrs[k]) != 0.1 for k in new_lrs)
+
+
+def test_tied_action_rates_gradient_is_the_sum_over_the_action_columns():
+    # The shared rate of the A action columns: d/d(eta) = sum of the per-entry gradients of those columns.
+    model, params = _model64()  # 3 observation + 2 action inputs
+    past, fut = _windows(3, 4, 4, seed=7)
+    settings = MetaSettings(inner_lr=0.05, learn_inner_lr=True, inner_lr_per="entry_tied_actions")
+    tied = {k: v.double().requires_grad_(True) for k, v in initial_inner_lrs(params, settings, 2).items()}
+    w = params["layers.0.weight"]
+    assert tied["layers.0.weight"].shape == (w.shape[0], w.shape[1] - 1)
+    entry = {k: torch.full_like(v, 0.05).requires_grad_(True) for k, v in params.items()}
+    g_entry = torch.autograd.grad(adapted_loss(model, params, past, fut, entry, 2, False), list(entry.values()))
+    g_tied = torch.autograd.grad(adapted_loss(model, params, past, fut, broadcast_inner_lrs(tied, params), 2, False),
+                                 list(tied.values()))
+    for name, a, b in zip(entry, g_entry, g_tied, strict=True):
+        if name == "layers.0.weight":
+            torch.testing.assert_close(a[:, :3], b[:, :3], rtol=1e-9, atol=1e-12)
+            torch.testing.assert_close(a[:, 3:].sum(1), b[:, 3], rtol=1e-9, atol=1e-12)
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="action_dim"):
+        initial_inner_lrs(params, settings)
+
+
+def test_tied_action_rates_are_learned_and_stored_expanded_with_equal_action_columns():
+    buf = _two_task_buffer(episodes=20)
+    every = buf.transitions()
+    model = MLPDynamics(2, 2, [16], "tanh", 1.0, Normalizer.from_data(every.obs, every.act, every.next_obs))
+    params = model.init_params(torch.Generator().manual_seed(0))
+    settings = MetaSettings(inner_lr=0.1, learn_inner_lr=True, inner_lr_per="entry_tied_actions", past=8,
+                            future=8, meta_batch=8, batches_per_epoch=10)
+    lrs = initial_inner_lrs(params, settings, model.act_dim)
+    best, new_lrs, _, _ = fit_meta(model, params, buf, settings, epochs=2, lr=1e-2, patience=5,
+                                   generator=torch.Generator().manual_seed(0), inner_lrs=lrs)
+    assert new_lrs is not None and new_lrs["layers.0.weight"].shape == (16, 3)
+    full = expand_inner_lrs(new_lrs, best)
+    w = full["layers.0.weight"]
+    assert w.shape == (16, 4) and torch.equal(w[:, 2], w[:, 3])
+    assert not torch.equal(w[:, 2], torch.full_like(w[:, 2], 0.1))
 
 
 def _prior(tmp_path: Path) -> tuple[Prior, Path]:

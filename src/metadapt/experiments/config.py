@@ -102,8 +102,9 @@ SCHEMA: dict[str, Any] = {
         "inner_steps": _f("int", 1, low=1),
         "first_order": _f("bool", False, doc="first-order MAML (no second derivatives)"),
         "learn_inner_lr": _f("bool", False, doc="learn the inner learning rates too (meta.inner_lr_per says how many)"),
-        "inner_lr_per": _f("str", "entry", choices=("entry", "tensor"),
-                           doc="learned inner rates: one per parameter entry (Meta-SGD) or one per parameter tensor"),
+        "inner_lr_per": _f("str", "entry", choices=("entry", "tensor", "entry_tied_actions"),
+                           doc="learned inner rates: one per parameter entry (Meta-SGD), one per parameter tensor, "
+                               "or per entry with the first layer's action columns sharing one rate per unit"),
         "past": _f("int", 16, low=1, doc="M, steps adapted on"),
         "future": _f("int", 16, low=1, doc="K, steps evaluated after adaptation"),
         "meta_batch": _f("int", 32, low=1, doc="windows per outer step"),

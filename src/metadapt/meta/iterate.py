@@ -214,7 +214,7 @@ class IterativeTrainer:
         self.buffer = ReplayBuffer(obs_dim, act_dim, settings.buffer_capacity)
         gen = torch.Generator().manual_seed(iteration_seed(seed, 0, 9))
         self.params: Params = model.init_params(gen, self.device)
-        self.inner_lrs: Params | None = initial_inner_lrs(self.params, meta) if meta is not None else None
+        self.inner_lrs: Params | None = initial_inner_lrs(self.params, meta, act_dim) if meta is not None else None
         self.optimizer_state: dict[str, Any] | None = None
         self.history: list[dict[str, float]] = []
         self.completed = -1
@@ -263,7 +263,7 @@ class IterativeTrainer:
         self.inner_lrs = state.get("inner_lrs")
         if self.inner_lrs is not None:
             self.inner_lrs = {k: v.to(self.device) for k, v in self.inner_lrs.items()}
-        want = initial_inner_lrs(self.params, self.meta) if self.meta is not None else None
+        want = initial_inner_lrs(self.params, self.meta, self.model.act_dim) if self.meta is not None else None
         if _shapes(want) != _shapes(self.inner_lrs):
             raise CheckpointError(f"{path} does not match the configured meta-learning settings "
                                   "(meta.learn_inner_lr, meta.inner_lr_per)")

@@ -12,6 +12,11 @@ meta-batch of windows with ``torch.func.vmap``. Second-order MAML by default;
 the training tasks (a joint never disabled in training keeps small rates on its
 action inputs); per-tensor rates cannot, and adapt less on training and
 held-out tasks alike (docs/results.md, "Model adaptation").
+``inner_lr_per="entry_tied_actions"`` is Meta-SGD with one exception: the
+first layer's action columns share one learned rate per hidden unit, so every
+actuator may change as much as the ones that changed in training (an actuator
+held out of training otherwise keeps the small rate of a weight that never had
+to move).
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from metadapt.models.mlp import MLPDynamics
 from metadapt.types import Params
 
 InnerLR = float | Params
-INNER_LR_PER = ("entry", "tensor")
+INNER_LR_PER = ("entry", "tensor", "entry_tied_actions")
+FIRST_WEIGHT = "layers.0.weight"
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,8 @@ class MetaSettings:
     inner_steps: int = 1
     first_order: bool = False
     learn_inner_lr: bool = False
-    inner_lr_per: str = "entry"  # with learn_inner_lr: "entry" (Meta-SGD) or "tensor" (one rate per layer tensor)
+    # with learn_inner_lr: "entry" (Meta-SGD), "tensor" (one rate per layer tensor) or "entry_tied_actions"
+    inner_lr_per: str = "entry"
     past: int = 16  # M, the adaptation window
     future: int = 16  # K, the evaluation window
     meta_batch: int = 32
@@ -49,20 +56,46 @@ class MetaSettings:
     val_batches: int = 8
 
 
-def initial_inner_lrs(params: Params, settings: MetaSettings) -> Params | None:
-    """The learned inner rates before meta-training: ``settings.inner_lr`` in the configured shape, or ``None``."""
+def initial_inner_lrs(params: Params, settings: MetaSettings, action_dim: int = 0) -> Params | None:
+    """The learned inner rates before meta-training: ``settings.inner_lr`` in the configured shape, or ``None``.
+
+    With ``"entry_tied_actions"`` the first weight's rates are ``H x (O + 1)``
+    for an ``H x (O + A)`` weight (``action_dim = A``, the input's last columns):
+    the last column is the rate all ``A`` action columns share.
+    """
     if settings.inner_lr_per not in INNER_LR_PER:
         raise ValueError(f"inner_lr_per must be one of {', '.join(INNER_LR_PER)}, got {settings.inner_lr_per!r}")
     if not settings.learn_inner_lr:
         return None
-    if settings.inner_lr_per == "entry":
-        return {k: torch.full_like(v, settings.inner_lr) for k, v in params.items()}
-    return {k: torch.full((), settings.inner_lr, dtype=v.dtype, device=v.device) for k, v in params.items()}
+    if settings.inner_lr_per == "tensor":
+        return {k: torch.full((), settings.inner_lr, dtype=v.dtype, device=v.device) for k, v in params.items()}
+    lrs = {k: torch.full_like(v, settings.inner_lr) for k, v in params.items()}
+    if settings.inner_lr_per == "entry_tied_actions":
+        w = params[FIRST_WEIGHT]
+        if not 1 <= action_dim < w.shape[-1]:
+            raise ValueError(f"tied action rates need 1 <= action_dim < {w.shape[-1]} inputs, got {action_dim}")
+        lrs[FIRST_WEIGHT] = lrs[FIRST_WEIGHT][:, : w.shape[-1] - action_dim + 1].clone()
+    return lrs
+
+
+def broadcast_inner_lrs(lrs: Params, params: Params) -> Params:
+    """Learned rates in the parameters' shapes, differentiably: per-tensor rates broadcast, and a rate
+    tensor with fewer columns than its weight (tied action rates) has its last column shared by the
+    weight's trailing columns."""
+    out = {}
+    for k, v in lrs.items():
+        shape = params[k].shape
+        if v.dim() == 2 and v.shape[-1] < shape[-1]:
+            tied = v[:, -1:].expand(shape[0], shape[-1] - v.shape[-1] + 1)
+            out[k] = torch.cat([v[:, :-1], tied], dim=1)
+        else:
+            out[k] = v.expand(shape)
+    return out
 
 
 def expand_inner_lrs(lrs: Params, params: Params) -> Params:
-    """Learned rates in the parameters' shapes (per-tensor rates broadcast), as priors store and learners use them."""
-    return {k: v.expand_as(params[k]).clone() for k, v in lrs.items()}
+    """Learned rates in the parameters' shapes, as priors store and learners use them (a copy)."""
+    return {k: v.contiguous().clone() for k, v in broadcast_inner_lrs(lrs, params).items()}
 
 
 def adapt(
@@ -202,7 +235,7 @@ def fit_meta(
     val_seed = int(torch.randint(2**31, (1,), generator=generator))
 
     def inner(lr_dict: Params | None) -> InnerLR:
-        return lr_dict if lr_dict is not None else s.inner_lr
+        return broadcast_inner_lrs(lr_dict, leaves) if lr_dict is not None else s.inner_lr
 
     def snapshot() -> tuple[Params, Params | None]:
         return ({k: v.detach().clone() for k, v in leaves.items()},
