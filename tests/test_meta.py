@@ -13,6 +13,7 @@ import torch
 from metadapt.adapt.ts import KShotLearner
 from metadapt.data.buffer import ReplayBuffer
 from metadapt.data.normalizer import Normalizer
+from metadapt.envs import observation_version
 from metadapt.errors import CheckpointError
 from metadapt.meta.checkpoint import load_model, save_model
 from metadapt.meta.maml import (
@@ -277,27 +278,30 @@ def test_a_prior_from_an_older_observation_layout_of_its_environment_is_refused(
     """The crawler's observation moved to the heading frame at the same size (version 2): a prior trained on the
     world-frame observation loaded, and planned with inputs it never saw."""
     crawler = "metadapt/Crawler-v0"
-    model = MLPDynamics(39, 12, [8], "relu", 1.0)
+    now = observation_version(crawler)
+    old = now - 1
+    stale = f"observation version {old}, the environment's is now {now}"
+    model = MLPDynamics(38, 12, [8], "relu", 1.0)
     params = model.init_params(torch.Generator().manual_seed(0))
-    for version in (1, 2):
+    for version in (old, now):
         save_prior(Prior(model, params, 0.01, 1, 4, 4, crawler, version), tmp_path / f"v{version}.pt")
-    with pytest.raises(CheckpointError, match="observation version 1, the environment's is now 2: retrain"):
-        load_prior(tmp_path / "v1.pt", 39, 12, crawler)
-    assert load_prior(tmp_path / "v2.pt", 39, 12, crawler).obs_version == 2
-    assert load_prior(tmp_path / "v1.pt", 39, 12).obs_version == 1  # no environment named: dimensions only
+    with pytest.raises(CheckpointError, match=f"{stale}: retrain"):
+        load_prior(tmp_path / f"v{old}.pt", 38, 12, crawler)
+    assert load_prior(tmp_path / f"v{now}.pt", 38, 12, crawler).obs_version == now
+    assert load_prior(tmp_path / f"v{old}.pt", 38, 12).obs_version == old  # no environment named: dimensions only
     # a prior of another environment with the same sizes is the user's call, as before
     save_prior(Prior(model, params, 0.01, 1, 4, 4, "my/Robot-v0"), tmp_path / "other.pt")
-    assert load_prior(tmp_path / "other.pt", 39, 12, crawler).env_id == "my/Robot-v0"
+    assert load_prior(tmp_path / "other.pt", 38, 12, crawler).env_id == "my/Robot-v0"
     # plain (MB, DE) and ReBAL models carry the same record
-    save_model(model, params, tmp_path / "model.pt", crawler, 1)
-    with pytest.raises(CheckpointError, match="observation version 1, the environment's is now 2"):
-        load_model(tmp_path / "model.pt", crawler, 2)
-    assert load_model(tmp_path / "model.pt", crawler, 1)[0].obs_dim == 39
-    rnn = RecurrentDynamics(39, 12, [8], 4, "relu", 1.0)
-    torch.save(recurrent_state(rnn, rnn.init_params(torch.Generator().manual_seed(0)), crawler, 1),
+    save_model(model, params, tmp_path / "model.pt", crawler, old)
+    with pytest.raises(CheckpointError, match=stale):
+        load_model(tmp_path / "model.pt", crawler, now)
+    assert load_model(tmp_path / "model.pt", crawler, old)[0].obs_dim == 38
+    rnn = RecurrentDynamics(38, 12, [8], 4, "relu", 1.0)
+    torch.save(recurrent_state(rnn, rnn.init_params(torch.Generator().manual_seed(0)), crawler, old),
                tmp_path / "rebal.pt")
-    with pytest.raises(CheckpointError, match="observation version 1, the environment's is now 2"):
-        load_recurrent(tmp_path, crawler, 2)
+    with pytest.raises(CheckpointError, match=stale):
+        load_recurrent(tmp_path, crawler, now)
 
 
 def test_cli_ts_with_a_model_that_is_not_a_prior_is_one_line(tmp_path):

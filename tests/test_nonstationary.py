@@ -228,6 +228,51 @@ def test_crawler_observation_and_dynamics_do_not_depend_on_the_heading(turn):
     assert not np.allclose(ub.data.qpos[3:7], ua.data.qpos[3:7])  # the two really face different ways
 
 
+@pytest.mark.parametrize("axis", [0, 1])
+def test_crawler_observation_is_continuous_when_it_rolls_or_pitches_onto_its_back(axis):
+    """Turning the torso through 200 degrees about its x (roll) or y (pitch) axis in 1-degree steps moves the
+    observation by little at every step. The heading-frame quaternion (observation version 2) flipped sign when
+    the roll passed lying flat on the back and when the pitch passed upside down (a jump of 2.0 in one entry)."""
+    env = make_env("metadapt/Crawler-v0", schedule={"type": "constant", "task": "normal"})
+    env.reset(seed=0)
+    u = env.unwrapped
+    qpos, qvel = u.data.qpos.copy(), u.data.qvel.copy()
+    qvel[:] = 0.3
+    base = _quat_mul(np.array([np.cos(0.3), 0.0, 0.0, np.sin(0.3)]), np.array([1.0, 0.0, 0.0, 0.0]))
+    prev, jumps = None, []
+    for deg in np.arange(0.0, 201.0, 1.0):
+        half = np.deg2rad(deg) / 2
+        q = np.zeros(4)
+        q[0], q[1 + axis] = np.cos(half), np.sin(half)
+        qpos[3:7] = _quat_mul(base, q)
+        u.set_state(qpos, qvel)
+        obs = u._get_obs()
+        if prev is not None:
+            jumps.append(np.abs(obs - prev).max())
+        prev = obs
+    assert max(jumps) < 0.05
+
+
+def test_crawler_turn_reward_is_the_rotation_about_the_vertical_not_the_heading_angle_change():
+    """Pitching over through vertical with almost no rotation about the vertical: the old yaw rate (the heading
+    angle's change over a step) read about pi / dt = 63 rad/s there, and planners exploited it (30 reward in one
+    step of a sweep). Now the step's yaw rate is bounded by the torso's own angular speed."""
+    env = make_env("metadapt/Crawler-v0", schedule={"type": "constant", "task": "turn_left"})
+    env.reset(seed=0)
+    u = env.unwrapped
+    qpos, qvel = u.data.qpos.copy(), u.data.qvel.copy()
+    pitch = np.deg2rad(-80.0)  # the nose nearly straight up, pitching further over
+    qpos[:3] = [0.0, 0.0, 1.5]
+    qpos[3:7] = _quat_mul(np.array([np.cos(0.2), 0.0, 0.0, np.sin(0.2)]),
+                          np.array([np.cos(pitch / 2), 0.0, np.sin(pitch / 2), 0.0]))
+    qvel[:] = 0.0
+    qvel[4], qvel[3] = -8.0, 0.05  # body-frame rates: fast about y, slow about x
+    u.set_state(qpos, qvel)
+    for _ in range(3):
+        _, reward, _, _, info = env.step(np.zeros(12))
+        assert abs(info["yaw_rate"]) < 1.0 and abs(reward) < 1.0
+
+
 def _on_its_back(env) -> None:
     u = env.unwrapped
     qpos, qvel = u.data.qpos.copy(), u.data.qvel.copy()

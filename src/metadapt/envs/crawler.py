@@ -12,12 +12,18 @@ velocity along its own heading, so that "straight" after a turn means straight
 on, not back towards the world's x axis), ``left`` / ``right`` reward turning
 (yaw rate, counter-clockwise / clockwise).
 
-The observation is expressed in the torso's heading frame (the yaw taken out of
-the orientation, the linear velocity rotated by minus the yaw): on a flat floor
-the dynamics do not depend on which way the robot faces, and a model fed the
-world-frame heading has to learn every heading separately. A crawler that has
-turned half a circle then looks like one that has never turned, and a memoryless
-learner walks straight on as well as it did at the start.
+The torso's state is observed in its own frame: the world's up axis and the
+linear velocity expressed in torso coordinates (with the angular velocity, which
+MuJoCo gives in that frame already). On a flat floor the dynamics do not depend
+on which way the robot faces, and a model fed the world-frame heading has to
+learn every heading separately; a crawler that has turned half a circle looks
+like one that has never turned, and a memoryless learner walks straight on as
+well as it did at the start. Unlike a quaternion with the heading taken out,
+the up axis is continuous everywhere: rolling onto the back moves it smoothly
+instead of flipping the quaternion's sign. The turning reward is the torso's
+rate of rotation about the world's vertical axis averaged over the step, not
+the change of the heading angle, which jumps by up to pi when the torso pitches
+through vertical (planners found that flipping over paid 30 per step).
 
 The command is a goal, not a hidden dynamics change: the reward must be a
 function of the observation, so the command's two reward weights are the last
@@ -53,7 +59,7 @@ N_JOINTS = 12
 SHORTEN = 0.5
 COMMANDS: dict[str, tuple[float, float]] = {"straight": (1.0, 0.0), "left": (0.0, 1.0), "right": (0.0, -1.0)}
 XML = Path(__file__).parent / "assets" / "crawler.xml"
-OBS_DIM = 17 + 18 + 2 + 2
+OBS_DIM = 1 + 3 + 12 + 18 + 2 + 2
 
 
 def _task(disabled: list[int], command: str = "straight") -> dict[str, Any]:
@@ -70,46 +76,39 @@ def _yaw(quat: np.ndarray) -> float:
     return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
 
 
-def heading_frame(qpos: np.ndarray, qvel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The free joint's orientation and velocity with the heading (yaw) taken out.
+def torso_frame(qpos: np.ndarray, qvel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The world's up axis and the torso's linear velocity in torso coordinates (both yaw-invariant).
 
-    ``qpos[3:7]`` (w, x, y, z) -> the tilt ``q_yaw^-1 q`` with ``w >= 0`` (``q`` and
-    ``-q`` are one rotation, and a full turn takes one to the other); ``qvel[0:6]``
-    -> the linear velocity rotated into the heading frame, the angular velocity
-    unchanged (MuJoCo gives it in the body frame already). Two places jump: lying
-    exactly on its back (``w`` crosses 0 and the sign flips; the crawler is righted
-    soon after) and pointing its x axis straight up or down (the yaw is undefined).
+    ``qpos[3:7]`` (w, x, y, z) -> ``R^T e_z`` (3; ``(0, 0, 1)`` upright, its last
+    entry is ``torso_up``); ``qvel[0:3]`` (world frame) -> ``R^T v``. Continuous
+    in the orientation everywhere, and a turn about the vertical changes neither.
     """
-    half = 0.5 * _yaw(qpos[3:7])
-    c, s = np.cos(half), np.sin(half)
-    w, x, y, z = qpos[3:7]
-    # (c, 0, 0, -s) * (w, x, y, z)
-    tilt = np.array([c * w + s * z, c * x + s * y, c * y - s * x, c * z - s * w])
-    if tilt[0] < 0.0:
-        tilt = -tilt
-    cy, sy = np.cos(2 * half), np.sin(2 * half)
-    vx, vy = qvel[0], qvel[1]
-    vel = np.array([cy * vx + sy * vy, cy * vy - sy * vx, *qvel[2:6]])
-    return tilt, vel
+    rot = np.empty(9)
+    mujoco.mju_quat2Mat(rot, np.asarray(qpos[3:7], dtype=np.float64))
+    rot = rot.reshape(3, 3)  # body -> world
+    return rot[2].copy(), rot.T @ qvel[0:3]
 
 
 class CrawlerEnv(TaskEnv, MujocoEnv):
     """Six-legged crawler; task parameters ``disabled`` (joint indices 0-11) and ``command``.
 
-    Observation (39): ``qpos[2:]`` (17: height, orientation quaternion with the
-    heading taken out, 12 joints), ``qvel`` (18, the torso's linear velocity in
-    the heading frame), the torso's average forward velocity (along its
-    heading) and yaw rate over the step, then the command's weights ``(w_x,
-    w_yaw)``. Reward: ``w_x v_forward + w_yaw
+    Observation (38): height, the world's up axis in torso coordinates (3), the
+    12 joint angles, the torso's linear and angular velocity in torso
+    coordinates (6), the 12 joint velocities, the torso's average forward
+    velocity (along its heading) and yaw rate (about the world's vertical) over
+    the step, then the command's weights ``(w_x, w_yaw)``. Reward: ``w_x v_forward + w_yaw
     yaw_rate - 0.01 |a|^2``. No termination: a trial keeps going whatever happens
     (a crawler left on its back is righted, see the module docstring).
     """
 
-    OBS_VERSION: ClassVar[int] = 2  # 1: the torso's orientation and velocity in the world frame
+    # 1: the torso's orientation and velocity in the world frame; 2: a quaternion with the heading taken out
+    # and the heading angle's change as the yaw rate
+    OBS_VERSION: ClassVar[int] = 3
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["human", "rgb_array", "depth_array"], "render_fps": 20}
     INFO: ClassVar[EnvInfo] = EnvInfo(
         robot="metadapt crawler: 6 legs x 2 joints (dt 0.05 s)",
-        obs="39: qpos[2:], qvel (torso in its heading frame), forward velocity and yaw rate, command weights",
+        obs="38: height, up axis, joints, torso and joint velocities (torso frame), forward velocity, yaw rate, "
+            "command weights",
         action="12 torques in [-1, 1]",
         reward="w_x v_forward + w_yaw yaw_rate - 0.01 |a|^2 (righted after 10 steps on its back)",
         train="0-2 random joints disabled; command straight/left/right",
@@ -195,19 +194,22 @@ class CrawlerEnv(TaskEnv, MujocoEnv):
 
     def _get_obs(self) -> np.ndarray:
         qpos, qvel = self.data.qpos, self.data.qvel
-        tilt, torso_vel = heading_frame(qpos, qvel)
-        return np.concatenate((qpos[2:3], tilt, qpos[7:], torso_vel, qvel[6:], self._velocity, self._command))
+        up, torso_vel = torso_frame(qpos, qvel)
+        return np.concatenate((qpos[2:3], up, qpos[7:], torso_vel, qvel[3:], self._velocity, self._command))
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         self._begin_step()
         xy_before, yaw_before = self.data.qpos[:2].copy(), _yaw(self.data.qpos[3:7])
-        self.do_simulation(action, self.frame_skip)
+        yaw_rate = 0.0
+        for _ in range(self.frame_skip):  # the same physics as one call with frame_skip substeps
+            self.do_simulation(action, 1)
+            yaw_rate += self._world_yaw_rate() / self.frame_skip
         turn = (_yaw(self.data.qpos[3:7]) - yaw_before + np.pi) % (2 * np.pi) - np.pi
         # the step's displacement along the heading halfway through the step
         heading = yaw_before + 0.5 * turn
         dx, dy = self.data.qpos[:2] - xy_before
         forward_velocity = (dx * np.cos(heading) + dy * np.sin(heading)) / self.dt
-        self._velocity = np.array([forward_velocity, turn / self.dt])
+        self._velocity = np.array([forward_velocity, yaw_rate])
         torso_up = self._torso_up()
         righted = self._right_if_stuck(torso_up)
         obs = self._get_obs()
@@ -231,6 +233,11 @@ class CrawlerEnv(TaskEnv, MujocoEnv):
         if self.render_mode == "human":
             self.render()
         return obs, float(forward + turning - ctrl), False, False, info
+
+    def _world_yaw_rate(self) -> float:
+        """The torso's angular velocity about the world's vertical (MuJoCo's free joint gives it in the body frame)."""
+        up, _ = torso_frame(self.data.qpos, self.data.qvel)
+        return float(up @ self.data.qvel[3:6])
 
     def _torso_up(self) -> float:
         return 1.0 - 2.0 * float(self.data.qpos[4] ** 2 + self.data.qpos[5] ** 2)
