@@ -59,6 +59,40 @@ def test_disabled_joint_contributes_zero_force():
         np.testing.assert_allclose(np.delete(f, j), np.delete(normal, j))
 
 
+def test_weakened_joint_scales_its_force_and_partial_training_never_touches_joint_0():
+    env_id = "metadapt/HalfCheetahDisabledJoint-v0"
+    ctrl = np.full(6, 0.7)
+    normal = _forces(_env(env_id, "normal"), ctrl)
+    f = _forces(_env(env_id, {"joint": 2, "gain": 0.35}), ctrl)
+    np.testing.assert_allclose(f, normal * np.array([1, 1, 0.35, 1, 1, 1]))
+    env = make_env(env_id, train_gain=[0.0, 1.0])
+    u = env.unwrapped
+    assert u.resolve_task({"joint": 4, "gain": 0.0}).name == "joint_4"  # gain 0 is the catalog task
+    assert u.resolve_task({"joint": 4, "gain": 1.0}).name == "normal"
+    rng = np.random.default_rng(0)
+    tasks = [u.sample_train_task(rng) for _ in range(400)]
+    weakened = [t for t in tasks if t.params["joint"] is not None]  # a draw of gain 1 is the normal robot
+    assert {t.params["joint"] for t in weakened} == {1, 2, 3, 4, 5} and len(weakened) > 380
+    gains = np.array([t.params["gain"] for t in weakened])
+    assert gains.min() < 0.1 and gains.max() > 0.9 and len(set(gains.tolist())) > 15
+    np.testing.assert_allclose(gains, np.round(gains / 0.05) * 0.05, atol=1e-9)
+    # without train_gain the training tasks are the five disabled joints
+    plain = make_env(env_id).unwrapped
+    assert {plain.sample_train_task(rng).name for _ in range(100)} == {f"joint_{j}" for j in range(1, 6)}
+
+
+@pytest.mark.parametrize("train_gain", [[0.5, 0.2], [0.0, 1.5], "low", [0.1]])
+def test_a_bad_train_gain_is_one_config_error(train_gain):
+    with pytest.raises(ConfigError, match="train_gain"):
+        make_env("metadapt/HalfCheetahDisabledJoint-v0", train_gain=train_gain)
+
+
+@pytest.mark.parametrize("spec", [{"joint": 1, "gain": 1.5}, {"joint": 1, "gain": "half"}, {"joint": 1, "gains": 0}])
+def test_a_bad_disabled_joint_task_is_one_config_error(spec):
+    with pytest.raises(ConfigError, match="disabled-joint"):
+        _env("metadapt/HalfCheetahDisabledJoint-v0", spec)
+
+
 def _settled_height(env, x0: float, steps: int = 40) -> float:
     u = env.unwrapped
     qpos, qvel = u.data.qpos.copy(), np.zeros(u.model.nv)
