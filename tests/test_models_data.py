@@ -99,6 +99,19 @@ def test_fused_bfloat16_rollout_equals_the_plain_one():
         m.fold(p, torch.float32, fused=True)
 
 
+@pytest.mark.skipif(not fused_linear_available(), reason="this PyTorch build has no oneDNN fused linear")
+def test_prepacked_weights_give_the_same_rollouts_bit_for_bit():
+    """oneDNN's prepacked weight layout changes where the product reads from, not what it computes."""
+    m, p = _model(hidden=(64, 64))
+    obs, actions = torch.randn(3), torch.rand(125, 5, 2) * 2 - 1
+    reward = lambda o, a, o2: o2[:, 0] - 0.1 * a.pow(2).sum(-1)  # noqa: E731
+    packed, unpacked = m.fold(p, torch.bfloat16), m.fold(p, torch.bfloat16, prepack=False)
+    assert packed.mid[0][0].layout == torch._mkldnn and unpacked.mid[0][0].layout == torch.strided
+    for n in (1, 125):  # any batch size, whatever the layout was chosen for
+        assert torch.equal(rollout_returns(packed, obs, actions[:n], reward),
+                           rollout_returns(unpacked, obs, actions[:n], reward))
+
+
 def test_normalizer_uses_all_raw_data():
     buf = ReplayBuffer(2, 1, capacity=100)
     first = torch.zeros(10, 2)

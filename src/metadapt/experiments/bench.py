@@ -188,6 +188,30 @@ def bench_speed(
                      f"{out[f'{key}_fraction_of_peak']:.2f} of the {dt} peak"))
     out["rs_bf16_speedup"] = out["rs_f32_ms"] / out["rs_bf16_ms"]
 
+    # 2b. What prepacking the bfloat16 weights (once per fold) saves per plan, and what the fold costs.
+    with torch.no_grad():
+        folds = {pk: model.fold(params, torch.bfloat16, prepack=pk) for pk in (True, False)}
+        pack_cases: dict[str, Callable[[], object]] = {}
+        for pk, folded in folds.items():
+            objective = make_objective(folded, obs, reward)
+            tag = "" if pk else "_unpacked"
+            for name, p in (
+                ("rs", RandomShooting(low, high, horizon, num_samples, seed=seed)),
+                ("cem_warm", CEM(low, high, horizon, WARM_CEM_SAMPLES, iterations=WARM_CEM_ITERATIONS,
+                                 num_elites=WARM_CEM_ELITES, seed=seed)),
+            ):
+                warm = p.make_warm_start()
+                pack_cases[f"{name}{tag}"] = lambda p=p, f=objective, w=warm: p.plan(f, w)
+            pack_cases[f"fold{tag}"] = lambda pk=pk: model.fold(params, torch.bfloat16, prepack=pk)
+        pack_t = _interleaved(pack_cases, repeats)
+    for name in ("rs", "cem_warm", "fold"):
+        packed, unpacked = pack_t[name], pack_t[f"{name}_unpacked"]
+        out[f"prepack_{name}_ms"], out[f"prepack_{name}_unpacked_ms"] = packed * 1e3, unpacked * 1e3
+        label = {"rs": "rs bf16 plan", "cem_warm": f"cem {WARM_CEM_SAMPLES}x{WARM_CEM_ITERATIONS} bf16 plan",
+                 "fold": "bf16 fold"}[name]
+        rows.append((f"{label}, prepacked", packed * 1e3, f"unpacked {unpacked * 1e3:.2f} ms: "
+                     f"{unpacked / packed:.2f}x"))
+
     # 3. The MOLe learner step (paper configuration: alpha 1, the creation test runs every step). As in a
     # trial, the components disagree (here by their output offsets, 0.5 normalized units), the window
     # of the last K transitions moves by one each step and is explained by one of them; "uniform" is
