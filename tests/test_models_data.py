@@ -85,12 +85,15 @@ def test_bfloat16_fold_is_close_to_float32():
     assert float((r16 - r32).abs().max()) < 0.05 * float(r32.abs().max()) + 0.05
 
 
+def _control_reward(o: torch.Tensor, a: torch.Tensor, o2: torch.Tensor) -> torch.Tensor:
+    return o2[:, 0] - 0.1 * a.pow(2).sum(-1)
+
+
 @pytest.mark.skipif(not fused_linear_available(), reason="this PyTorch build has no oneDNN fused linear")
 def test_fused_bfloat16_rollout_equals_the_plain_one():
     """The oneDNN bias + ReLU epilogue path gives the plain bfloat16 path's returns, and is the default."""
     m, p = _model(hidden=(64, 64))
-    obs, actions = torch.randn(3), torch.rand(32, 5, 2) * 2 - 1
-    reward = lambda o, a, o2: o2[:, 0] - 0.1 * a.pow(2).sum(-1)  # noqa: E731
+    obs, actions, reward = torch.randn(3), torch.rand(32, 5, 2) * 2 - 1, _control_reward
     fused, plain = m.fold(p, torch.bfloat16), m.fold(p, torch.bfloat16, fused=False)
     assert fused.fused and not plain.fused and not m.fold(p).fused  # float32 keeps the plain path
     torch.testing.assert_close(rollout_returns(fused, obs, actions, reward),
@@ -103,8 +106,7 @@ def test_fused_bfloat16_rollout_equals_the_plain_one():
 def test_prepacked_weights_give_the_same_rollouts_bit_for_bit():
     """oneDNN's prepacked weight layout changes where the product reads from, not what it computes."""
     m, p = _model(hidden=(64, 64))
-    obs, actions = torch.randn(3), torch.rand(125, 5, 2) * 2 - 1
-    reward = lambda o, a, o2: o2[:, 0] - 0.1 * a.pow(2).sum(-1)  # noqa: E731
+    obs, actions, reward = torch.randn(3), torch.rand(125, 5, 2) * 2 - 1, _control_reward
     packed, unpacked = m.fold(p, torch.bfloat16), m.fold(p, torch.bfloat16, prepack=False)
     assert packed.mid[0][0].layout == torch._mkldnn and unpacked.mid[0][0].layout == torch.strided
     for n in (1, 125):  # any batch size, whatever the layout was chosen for
