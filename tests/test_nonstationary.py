@@ -76,6 +76,12 @@ def test_weakened_joint_scales_its_force_and_partial_training_never_touches_join
     gains = np.array([t.params["gain"] for t in weakened])
     assert gains.min() < 0.1 and gains.max() > 0.9 and len(set(gains.tolist())) > 15
     np.testing.assert_allclose(gains, np.round(gains / 0.05) * 0.05, atol=1e-9)
+    # gains that differ in the third decimal are different tasks (same name and id made the second one a no-op)
+    a, b = u.resolve_task({"joint": 1, "gain": 0.351}), u.resolve_task({"joint": 1, "gain": 0.354})
+    assert a.name != b.name and a.task_id != b.task_id
+    assert u.resolve_task({"joint": 1, "gain": 0.35000000001}).name == "joint_1_gain_0.35"
+    narrow = make_env(env_id, train_gain=[0.31, 0.34]).unwrapped
+    assert all(0.31 <= narrow.sample_train_task(rng).params["gain"] <= 0.34 for _ in range(50))
     # without train_gain the training tasks are the five disabled joints
     plain = make_env(env_id).unwrapped
     assert {plain.sample_train_task(rng).name for _ in range(100)} == {f"joint_{j}" for j in range(1, 6)}

@@ -270,6 +270,6 @@ class CrawlerEnv(TaskEnv, MujocoEnv):
         return {"x_position": self.data.qpos[0], "y_position": self.data.qpos[1], **self.task_info()}
 
     def reward_fn(self, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
-        """Batched reward: ``N x 39, N x 12, N x 39 -> N``; equals ``env.step``'s reward."""
+        """Batched reward: ``N x 38, N x 12, N x 38 -> N``; equals ``env.step``'s reward."""
         velocity, command = next_obs[..., -4:-2], next_obs[..., -2:]
         return (velocity * command).sum(-1) - self._ctrl_cost_weight * act.pow(2).sum(-1)

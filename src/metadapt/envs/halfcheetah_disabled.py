@@ -69,13 +69,16 @@ class HalfCheetahDisabledJointEnv(HalfCheetahEnv):
             return "normal", {"joint": None, "gain": 0.0}
         if gain == 0.0:
             return f"joint_{joint}", {"joint": joint, "gain": 0.0}
-        return f"joint_{joint}_gain_{gain:.2f}", {"joint": joint, "gain": gain}
+        # The name carries every digit the gain keeps, so two different gains never share a task id.
+        return f"joint_{joint}_gain_{gain:.4f}".rstrip("0"), {"joint": joint, "gain": gain}
 
     def sample_train_task(self, rng: np.random.Generator) -> Task:
         if self._train_gain is None:
             return super().sample_train_task(rng)
         joint = int(rng.integers(1, N_ACTUATORS))
-        gain = round(float(rng.uniform(*self._train_gain)) / GAIN_STEP) * GAIN_STEP
+        low, high = self._train_gain
+        # Rounded to the grid (finite task names), then kept inside the range the user asked for.
+        gain = min(max(round(float(rng.uniform(low, high)) / GAIN_STEP) * GAIN_STEP, low), high)
         return self.resolve_task({"joint": joint, "gain": gain})
 
     def apply_task(self, task: Task) -> None:

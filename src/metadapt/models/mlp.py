@@ -220,7 +220,9 @@ class FoldedMLP:
         dtype: the weights' dtype (the state and returns stay float32).
         fused: force the fused path on or off; ``None`` picks it when available.
         prepack: the fused path's weights reordered once into oneDNN's layout
-            (same results; off only to measure what it saves).
+            (same results; off only to measure what it saves). Prepacked
+            tensors are opaque: such a ``FoldedMLP`` cannot be deep-copied or
+            pickled; fold the parameters again instead (under a millisecond).
     """
 
     def __init__(
