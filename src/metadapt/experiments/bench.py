@@ -209,8 +209,9 @@ def bench_speed(
         out[f"prepack_{name}_ms"], out[f"prepack_{name}_unpacked_ms"] = packed * 1e3, unpacked * 1e3
         label = {"rs": "rs bf16 plan", "cem_warm": f"cem {WARM_CEM_SAMPLES}x{WARM_CEM_ITERATIONS} bf16 plan",
                  "fold": "bf16 fold"}[name]
+        same = "" if folds[True].fused else " (no fused oneDNN path here: both rows run the same code)"
         rows.append((f"{label}, prepacked", packed * 1e3, f"unpacked {unpacked * 1e3:.2f} ms: "
-                     f"{unpacked / packed:.2f}x"))
+                     f"{unpacked / packed:.2f}x{same}"))
 
     # 3. The MOLe learner step (paper configuration: alpha 1, the creation test runs every step). As in a
     # trial, the components disagree (here by their output offsets, 0.5 normalized units), the window
