@@ -275,8 +275,8 @@ def test_bad_priors_are_refused_with_one_line(tmp_path):
 
 
 def test_a_prior_from_an_older_observation_layout_of_its_environment_is_refused(tmp_path):
-    """The crawler's observation moved to the heading frame at the same size (version 2): a prior trained on the
-    world-frame observation loaded, and planned with inputs it never saw."""
+    """The crawler's observation changed meaning at the same size (version 2: heading frame; 3: torso frame): a
+    prior trained on an older layout loaded, and planned with inputs it never saw."""
     crawler = "metadapt/Crawler-v0"
     now = observation_version(crawler)
     old = now - 1

@@ -83,10 +83,15 @@ def torso_frame(qpos: np.ndarray, qvel: np.ndarray) -> tuple[np.ndarray, np.ndar
     entry is ``torso_up``); ``qvel[0:3]`` (world frame) -> ``R^T v``. Continuous
     in the orientation everywhere, and a turn about the vertical changes neither.
     """
-    rot = np.empty(9)
-    mujoco.mju_quat2Mat(rot, np.asarray(qpos[3:7], dtype=np.float64))
-    rot = rot.reshape(3, 3)  # body -> world
+    rot = _rotation(qpos[3:7])
     return rot[2].copy(), rot.T @ qvel[0:3]
+
+
+def _rotation(quat: np.ndarray) -> np.ndarray:
+    """Unit quaternion (w, x, y, z) -> the ``3 x 3`` body-to-world rotation."""
+    rot = np.empty(9)
+    mujoco.mju_quat2Mat(rot, np.asarray(quat, dtype=np.float64))
+    return rot.reshape(3, 3)
 
 
 class CrawlerEnv(TaskEnv, MujocoEnv):
@@ -236,8 +241,8 @@ class CrawlerEnv(TaskEnv, MujocoEnv):
 
     def _world_yaw_rate(self) -> float:
         """The torso's angular velocity about the world's vertical (MuJoCo's free joint gives it in the body frame)."""
-        up, _ = torso_frame(self.data.qpos, self.data.qvel)
-        return float(up @ self.data.qvel[3:6])
+        # Called every substep: only the up axis (the rotation's last row), not torso_frame's velocity.
+        return float(_rotation(self.data.qpos[3:7])[2] @ self.data.qvel[3:6])
 
     def _torso_up(self) -> float:
         return 1.0 - 2.0 * float(self.data.qpos[4] ** 2 + self.data.qpos[5] ** 2)

@@ -18,6 +18,12 @@ CHEETAH_OBS, CHEETAH_ACT = 18, 6
 WARM_CEM_SAMPLES, WARM_CEM_ITERATIONS, WARM_CEM_ELITES = 125, 2, 12
 
 
+def _warm_cem(low: torch.Tensor, high: torch.Tensor, horizon: int, seed: int) -> CEM:
+    """The warm-started CEM of ``WARM_CEM_*``."""
+    return CEM(low, high, horizon, WARM_CEM_SAMPLES, iterations=WARM_CEM_ITERATIONS, num_elites=WARM_CEM_ELITES,
+               seed=seed)
+
+
 def _best_time(fn: Callable[[], object], repeats: int) -> float:
     fn()  # warm-up: allocator, thread pool, lazy init
     best = float("inf")
@@ -197,19 +203,17 @@ def bench_speed(
             tag = "" if pk else "_unpacked"
             for name, p in (
                 ("rs", RandomShooting(low, high, horizon, num_samples, seed=seed)),
-                ("cem_warm", CEM(low, high, horizon, WARM_CEM_SAMPLES, iterations=WARM_CEM_ITERATIONS,
-                                 num_elites=WARM_CEM_ELITES, seed=seed)),
+                ("cem_warm", _warm_cem(low, high, horizon, seed)),
             ):
                 warm = p.make_warm_start()
                 pack_cases[f"{name}{tag}"] = lambda p=p, f=objective, w=warm: p.plan(f, w)
             pack_cases[f"fold{tag}"] = lambda pk=pk: model.fold(params, torch.bfloat16, prepack=pk)
         pack_t = _interleaved(pack_cases, repeats)
-    for name in ("rs", "cem_warm", "fold"):
+    same = "" if folds[True].fused else " (no fused oneDNN path here: both rows run the same code)"
+    for name, label in (("rs", "rs bf16 plan"), ("cem_warm", f"cem {WARM_CEM_SAMPLES}x{WARM_CEM_ITERATIONS} bf16 plan"),
+                        ("fold", "bf16 fold")):
         packed, unpacked = pack_t[name], pack_t[f"{name}_unpacked"]
         out[f"prepack_{name}_ms"], out[f"prepack_{name}_unpacked_ms"] = packed * 1e3, unpacked * 1e3
-        label = {"rs": "rs bf16 plan", "cem_warm": f"cem {WARM_CEM_SAMPLES}x{WARM_CEM_ITERATIONS} bf16 plan",
-                 "fold": "bf16 fold"}[name]
-        same = "" if folds[True].fused else " (no fused oneDNN path here: both rows run the same code)"
         rows.append((f"{label}, prepacked", packed * 1e3, f"unpacked {unpacked * 1e3:.2f} ms: "
                      f"{unpacked / packed:.2f}x{same}"))
 
@@ -278,14 +282,13 @@ def bench_speed(
         "ts": agent(KShotLearner(model, params, 0.01)),
         "gs": agent(ContinualLearner(model, params, 0.01)),
         "mole_10": agent(mole(10)),
-        "mole_10_cem": agent(mole(10), CEM(low, high, horizon, WARM_CEM_SAMPLES, iterations=WARM_CEM_ITERATIONS,
-                                           num_elites=WARM_CEM_ELITES, seed=seed)),
+        "mole_10_cem": agent(mole(10), _warm_cem(low, high, horizon, seed)),
     }
     ctrl_t = _interleaved(control, repeats)
+    cem_label = f"mole x10, CEM {WARM_CEM_SAMPLES}x{WARM_CEM_ITERATIONS}"
     for n, t in ctrl_t.items():
         out[f"control_{n}_ms"] = t * 1e3
-        cem = f"mole x10, CEM {WARM_CEM_SAMPLES}x{WARM_CEM_ITERATIONS}"
-        label = cem if n == "mole_10_cem" else n.replace("_", " x")
+        label = cem_label if n == "mole_10_cem" else n.replace("_", " x")
         rows.append((f"control step {label}", t * 1e3,
                      f"{t * 1e3 / out['floor_bf16_ms']:.2f} x the bf16 floor; {t * 20:.2f} of a 50 ms period"))
 
