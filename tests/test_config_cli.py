@@ -65,6 +65,12 @@ def test_cem_elites_cannot_exceed_population():
         load_config(None, ["planner.type=cem", "planner.num_samples=10", "planner.num_elites=20"])
 
 
+def test_action_gains_are_refused_for_the_recurrent_model():
+    assert load_config(None, ["model.action_gain=true", "meta.enabled=true"])["model"]["action_gain"]
+    with pytest.raises(ConfigError, match=r"model\.action_gain.*rebal"):
+        load_config(None, ["model.action_gain=true", "meta.enabled=true", "meta.method=rebal"])
+
+
 def test_override_without_equals_is_an_error():
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides({}, ["planner.horizon"])

@@ -340,3 +340,41 @@ def test_shipped_cheetah_prior_loads_and_adapts():
     obs, act, nxt = traj[:16, :18], traj[:16, 18:24], traj[:16, 24:]
     adapted = prior.adapt(obs, act, nxt)
     assert float(prior.model.loss(adapted, obs, act, nxt)) < float(prior.model.loss(prior.params, obs, act, nxt))
+
+
+def test_action_gains_share_one_learned_rate_whose_gradient_is_the_sum_over_the_gains():
+    model = MLPDynamics(3, 2, [8, 8], "tanh", 1.0, action_gain=True)
+    n = Normalizer.identity(3, 2)
+    model.normalizer = Normalizer(**{k: getattr(n, k).double() for k in Normalizer.__dataclass_fields__})
+    init = model.init_params(torch.Generator().manual_seed(0))
+    params = {k: v.double().requires_grad_(True) for k, v in init.items()}
+    past, fut = _windows(3, 4, 4, seed=8)
+    for per in ("entry", "entry_tied_actions", "tensor"):
+        settings = MetaSettings(inner_lr=0.05, gain_inner_lr=0.7, learn_inner_lr=True, inner_lr_per=per)
+        lrs = initial_inner_lrs(params, settings, 2)
+        assert lrs["action_gain"].numel() == 1 and float(lrs["action_gain"]) == pytest.approx(0.7)
+        assert torch.equal(expand_inner_lrs(lrs, params)["action_gain"], torch.full((2,), 0.7, dtype=torch.float64))
+    shared = {k: v.double().requires_grad_(True) for k, v in initial_inner_lrs(params, settings, 2).items()}
+    entry = {k: torch.full_like(v, 0.05 if k != "action_gain" else 0.7).requires_grad_(True)
+             for k, v in params.items()}
+    g_entry = torch.autograd.grad(adapted_loss(model, params, past, fut, entry, 2, False), [entry["action_gain"]])[0]
+    shared_loss = adapted_loss(model, params, past, fut, broadcast_inner_lrs(shared, params), 2, False)
+    g_shared = torch.autograd.grad(shared_loss, [shared["action_gain"]])[0]
+    torch.testing.assert_close(g_shared.sum(), g_entry.sum(), rtol=1e-9, atol=1e-12)
+    assert float(g_entry.abs().min()) > 0  # both gains move the loss: the sum is not one gain's gradient
+
+
+def test_a_prior_with_action_gains_round_trips_and_adapts_its_gains(tmp_path):
+    model = MLPDynamics(3, 2, [16, 16], "relu", 1.0, action_gain=True)
+    params = model.init_params(torch.Generator().manual_seed(0))
+    lr = {k: torch.full_like(v, 0.01) for k, v in params.items()} | {"action_gain": torch.full((2,), 1.0)}
+    save_prior(Prior(model, params, lr, 1, 16, 16, "metadapt/X-v0"), tmp_path / "prior.pt")
+    loaded = load_prior(tmp_path / "prior.pt", 3, 2)
+    assert loaded.model.action_gain and torch.equal(loaded.params["action_gain"], torch.ones(2))
+    g = torch.Generator().manual_seed(3)
+    obs, act = torch.randn(16, 3, generator=g), torch.randn(16, 2, generator=g)
+    nxt = loaded.model.predict(loaded.params | {"action_gain": torch.tensor([0.0, 1.0])}, obs, act)
+    adapted = loaded.adapt(obs, act, nxt)
+    assert float(adapted["action_gain"][0]) < 1.0  # the disabled actuator's gain moves toward 0
+    save_model(model, params, tmp_path / "model.pt")
+    assert load_model(tmp_path / "model.pt")[0].action_gain

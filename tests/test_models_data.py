@@ -311,3 +311,63 @@ def test_a_dimension_constant_in_the_data_is_neither_read_nor_predicted():
     torch.testing.assert_close(step, pred, rtol=1e-5, atol=1e-5)
     loss = float(model.loss(params, obs, act, switched))
     assert loss == pytest.approx(float(model.loss(params, obs, act, nxt)))
+
+
+def _gain_model() -> tuple[MLPDynamics, dict, MLPDynamics, dict]:
+    """The same network with and without action gains (gains 0, -1.5 on the two actuators)."""
+    plain, p = _model(hidden=(32, 32))
+    gained = MLPDynamics(3, 2, (32, 32), "relu", sigma=0.7, normalizer=plain.normalizer, action_gain=True)
+    q = {**p, "action_gain": torch.tensor([0.0, -1.5])}
+    return plain, p, gained, q
+
+
+def test_action_gains_scale_the_normalized_actions():
+    plain, p, gained, q = _gain_model()
+    assert gained.param_shapes()["action_gain"] == (2,)
+    assert torch.equal(gained.init_params(torch.Generator().manual_seed(0))["action_gain"], torch.ones(2))
+    g = torch.Generator().manual_seed(4)
+    obs, act = torch.randn(7, 3, generator=g), torch.rand(7, 2, generator=g) * 2 - 1
+    # Gains of one are the plain network, bit for bit.
+    assert torch.equal(gained.predict(p | {"action_gain": torch.ones(2)}, obs, act), plain.predict(p, obs, act))
+    # The first layer with the gains multiplied into its action columns is the same function.
+    w = p["layers.0.weight"].clone()
+    w[:, 3:] *= q["action_gain"]
+    torch.testing.assert_close(gained.predict(q, obs, act), plain.predict(p | {"layers.0.weight": w}, obs, act))
+    # A gain of 0 removes its actuator: the prediction no longer depends on that action.
+    other = act.clone()
+    other[:, 0] = -other[:, 0]
+    torch.testing.assert_close(gained.predict(q, obs, other), gained.predict(q, obs, act))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_folded_rollout_applies_the_action_gains(dtype):
+    _, _, gained, q = _gain_model()
+    obs, actions = torch.randn(3), torch.rand(16, 4, 2) * 2 - 1
+    s, ref = obs.expand(16, -1), torch.zeros(16)
+    for t in range(4):
+        s2 = gained.predict(q, s, actions[:, t])
+        ref += _control_reward(s, actions[:, t], s2)
+        s = s2
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    for fused in ([False, True] if dtype == torch.bfloat16 and fused_linear_available() else [False]):
+        got = rollout_returns(gained.fold(q, dtype, fused=fused), obs, actions, _control_reward)
+        torch.testing.assert_close(got, ref, atol=tol * float(ref.abs().max()), rtol=tol)
+
+
+def test_stacked_step_with_action_gains_equals_vmap_grad():
+    from metadapt.models.stacked import StackedMLP
+
+    _, _, gained, q = _gain_model()
+    g = torch.Generator().manual_seed(5)
+    stack = {k: torch.stack([v, v * 0.9 + 0.01]) for k, v in q.items()}
+    obs, act, nxt = torch.randn(16, 3, generator=g), torch.rand(16, 2, generator=g), torch.randn(16, 3, generator=g)
+    grads = vmap(torch.func.grad(gained.loss), in_dims=(0, None, None, None))(stack, obs, act, nxt)
+    scale, lr = torch.tensor([1.0, 0.4]), 0.3
+    want = {k: v - lr * scale.view(-1, *[1] * (v.dim() - 1)) * grads[k] for k, v in stack.items()}
+    st = StackedMLP(gained)
+    stored = st.to_storage({k: v.clone() for k, v in stack.items()})
+    _, inputs, err = st.forward(stored, obs, act, nxt)
+    st.sgd_step_(stored, inputs, err, scale, lr)
+    for k, v in st.from_storage(stored).items():
+        torch.testing.assert_close(v, want[k], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(stored["action_gain"], stack["action_gain"])

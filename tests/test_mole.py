@@ -186,24 +186,46 @@ def _sliding_stream(model: MLPDynamics, steps: int, seed: int):
 
 
 @pytest.mark.parametrize(
-    ("activation", "options", "meta_sgd", "sliding"),
+    ("activation", "options", "meta_sgd", "sliding", "gain"),
     [
-        ("relu", {}, False, False),
-        ("tanh", {"choose": "posterior", "creation_test": "likelihood"}, True, False),
-        ("relu", {"max_components": 2, "merge_kl": 2.0}, True, False),
-        ("relu", {"new_lr": "meta_sgd"}, False, False),
-        ("relu", {}, False, True),
+        ("relu", {}, False, False, False),
+        ("tanh", {"choose": "posterior", "creation_test": "likelihood"}, True, False, False),
+        ("relu", {"max_components": 2, "merge_kl": 2.0}, True, False, False),
+        ("relu", {"new_lr": "meta_sgd"}, False, False, False),
+        ("relu", {}, False, True, False),
         # On this sliding stream a merge happens, in the same step as a creation.
-        ("relu", {"max_components": 2, "merge_kl": 20.0}, True, True),
-        ("relu", {"new_lr": "meta_sgd"}, False, True),
+        ("relu", {"max_components": 2, "merge_kl": 20.0}, True, True, False),
+        ("relu", {"new_lr": "meta_sgd"}, False, True, False),
+        # Action gains: per-member first-layer inputs and their own step.
+        ("relu", {}, False, False, True),
+        ("tanh", {"choose": "posterior", "creation_test": "likelihood"}, True, False, True),
+        ("relu", {"max_components": 2, "merge_kl": 20.0}, True, True, True),
+        ("relu", {"new_lr": "meta_sgd"}, False, True, True),
     ],
 )
-def test_fused_step_equals_the_plain_one(activation, options, meta_sgd, sliding):
+def test_fused_step_equals_the_plain_one(activation, options, meta_sgd, sliding, gain):
     """The fused EM step (one forward, one in-place backward over C + 2 slots) is the vmap(grad) algorithm,
-    on independent windows and on the sliding ones an agent feeds."""
-    model = MLPDynamics(3, 2, [16, 16], activation, sigma=0.3)
+    on independent windows and on the sliding ones an agent feeds, with and without action gains.
+
+    The gain cases run in float64: a negative gain amplifies float32 rounding over 90 steps to ~5e-5 of the
+    weights (float64: 1e-14), so only double precision tells a wrong gain step from rounding."""
+    if gain:
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            _fused_equals_plain(activation, options, meta_sgd, sliding, gain)
+        finally:
+            torch.set_default_dtype(default)
+    else:
+        _fused_equals_plain(activation, options, meta_sgd, sliding, gain)
+
+
+def _fused_equals_plain(activation, options, meta_sgd, sliding, gain):
+    model = MLPDynamics(3, 2, [16, 16], activation, sigma=0.3, action_gain=gain)
     gen = torch.Generator().manual_seed(1)
     prior = model.init_params(gen)
+    if gain:  # gains away from 1 and of both signs, so a wrong gain path cannot pass
+        prior["action_gain"] = torch.tensor([0.7, -1.2])
     lr = {k: torch.rand(v.shape, generator=gen) * 0.6 for k, v in prior.items()} if meta_sgd else 0.3
     if options.get("new_lr") == "meta_sgd":  # continual steps of 0.3, theta_new from learned rates
         options = {**options, "new_lr": {k: torch.rand(v.shape, generator=gen) * 0.6 for k, v in prior.items()}}

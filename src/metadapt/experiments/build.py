@@ -50,7 +50,7 @@ def dims(env: gym.Env) -> tuple[int, int]:
 
 def build_model(cfg: dict[str, Any], env: gym.Env) -> MLPDynamics:
     m = cfg["model"]
-    return MLPDynamics(*dims(env), m["hidden"], m["activation"], m["sigma"])
+    return MLPDynamics(*dims(env), m["hidden"], m["activation"], m["sigma"], action_gain=m["action_gain"])
 
 
 def load_trained(cfg: dict[str, Any], env: gym.Env) -> tuple[MLPDynamics, Params]:
@@ -155,7 +155,8 @@ def meta_settings(cfg: dict[str, Any]) -> MetaSettings | None:
         )
     return MetaSettings(
         inner_lr=m["inner_lr"], inner_steps=m["inner_steps"], first_order=m["first_order"],
-        learn_inner_lr=m["learn_inner_lr"], inner_lr_per=m["inner_lr_per"], past=m["past"], future=m["future"],
+        learn_inner_lr=m["learn_inner_lr"], inner_lr_per=m["inner_lr_per"], gain_inner_lr=m["gain_inner_lr"],
+        past=m["past"], future=m["future"],
         meta_batch=m["meta_batch"], batches_per_epoch=m["batches_per_epoch"], val_batches=m["val_batches"],
     )
 

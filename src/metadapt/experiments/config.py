@@ -62,6 +62,8 @@ SCHEMA: dict[str, Any] = {
         "hidden": _f("ints", [500, 500, 500]),
         "activation": _f("str", "relu", choices=("relu", "tanh", "silu", "elu", "gelu")),
         "sigma": _f("float", 1.0, low=0, low_open=True, doc="std of the Gaussian likelihood (normalized)"),
+        "action_gain": _f("bool", False, doc="one adaptable gain per actuator on the normalized action "
+                                              "(GrBAL/MOLe priors for actuator failures; not with meta.method=rebal)"),
         "checkpoint": _f("str", None, nullable=True, doc="trained model.pt or run directory; null trains one"),
     },
     "planner": {
@@ -105,6 +107,9 @@ SCHEMA: dict[str, Any] = {
         "inner_lr_per": _f("str", "entry", choices=("entry", "tensor", "entry_tied_actions"),
                            doc="learned inner rates: one per parameter entry (Meta-SGD), one per parameter tensor, "
                                "or per entry with the first layer's action columns sharing one rate per unit"),
+        "gain_inner_lr": _f("float", 1.0, low=0, low_open=True,
+                            doc="with model.action_gain and learn_inner_lr: the gains' shared inner rate before "
+                                "meta-training (without learned rates the gains step with inner_lr)"),
         "past": _f("int", 16, low=1, doc="M, steps adapted on"),
         "future": _f("int", 16, low=1, doc="K, steps evaluated after adaptation"),
         "meta_batch": _f("int", 32, low=1, doc="windows per outer step"),
@@ -209,6 +214,9 @@ def _cross_checks(cfg: dict[str, Any]) -> None:
             f"config key 'planner.num_elites': {p['num_elites']} exceeds planner.num_samples "
             f"(allowed: an integer from 1 to {p['num_samples']})"
         )
+    if cfg["model"]["action_gain"] and cfg["meta"]["enabled"] and cfg["meta"]["method"] == "rebal":
+        raise ConfigError("config key 'model.action_gain': the recurrent ReBAL model has no action gains "
+                          "(allowed: false with meta.method=rebal)")
 
 
 def validate(raw: dict[str, Any]) -> dict[str, Any]:

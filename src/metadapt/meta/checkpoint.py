@@ -76,6 +76,7 @@ def model_state(model: MLPDynamics, params: Params, env_id: str | None = None, o
         "hidden": list(model.hidden),
         "activation": model.activation,
         "sigma": model.sigma,
+        "action_gain": model.action_gain,
         "normalizer": {k: v.cpu() for k, v in model.normalizer.state_dict().items()},
         "params": {k: v.detach().cpu().clone() for k, v in params.items()},
     }
@@ -94,7 +95,7 @@ def model_from_state(state: dict[str, Any], source: str = "checkpoint") -> tuple
         model = MLPDynamics(
             int(state["obs_dim"]), int(state["act_dim"]), tuple(state["hidden"]),
             str(state["activation"]), float(state["sigma"]),
-            Normalizer.from_state_dict(state["normalizer"]),
+            Normalizer.from_state_dict(state["normalizer"]), bool(state.get("action_gain", False)),
         )
         params = {k: v.float() for k, v in state["params"].items()}
     except (KeyError, TypeError, ValueError) as exc:

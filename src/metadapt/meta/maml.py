@@ -17,6 +17,13 @@ first layer's action columns share one learned rate per hidden unit, so every
 actuator may change as much as the ones that changed in training (an actuator
 held out of training otherwise keeps the small rate of a weight that never had
 to move).
+
+A model with action gains (``MLPDynamics(action_gain=True)``) gets one learned
+rate shared by all its gains in every learned-rate mode, started at
+``gain_inner_lr`` rather than ``inner_lr``: a gain's gradient sums over a whole
+weight column, so its useful step is two orders of magnitude larger, and a
+shared rate lets an actuator that never failed in training adapt like the ones
+that did.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from torch.func import grad_and_value, vmap
 
 from metadapt.data.buffer import ReplayBuffer
 from metadapt.errors import MetadaptError
-from metadapt.models.mlp import MLPDynamics
+from metadapt.models.mlp import ACTION_GAIN, MLPDynamics
 from metadapt.types import Params
 
 InnerLR = float | Params
@@ -49,6 +56,8 @@ class MetaSettings:
     learn_inner_lr: bool = False
     # with learn_inner_lr: "entry" (Meta-SGD), "tensor" (one rate per layer tensor) or "entry_tied_actions"
     inner_lr_per: str = "entry"
+    # with learn_inner_lr and a model with action gains: the gains' shared rate before meta-training
+    gain_inner_lr: float = 1.0
     past: int = 16  # M, the adaptation window
     future: int = 16  # K, the evaluation window
     meta_batch: int = 32
@@ -61,15 +70,22 @@ def initial_inner_lrs(params: Params, settings: MetaSettings, action_dim: int = 
 
     With ``"entry_tied_actions"`` the first weight's rates are ``H x (O + 1)``
     for an ``H x (O + A)`` weight (``action_dim = A``, the input's last columns):
-    the last column is the rate all ``A`` action columns share.
+    the last column is the rate all ``A`` action columns share. Action gains
+    (``A``) get one shared rate (a scalar, or shape ``1`` in the per-entry modes)
+    of ``settings.gain_inner_lr``.
     """
     if settings.inner_lr_per not in INNER_LR_PER:
         raise ValueError(f"inner_lr_per must be one of {', '.join(INNER_LR_PER)}, got {settings.inner_lr_per!r}")
     if not settings.learn_inner_lr:
         return None
     if settings.inner_lr_per == "tensor":
-        return {k: torch.full((), settings.inner_lr, dtype=v.dtype, device=v.device) for k, v in params.items()}
+        lrs = {k: torch.full((), settings.inner_lr, dtype=v.dtype, device=v.device) for k, v in params.items()}
+        if ACTION_GAIN in params:
+            lrs[ACTION_GAIN] = torch.full_like(lrs[ACTION_GAIN], settings.gain_inner_lr)
+        return lrs
     lrs = {k: torch.full_like(v, settings.inner_lr) for k, v in params.items()}
+    if ACTION_GAIN in params:
+        lrs[ACTION_GAIN] = params[ACTION_GAIN].new_full((1,), settings.gain_inner_lr)
     if settings.inner_lr_per == "entry_tied_actions":
         w = params[FIRST_WEIGHT]
         if not 1 <= action_dim < w.shape[-1]:
@@ -79,9 +95,9 @@ def initial_inner_lrs(params: Params, settings: MetaSettings, action_dim: int = 
 
 
 def broadcast_inner_lrs(lrs: Params, params: Params) -> Params:
-    """Learned rates in the parameters' shapes, differentiably: per-tensor rates broadcast, and a rate
-    tensor with fewer columns than its weight (tied action rates) has its last column shared by the
-    weight's trailing columns."""
+    """Learned rates in the parameters' shapes, differentiably: per-tensor and shared rates (shape ``1``)
+    broadcast, and a rate tensor with fewer columns than its weight (tied action rates) has its last
+    column shared by the weight's trailing columns."""
     out = {}
     for k, v in lrs.items():
         shape = params[k].shape

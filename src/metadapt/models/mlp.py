@@ -10,6 +10,15 @@ bit for bit), without its per-call reparametrisation (a third of the time of a
 one-transition prediction).
 The normalizer is model state that is not adapted; it is recomputed from all
 raw data whenever the training data grows.
+
+With ``action_gain`` the network also has one gain per actuator
+(``"action_gain"``, ``A`` numbers, 1 at initialisation) that scales the
+normalized action before the first layer. It adds nothing the first layer could
+not represent; it gives adaptation a direction of its own for "this actuator
+acts weaker, not at all, or reversed" (a disabled joint, a crippled leg, a
+motor malfunction): from 16 transitions the gradient of one gain, the
+projection of its 500-entry weight column's gradient onto that column, is far
+better determined than the column itself (docs/results.md, "Model adaptation").
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ from torch import nn
 
 from metadapt.data.normalizer import Normalizer
 from metadapt.types import Params
+
+ACTION_GAIN = "action_gain"
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": torch.relu,
@@ -64,6 +75,8 @@ class MLPDynamics:
         sigma: the constant standard deviation of the Gaussian likelihood, in
             normalized delta units (MOLe's sigma).
         normalizer: statistics of the training data; identity if omitted.
+        action_gain: add the per-actuator gains ``"action_gain"`` (``A``) that
+            scale the normalized action (see the module docstring).
     """
 
     def __init__(
@@ -74,6 +87,7 @@ class MLPDynamics:
         activation: str = "relu",
         sigma: float = 1.0,
         normalizer: Normalizer | None = None,
+        action_gain: bool = False,
     ) -> None:
         check_activation(activation)
         if sigma <= 0:
@@ -82,6 +96,7 @@ class MLPDynamics:
         self.hidden = tuple(int(h) for h in hidden)
         self.activation = activation
         self.sigma = float(sigma)
+        self.action_gain = bool(action_gain)
         self.net = _MLP((obs_dim + act_dim, *self.hidden, obs_dim), activation)
         self.normalizer = normalizer or Normalizer.identity(obs_dim, act_dim)
 
@@ -94,15 +109,32 @@ class MLPDynamics:
             bound = 1.0 / math.sqrt(fan_in)
             t = torch.empty(p.shape).uniform_(-bound, bound, generator=generator)
             params[name] = t.to(device)
+        if self.action_gain:
+            params[ACTION_GAIN] = torch.ones(self.act_dim, device=device)
         return params
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {name: tuple(p.shape) for name, p in self.net.named_parameters()}
+        shapes = {name: tuple(p.shape) for name, p in self.net.named_parameters()}
+        if self.action_gain:
+            shapes[ACTION_GAIN] = (self.act_dim,)
+        return shapes
+
+    def first_weight(self, params: Params) -> torch.Tensor:
+        """The first layer's ``H x (O + A)`` weight acting on the normalized inputs, action gains included."""
+        w = params["layers.0.weight"]
+        if not self.action_gain:
+            return w
+        g = params[ACTION_GAIN]
+        return w * torch.cat([g.new_ones(self.obs_dim), g]).to(w.dtype)
 
     # -- prediction ----------------------------------------------------------
     def predict_normalized_delta(self, params: Params, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """``... x O`` obs and ``... x A`` act -> ``... x O`` normalized delta."""
         x = self.normalizer.normalize_inputs(obs, act)
+        if self.action_gain:
+            # Scaling the inputs rather than the weight: the window batches adapted on are 16 rows, the weight 500.
+            o = self.obs_dim
+            x = torch.cat([x[..., :o], x[..., o:] * params[ACTION_GAIN]], dim=-1)
         act_fn, last = self.net.act, len(self.hidden)
         for i in range(last):
             x = act_fn(F.linear(x, params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]))
@@ -231,7 +263,7 @@ class FoldedMLP:
     ) -> None:
         layers = len(model.hidden) + 1
         o = model.obs_dim
-        w1 = params["layers.0.weight"]
+        w1 = model.first_weight(params)
         can_fuse = (
             model.activation == "relu" and dtype == torch.bfloat16 and w1.device.type == "cpu"
             and fused_linear_available()

@@ -16,13 +16,18 @@ The stack is stored with every weight transposed (``S x in x out``,
 weights runs about 1.3-2x faster than against ``nn.Linear``'s ``out x in``
 (a transposed operand per member). ``from_storage`` gives the ``nn.Linear``
 layout back as views.
+
+Action gains (``MLPDynamics(action_gain=True)``) make the first layer's input
+per member (``S x K x D``); their step is the action part of the error that
+flows below the first layer, times the raw normalized actions, summed over the
+window.
 """
 
 from __future__ import annotations
 
 import torch
 
-from metadapt.models.mlp import MLPDynamics
+from metadapt.models.mlp import ACTION_GAIN, MLPDynamics
 from metadapt.types import Params
 
 FUSED_ACTIVATIONS = ("relu", "tanh")
@@ -59,20 +64,26 @@ class StackedMLP:
 
         ``stack`` is in the stored layout (``to_storage``).
 
-        Also returns the layer inputs (``[K x D, S x K x H, ...]``) and the
-        output error ``S x K x O`` that ``sgd_step_`` needs.
+        Also returns the layer inputs (``[K x D, S x K x H, ...]``; with action
+        gains the first is ``S x K x D`` and the raw normalized actions ``K x A``
+        follow the last) and the output error ``S x K x O`` that ``sgd_step_`` needs.
         """
         m = self.model
         x = m.normalizer.normalize_inputs(obs, act)
         target = m.target(obs, next_obs)
-        inputs: list[torch.Tensor] = [x]
         h: torch.Tensor = x
+        if m.action_gain:
+            o, g = m.obs_dim, stack[ACTION_GAIN]
+            h = torch.cat([x[:, :o].expand(g.shape[0], -1, -1), x[:, o:] * g.unsqueeze(1)], dim=-1)
+        inputs: list[torch.Tensor] = [h]
         for i in range(self.num_layers):
             w, b = stack[f"layers.{i}.weight"], stack[f"layers.{i}.bias"]
             # S x K x out; the first layer's input is shared and broadcast.
             z = torch.matmul(h, w).add_(b.unsqueeze(1))
             if i == self.num_layers - 1:
                 err = z.sub_(target)
+                if m.action_gain:
+                    inputs.append(x[:, m.obs_dim:])
                 return err.pow(2).mean((1, 2)), inputs, err
             h = z.relu_() if self.relu else z.tanh_()
             inputs.append(h)
@@ -134,6 +145,9 @@ class StackedMLP:
             h = inputs[i]
             # The error flows to the layer below through the weights as they were before this step.
             below = torch.matmul(dz, w.transpose(-1, -2)) if i > 0 else None
+            if i == 0 and self.model.action_gain:
+                self._gain_step_(stack, inputs[-1], torch.matmul(dz, w[..., self.model.obs_dim:, :].transpose(-1, -2)),
+                                 lr, member, out)
             if member is None and h.dim() == 2:
                 h = h.expand(dz.shape[0], -1, -1)
             rows = dz.dim() - 2  # the row axis of dz (0 for one member, 1 for the stack)
@@ -149,3 +163,14 @@ class StackedMLP:
                 torch.add(b, dz.sum(rows), out=b_to)
             if below is not None:
                 dz = below.mul_(inputs[i] > 0) if self.relu else below.mul_(1 - inputs[i].pow(2))
+
+    @staticmethod
+    def _gain_step_(stack: Params, act: torch.Tensor, below: torch.Tensor, lr: float | Params, member: int | None,
+                    out: Params | None) -> None:
+        """Action gains' step: ``below`` (``[S x] K x A``, the scaled error reaching the gained inputs) times
+        the raw normalized actions ``act`` (``K x A``), summed over the window."""
+        g = stack[ACTION_GAIN] if member is None else stack[ACTION_GAIN][member]
+        step = (below * act).sum(-2)
+        if isinstance(lr, dict):
+            step = step * lr[ACTION_GAIN]
+        torch.add(g, step, out=g if out is None else out[ACTION_GAIN])
