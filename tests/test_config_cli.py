@@ -69,6 +69,8 @@ def test_action_gains_are_refused_for_the_recurrent_model():
     assert load_config(None, ["model.action_gain=true", "meta.enabled=true"])["model"]["action_gain"]
     with pytest.raises(ConfigError, match=r"model\.action_gain.*rebal"):
         load_config(None, ["model.action_gain=true", "meta.enabled=true", "meta.method=rebal"])
+    with pytest.raises(ConfigError, match=r"model\.action_gain.*rebal"):
+        load_config(None, ["model.action_gain=true", "learner.type=rebal"])
 
 
 def test_override_without_equals_is_an_error():

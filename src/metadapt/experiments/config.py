@@ -63,7 +63,8 @@ SCHEMA: dict[str, Any] = {
         "activation": _f("str", "relu", choices=("relu", "tanh", "silu", "elu", "gelu")),
         "sigma": _f("float", 1.0, low=0, low_open=True, doc="std of the Gaussian likelihood (normalized)"),
         "action_gain": _f("bool", False, doc="one adaptable gain per actuator on the normalized action "
-                                              "(GrBAL/MOLe priors for actuator failures; not with meta.method=rebal)"),
+                                              "(priors for actuator failures; not with ReBAL; a model.checkpoint's own "
+                                              "setting wins)"),
         "checkpoint": _f("str", None, nullable=True, doc="trained model.pt or run directory; null trains one"),
     },
     "planner": {
@@ -214,9 +215,10 @@ def _cross_checks(cfg: dict[str, Any]) -> None:
             f"config key 'planner.num_elites': {p['num_elites']} exceeds planner.num_samples "
             f"(allowed: an integer from 1 to {p['num_samples']})"
         )
-    if cfg["model"]["action_gain"] and cfg["meta"]["enabled"] and cfg["meta"]["method"] == "rebal":
+    rebal = (cfg["meta"]["enabled"] and cfg["meta"]["method"] == "rebal") or cfg["learner"]["type"] == "rebal"
+    if cfg["model"]["action_gain"] and rebal:
         raise ConfigError("config key 'model.action_gain': the recurrent ReBAL model has no action gains "
-                          "(allowed: false with meta.method=rebal)")
+                          "(allowed: false with meta.method=rebal or learner.type=rebal)")
 
 
 def validate(raw: dict[str, Any]) -> dict[str, Any]:

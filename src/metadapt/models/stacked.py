@@ -78,7 +78,7 @@ class StackedMLP:
         inputs: list[torch.Tensor] = [h]
         for i in range(self.num_layers):
             w, b = stack[f"layers.{i}.weight"], stack[f"layers.{i}.bias"]
-            # S x K x out; the first layer's input is shared and broadcast.
+            # S x K x out; the first layer's input is shared and broadcast (per member with action gains).
             z = torch.matmul(h, w).add_(b.unsqueeze(1))
             if i == self.num_layers - 1:
                 err = z.sub_(target)
