@@ -378,3 +378,23 @@ def test_a_prior_with_action_gains_round_trips_and_adapts_its_gains(tmp_path):
     assert float(adapted["action_gain"][0]) < 1.0  # the disabled actuator's gain moves toward 0
     save_model(model, params, tmp_path / "model.pt")
     assert load_model(tmp_path / "model.pt")[0].action_gain
+
+
+def test_prior_weight_adds_the_unadapted_priors_error_to_the_outer_loss():
+    from metadapt.meta.maml import meta_loss
+
+    model, params = _model64()
+    past, fut = _windows(3, 4, 4, seed=9)
+    maml = MetaSettings(inner_lr=0.05, inner_steps=2)
+    weighted = MetaSettings(inner_lr=0.05, inner_steps=2, prior_weight=0.25)
+    post = adapted_loss(model, params, past, fut, 0.05, 2)
+    pre = model.loss(params, *(t.flatten(0, 1) for t in fut))  # every window has K rows: the mean of means
+    torch.testing.assert_close(meta_loss(model, params, past, fut, 0.05, maml), post, rtol=1e-12, atol=0)
+    torch.testing.assert_close(meta_loss(model, params, past, fut, 0.05, weighted), post + 0.25 * pre,
+                               rtol=1e-12, atol=1e-15)
+    # and it reaches the parameters through both terms
+    g_w = torch.autograd.grad(meta_loss(model, params, past, fut, 0.05, weighted), list(params.values()))
+    g_post = torch.autograd.grad(post, list(params.values()))
+    g_pre = torch.autograd.grad(pre, list(params.values()))
+    for a, b, c in zip(g_w, g_post, g_pre, strict=True):
+        torch.testing.assert_close(a, b + 0.25 * c, rtol=1e-9, atol=1e-12)

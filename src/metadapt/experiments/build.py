@@ -156,7 +156,7 @@ def meta_settings(cfg: dict[str, Any]) -> MetaSettings | None:
     return MetaSettings(
         inner_lr=m["inner_lr"], inner_steps=m["inner_steps"], first_order=m["first_order"],
         learn_inner_lr=m["learn_inner_lr"], inner_lr_per=m["inner_lr_per"], gain_inner_lr=m["gain_inner_lr"],
-        past=m["past"], future=m["future"],
+        prior_weight=m["prior_weight"], past=m["past"], future=m["future"],
         meta_batch=m["meta_batch"], batches_per_epoch=m["batches_per_epoch"], val_batches=m["val_batches"],
     )
 

@@ -111,6 +111,8 @@ SCHEMA: dict[str, Any] = {
         "gain_inner_lr": _f("float", 1.0, low=0, low_open=True,
                             doc="with model.action_gain and learn_inner_lr: the gains' shared inner rate before "
                                 "meta-training (without learned rates the gains step with inner_lr)"),
+        "prior_weight": _f("float", 0.0, low=0, doc="weight of the unadapted prior's error in the outer loss "
+                                                    "(0: MAML; keeps a multi-step prior a model of its own)"),
         "past": _f("int", 16, low=1, doc="M, steps adapted on"),
         "future": _f("int", 16, low=1, doc="K, steps evaluated after adaptation"),
         "meta_batch": _f("int", 32, low=1, doc="windows per outer step"),

@@ -58,6 +58,8 @@ class MetaSettings:
     inner_lr_per: str = "entry"
     # with learn_inner_lr and a model with action gains: the gains' shared rate before meta-training
     gain_inner_lr: float = 1.0
+    # weight of the prior's own (unadapted) evaluation-set error in the outer loss; 0 is MAML
+    prior_weight: float = 0.0
     past: int = 16  # M, the adaptation window
     future: int = 16  # K, the evaluation window
     meta_batch: int = 32
@@ -181,6 +183,27 @@ def adapted_loss(
     return vmap(one)(*past, *future).mean()
 
 
+def meta_loss(
+    model: MLPDynamics,
+    params: Params,
+    past: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    future: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    lr: InnerLR,
+    settings: MetaSettings,
+) -> torch.Tensor:
+    """The outer loss: ``adapted_loss`` plus ``settings.prior_weight`` times the prior's own loss on ``future``.
+
+    MAML (weight 0) asks nothing of the prior before adaptation, and with
+    several inner steps it drifts to a starting point that is no model of any
+    task (docs/results.md, "Model adaptation"); a small weight keeps it one.
+    """
+    s = settings
+    loss = adapted_loss(model, params, past, future, lr, s.inner_steps, s.first_order)
+    if s.prior_weight > 0:
+        loss = loss + s.prior_weight * adapted_loss(model, params, past, future, lr, 0)
+    return loss
+
+
 def _device(params: Params) -> torch.device:
     """Where the parameters live: meta-training runs there (windows are moved to it)."""
     return next(iter(params.values())).device
@@ -267,7 +290,7 @@ def fit_meta(
         total = 0.0
         for _ in range(s.batches_per_epoch):
             w = buffer.sample_windows(s.past, s.future, s.meta_batch, generator, split="train", device=device)
-            loss = adapted_loss(model, leaves, w.past(), w.future(), inner(lrs), s.inner_steps, s.first_order)
+            loss = meta_loss(model, leaves, w.past(), w.future(), inner(lrs), s)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
