@@ -42,6 +42,8 @@ from metadapt.models.mlp import ACTION_GAIN, MLPDynamics
 from metadapt.types import Params
 
 InnerLR = float | Params
+# (obs, act, next_obs) of a batch of windows: B x M (or K) x (O | A | O)
+WindowBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 INNER_LR_PER = ("entry", "tensor", "entry_tied_actions")
 FIRST_WEIGHT = "layers.0.weight"
 
@@ -163,8 +165,8 @@ def adapt_with_loss(
 def adapted_loss(
     model: MLPDynamics,
     params: Params,
-    past: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    future: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    past: WindowBatch,
+    future: WindowBatch,
     lr: InnerLR,
     steps: int = 1,
     first_order: bool = False,
@@ -184,12 +186,7 @@ def adapted_loss(
 
 
 def meta_loss(
-    model: MLPDynamics,
-    params: Params,
-    past: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    future: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    lr: InnerLR,
-    settings: MetaSettings,
+    model: MLPDynamics, params: Params, past: WindowBatch, future: WindowBatch, lr: InnerLR, settings: MetaSettings
 ) -> torch.Tensor:
     """The outer loss: ``adapted_loss`` plus ``settings.prior_weight`` times the prior's own loss on ``future``.
 
