@@ -82,19 +82,18 @@ def initial_inner_lrs(params: Params, settings: MetaSettings, action_dim: int = 
         raise ValueError(f"inner_lr_per must be one of {', '.join(INNER_LR_PER)}, got {settings.inner_lr_per!r}")
     if not settings.learn_inner_lr:
         return None
-    if settings.inner_lr_per == "tensor":
+    per_tensor = settings.inner_lr_per == "tensor"
+    if per_tensor:
         lrs = {k: torch.full((), settings.inner_lr, dtype=v.dtype, device=v.device) for k, v in params.items()}
-        if ACTION_GAIN in params:
-            lrs[ACTION_GAIN] = torch.full_like(lrs[ACTION_GAIN], settings.gain_inner_lr)
-        return lrs
-    lrs = {k: torch.full_like(v, settings.inner_lr) for k, v in params.items()}
-    if ACTION_GAIN in params:
-        lrs[ACTION_GAIN] = params[ACTION_GAIN].new_full((1,), settings.gain_inner_lr)
+    else:
+        lrs = {k: torch.full_like(v, settings.inner_lr) for k, v in params.items()}
     if settings.inner_lr_per == "entry_tied_actions":
         w = params[FIRST_WEIGHT]
         if not 1 <= action_dim < w.shape[-1]:
             raise ValueError(f"tied action rates need 1 <= action_dim < {w.shape[-1]} inputs, got {action_dim}")
         lrs[FIRST_WEIGHT] = lrs[FIRST_WEIGHT][:, : w.shape[-1] - action_dim + 1].clone()
+    if ACTION_GAIN in params:
+        lrs[ACTION_GAIN] = params[ACTION_GAIN].new_full(() if per_tensor else (1,), settings.gain_inner_lr)
     return lrs
 
 

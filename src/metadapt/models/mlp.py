@@ -127,14 +127,20 @@ class MLPDynamics:
         g = params[ACTION_GAIN]
         return w * torch.cat([g.new_ones(self.obs_dim), g]).to(w.dtype)
 
+    def gained_inputs(self, x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        """Normalized ``... x (O + A)`` inputs with their actions scaled by ``gain`` (broadcastable to
+        ``... x A``; a ``S x 1 x A`` stack of gains turns ``K x (O + A)`` inputs into ``S x K x (O + A)``)."""
+        o = self.obs_dim
+        a = x[..., o:] * gain
+        return torch.cat([x[..., :o].expand(*a.shape[:-1], o), a], dim=-1)
+
     # -- prediction ----------------------------------------------------------
     def predict_normalized_delta(self, params: Params, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """``... x O`` obs and ``... x A`` act -> ``... x O`` normalized delta."""
         x = self.normalizer.normalize_inputs(obs, act)
         if self.action_gain:
             # Scaling the inputs rather than the weight: the window batches adapted on are 16 rows, the weight 500.
-            o = self.obs_dim
-            x = torch.cat([x[..., :o], x[..., o:] * params[ACTION_GAIN]], dim=-1)
+            x = self.gained_inputs(x, params[ACTION_GAIN])
         act_fn, last = self.net.act, len(self.hidden)
         for i in range(last):
             x = act_fn(F.linear(x, params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]))

@@ -73,8 +73,7 @@ class StackedMLP:
         target = m.target(obs, next_obs)
         h: torch.Tensor = x
         if m.action_gain:
-            o, g = m.obs_dim, stack[ACTION_GAIN]
-            h = torch.cat([x[:, :o].expand(g.shape[0], -1, -1), x[:, o:] * g.unsqueeze(1)], dim=-1)
+            h = m.gained_inputs(x, stack[ACTION_GAIN].unsqueeze(1))
         inputs: list[torch.Tensor] = [h]
         for i in range(self.num_layers):
             w, b = stack[f"layers.{i}.weight"], stack[f"layers.{i}.bias"]
