@@ -371,3 +371,45 @@ def test_stacked_step_with_action_gains_equals_vmap_grad():
     for k, v in st.from_storage(stored).items():
         torch.testing.assert_close(v, want[k], rtol=1e-5, atol=1e-6)
     assert not torch.equal(stored["action_gain"], stack["action_gain"])
+
+
+@pytest.mark.parametrize(("activation", "gain"), [("relu", False), ("tanh", False), ("relu", True)])
+def test_stacked_forward_on_a_sliding_window_reuses_the_unchanged_members(activation, gain):
+    """WindowCache: on a window moved by one transition, the cached forward (newest row through every
+    unchanged member, whole window through the changed ones) gives the full forward's losses, and its buffers
+    give the same step; a window that did not slide is run in full."""
+    from metadapt.models.stacked import StackedMLP, WindowCache
+
+    gen = torch.Generator().manual_seed(4)
+    m = MLPDynamics(4, 2, [12, 10], activation, action_gain=gain)
+    fused = StackedMLP(m)
+    stack = fused.to_storage({k: torch.stack([m.init_params(gen)[k] * (1 + 0.1 * j) for j in range(5)])
+                              for k in m.param_shapes()})
+    if gain:
+        stack["action_gain"] = torch.rand(5, 2, generator=gen) + 0.5
+    obs, nxt = torch.randn(40, 4, generator=gen), torch.randn(40, 4, generator=gen)
+    act = torch.randn(40, 2, generator=gen)
+    cache, changed = WindowCache(), list[int]()
+    for t in range(16, 40):
+        win = (obs[t - 16: t], act[t - 16: t], nxt[t - 16: t])
+        ref_stack = {k: v.clone() for k, v in stack.items()}
+        ref_loss, ref_inputs, ref_err = fused.forward(ref_stack, *win)
+        loss, inputs, err = fused.forward(stack, *win, cache, changed)
+        torch.testing.assert_close(loss, ref_loss)
+        # A step from the cached buffers (rows in ring order) is the step from the full forward's.
+        scale = torch.tensor([1.0, 0.0, 0.3, 0.0, 0.0] if t % 3 else [0.0, 0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+        fused.sgd_step_(ref_stack, ref_inputs, ref_err, scale, 0.2)
+        changed = fused.sgd_step_(stack, inputs, err, scale, 0.2)
+        assert changed == torch.nonzero(scale).squeeze(1).tolist()
+        for k in stack:
+            torch.testing.assert_close(stack[k], ref_stack[k], rtol=1e-5, atol=1e-6)
+    assert cache.hits == 40 - 16 - 1
+    # A window that is not the last one moved by one (here: the same window again) is run in full.
+    fused.forward(stack, obs[23:39], act[23:39], nxt[23:39], cache, changed)
+    assert cache.hits == 40 - 16 - 1
+    # Without naming the changed members, a changed member's rows would be stale: the cache is the caller's
+    # contract, and the check above is what it buys.
+    stack["layers.0.bias"][1] += 1.0
+    stale, _, _ = fused.forward(stack, obs[24:40], act[24:40], nxt[24:40], cache, [])
+    fresh, _, _ = fused.forward(stack, obs[24:40], act[24:40], nxt[24:40])
+    assert not torch.allclose(stale[1], fresh[1]) and torch.allclose(stale[0], fresh[0])

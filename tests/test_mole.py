@@ -247,6 +247,9 @@ def _fused_equals_plain(activation, options, meta_sgd, sliding, gain):
     assert created >= 2
     assert merged >= (1 if sliding and options.get("merge_kl") else 0)
     assert fused.ids == plain.ids
+    # On the sliding stream (90 steps, windows full from step 16) the steps without a creation or merge reuse
+    # the last window's activations (WindowCache).
+    assert (fused._cache.hits >= 30) if sliding else fused._cache.hits == 0
 
 
 def test_fused_is_refused_for_an_unsupported_activation():

@@ -40,7 +40,9 @@ algorithm written with ``vmap(grad_and_value(loss))``; the fused one
 (``models/stacked.py``, the default for ReLU and tanh networks) keeps the
 candidate ``theta_new`` and a copy of the prior in two extra slots of the
 stack, so the E step, the creation test's likelihood, the M step and the next
-step's candidate come from one forward pass over ``C + 2`` networks and one
+step's candidate come from one forward pass over ``C + 2`` networks (on an
+agent's sliding window, only the newest transition through the slots that did
+not change since the last step: ``WindowCache``) and one
 in-place backward pass over those whose step is not negligible (a posterior
 under ``IDLE_POSTERIOR`` moves no float32 weight, and with windows of 16 x 17
 dimensions most posteriors are that small); the prior's step is written into
@@ -62,7 +64,7 @@ from torch.func import grad, grad_and_value, vmap
 from metadapt.adapt.base import StepInfo, split_window
 from metadapt.meta.maml import InnerLR, adapt
 from metadapt.models.mlp import MLPDynamics
-from metadapt.models.stacked import FUSED_ACTIVATIONS, StackedMLP
+from metadapt.models.stacked import FUSED_ACTIVATIONS, StackedMLP, WindowCache
 from metadapt.types import Params
 
 CHOICES = ("likelihood", "posterior")
@@ -135,6 +137,8 @@ class MOLeLearner:
         # the same layout, converted once rather than transposed on every step.
         self._prior_stored = self._stacked.to_storage(self.prior) if self._stacked else self.prior
         self._lr_stored, self._new_lr_stored = (self._stored_lr(self.lr), self._stored_lr(self.new_lr))
+        # The last window's activations per slot, and the slots whose parameters changed since.
+        self._cache, self._changed = WindowCache(), list[int]()
         self.reset()
 
     def reset(self) -> None:
@@ -166,6 +170,7 @@ class MOLeLearner:
 
     @stack.setter
     def stack(self, value: Params) -> None:
+        self._cache.clear()
         self._num = int(next(iter(value.values())).shape[0])
         if self._stacked:
             p, stored = self._prior_stored, self._stacked.to_storage(value)
@@ -255,7 +260,7 @@ class MOLeLearner:
         assert self._stacked is not None
         n, c = obs.shape[0], self._num
         cand, work = self._extra
-        loss, inputs, err = self._stacked.forward(self._slots, obs, act, y)
+        loss, inputs, err = self._stacked.forward(self._slots, obs, act, y, self._cache, self._changed)
         ll_all = self._log_lik(loss, n)
         ll, log_prior = ll_all[:c], self._log_prior()
         created = False
@@ -290,13 +295,15 @@ class MOLeLearner:
         # the old candidate's slot, or a new tensor when the old candidate was just kept as a component.
         nxt = {k: torch.empty_like(v) for k, v in self._prior_stored.items()} if created else \
             {k: v[cand] for k, v in self._slots.items()}
-        self._stacked.sgd_step_(self._slots, inputs, err, scale, self._lr_stored, {work: self._new_lr_stored},
-                                {work: nxt})
+        stepped = self._stacked.sgd_step_(self._slots, inputs, err, scale, self._lr_stored,
+                                          {work: self._new_lr_stored}, {work: nxt})
+        self._changed = [*stepped, cand]
         if created:
             order = [*torch.nonzero(keep[:c]).squeeze(1).tolist(), cand]
             self._slots = {k: torch.cat([v[order], nxt[k][None], self._prior_stored[k][None]])
                            for k, v in self._slots.items()}
             self._num = len(order)
+            self._cache.clear()
         merged = self._finish(post, ll, log_post, obs, act)
         return created, merged, post
 
@@ -353,6 +360,7 @@ class MOLeLearner:
         return int(dup.sum())
 
     def _keep(self, keep: torch.Tensor) -> None:
+        self._cache.clear()
         if self.fused:
             order = [*torch.nonzero(keep).squeeze(1).tolist(), *self._extra]
             self._slots = {k: v[order] for k, v in self._slots.items()}

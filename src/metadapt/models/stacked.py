@@ -21,9 +21,21 @@ Action gains (``MLPDynamics(action_gain=True)``) make the first layer's input
 per member (``S x K x D``); their step is the action part of the error that
 flows below the first layer, times the raw normalized actions, summed over the
 window.
+
+Sliding windows (``WindowCache``): an agent's window moves by one transition per
+step, so a member whose parameters did not change since the last window already
+has its activations on all but the newest row. With a cache, ``forward`` runs the
+newest row through every member (a ``S x 1`` product, which reads each weight
+once instead of multiplying 16 rows by it) and the whole window only through the
+members the caller names as changed; the rows are kept in ring order (the oldest
+is overwritten), which changes nothing the window is summed over: the loss and
+every gradient are sums over rows.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,6 +43,37 @@ from metadapt.models.mlp import ACTION_GAIN, MLPDynamics
 from metadapt.types import Params
 
 FUSED_ACTIVATIONS = ("relu", "tanh")
+
+
+@dataclass
+class WindowCache:
+    """What ``StackedMLP.forward`` computed on the last window, for reuse on the next one.
+
+    ``x`` (the normalized inputs), ``inputs``, ``err`` and ``target`` are
+    ``forward``'s buffers, rows in ring order (``oldest`` is the row of the window's first transition); ``window`` is
+    the raw window they were computed on (``K x O``, ``K x A``, ``K x O``, in
+    order), against which the next call checks that it moved by exactly one
+    transition. ``hits`` counts the calls that reused it.
+    """
+
+    x: torch.Tensor | None = None
+    inputs: list[torch.Tensor] = field(default_factory=list)
+    err: torch.Tensor | None = None
+    target: torch.Tensor | None = None
+    window: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    oldest: int = 0
+    hits: int = 0
+
+    def clear(self) -> None:
+        """Forget the last window (the next ``forward`` runs every member on the whole window)."""
+        self.x, self.inputs, self.err, self.target, self.window, self.oldest = None, [], None, None, None, 0
+
+    def slid(self, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor, members: int) -> bool:
+        """Whether ``(obs, act, next_obs)`` is the cached window moved by one transition, for ``members`` members."""
+        if self.window is None or self.err is None or self.err.shape[0] != members:
+            return False
+        return all(new.shape == old.shape and torch.equal(new[:-1], old[1:])
+                   for new, old in zip((obs, act, next_obs), self.window, strict=True))
 
 
 class StackedMLP:
@@ -58,7 +101,8 @@ class StackedMLP:
         return {k: v.transpose(-1, -2) if k in self._weights else v for k, v in stored.items()}
 
     def forward(
-        self, stack: Params, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor
+        self, stack: Params, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor,
+        cache: WindowCache | None = None, changed: Collection[int] = (),
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """Every member on one window: ``K x O``, ``K x A``, ``K x O`` -> per-member MSE ``S``.
 
@@ -67,7 +111,19 @@ class StackedMLP:
         Also returns the layer inputs (``[K x D, S x K x H, ...]``; with action
         gains the first is ``S x K x D`` and the raw normalized actions ``K x A``
         follow the last) and the output error ``S x K x O`` that ``sgd_step_`` needs.
+
+        With a ``cache``, when the window is the cached one moved by one
+        transition, only the newest row runs through the members not in
+        ``changed`` (the members whose parameters the caller changed since the
+        cached call; every member must be named that was); otherwise, or when
+        most members changed, the whole window runs through every member. The
+        returned tensors are then the cache's buffers (rows in ring order) and are
+        valid until the next call.
         """
+        s = next(iter(stack.values())).shape[0]
+        if cache is not None and 2 * len(changed) <= s and cache.slid(obs, act, next_obs, s):
+            cache.hits += 1
+            return self._forward_slid(stack, obs, act, next_obs, cache, changed)
         m = self.model
         x = m.normalizer.normalize_inputs(obs, act)
         target = m.target(obs, next_obs)
@@ -83,16 +139,62 @@ class StackedMLP:
                 err = z.sub_(target)
                 if m.action_gain:
                     inputs.append(x[:, m.obs_dim:])
+                if cache is not None:
+                    cache.x, cache.inputs, cache.err, cache.target, cache.oldest = x, inputs, err, target, 0
+                    cache.window = (obs.clone(), act.clone(), next_obs.clone())
                 return err.pow(2).mean((1, 2)), inputs, err
             h = z.relu_() if self.relu else z.tanh_()
             inputs.append(h)
         raise AssertionError("unreachable")
 
+    def _forward_slid(
+        self, stack: Params, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor, cache: WindowCache,
+        changed: Collection[int],
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """``forward`` on a window that moved by one: the newest row for every member, the whole window
+        for the ``changed`` ones; the newest row overwrites the oldest in the cache's buffers."""
+        m, r = self.model, cache.oldest
+        assert cache.x is not None and cache.err is not None and cache.target is not None
+        # The raw actions that follow the layer inputs with gains are a view of x: they move with it.
+        x, inputs, err, target = cache.x, cache.inputs, cache.err, cache.target
+        x[r] = m.normalizer.normalize_inputs(obs[-1], act[-1])
+        target[r] = m.target(obs[-1], next_obs[-1])
+        gain = stack[ACTION_GAIN] if m.action_gain else None
+        # The newest row through each run of consecutive unchanged members (1 x D in, n x 1 x out at each
+        # layer, on views of the stack: the weights are read once and not copied).
+        for a, b in _runs(err.shape[0], changed):
+            h = x[r:r + 1] if gain is None else m.gained_inputs(x[r:r + 1], gain[a:b].unsqueeze(1))
+            if gain is not None:
+                inputs[0][a:b, r] = h[:, 0]
+            for i in range(self.num_layers):
+                w, bias = stack[f"layers.{i}.weight"][a:b], stack[f"layers.{i}.bias"][a:b]
+                z = torch.baddbmm(bias.unsqueeze(1), h.expand(b - a, 1, -1), w)
+                if i == self.num_layers - 1:
+                    err[a:b, r] = z[:, 0].sub_(target[r])
+                else:
+                    h = z.relu_() if self.relu else z.tanh_()
+                    inputs[i + 1][a:b, r] = h[:, 0]
+        # The whole window through each changed member, written into its buffers.
+        for j in changed:
+            h = x if gain is None else m.gained_inputs(x, gain[j])
+            if gain is not None:
+                inputs[0][j] = h
+            for i in range(self.num_layers):
+                w, b = stack[f"layers.{i}.weight"][j], stack[f"layers.{i}.bias"][j]
+                if i == self.num_layers - 1:
+                    torch.addmm(b, h, w, out=err[j]).sub_(target)
+                else:
+                    h = torch.addmm(b, h, w, out=inputs[i + 1][j])
+                    h = h.relu_() if self.relu else h.tanh_()
+        cache.oldest = (r + 1) % err.shape[1]
+        cache.window = (obs.clone(), act.clone(), next_obs.clone())
+        return err.pow(2).mean((1, 2)), inputs, err
+
     def sgd_step_(
         self, stack: Params, inputs: list[torch.Tensor], err: torch.Tensor, scale: torch.Tensor,
         lr: float | Params, member_lr: dict[int, float | Params] | None = None,
         member_out: dict[int, Params] | None = None,
-    ) -> None:
+    ) -> list[int]:
         """``theta_s -= lr * scale_s * grad_s(MSE)`` for every member, in place (or into ``member_out``).
 
         Members whose scale is exactly 0 are not touched: when most are idle
@@ -110,6 +212,9 @@ class StackedMLP:
                 place: one pass that reads the member and writes the result, where
                 a copy followed by an in-place step would take two. A member that
                 does not step is copied there.
+
+        Returns:
+            the members whose parameters in ``stack`` changed.
         """
         s, k, o = err.shape
         own, outs = dict(member_lr or {}), dict(member_out or {})
@@ -125,10 +230,11 @@ class StackedMLP:
         if 2 * len(active) > s and not own and not outs:
             # The scaled, negated gradient at the output, every member at once.
             self._backward_(stack, inputs, err * (-per_member).view(s, 1, 1), lr, None)
-            return
+            return active
         for j in active:
             member = [h if h.dim() == 2 else h[j] for h in inputs]
             self._backward_(stack, member, err[j] * -per_member[j], own.get(j, lr), j, outs.get(j))
+        return [j for j in active if j not in outs]
 
     def _backward_(
         self, stack: Params, inputs: list[torch.Tensor], dz: torch.Tensor, lr: float | Params, member: int | None,
@@ -161,7 +267,9 @@ class StackedMLP:
                 torch.addmm(w, h.t(), dz, out=w_to)
                 torch.add(b, dz.sum(rows), out=b_to)
             if below is not None:
-                dz = below.mul_(inputs[i] > 0) if self.relu else below.mul_(1 - inputs[i].pow(2))
+                # ReLU's derivative from its output, masked in one op (autograd's own kernel for it).
+                dz = torch.ops.aten.threshold_backward(below, inputs[i], 0) if self.relu else \
+                    below.mul_(1 - inputs[i].pow(2))
 
     @staticmethod
     def _gain_step_(stack: Params, act: torch.Tensor, below: torch.Tensor, lr: float | Params, member: int | None,
@@ -173,3 +281,13 @@ class StackedMLP:
         if isinstance(lr, dict):
             step = step * lr[ACTION_GAIN]
         torch.add(g, step, out=g if out is None else out[ACTION_GAIN])
+
+
+def _runs(n: int, skip: Collection[int]) -> list[tuple[int, int]]:
+    """The maximal ``[start, stop)`` ranges of ``range(n)`` that contain no index in ``skip``."""
+    runs, start = [], 0
+    for j in sorted(set(skip)):
+        if j > start:
+            runs.append((start, j))
+        start = max(start, j + 1)
+    return [*runs, (start, n)] if start < n else runs
