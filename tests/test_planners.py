@@ -139,7 +139,8 @@ def test_speed_benchmark_runs_every_case_on_a_small_network():
     lines: list[str] = []
     out = bench_speed(repeats=1, num_samples=32, horizon=3, hidden=(16, 16), components=(1, 10), print_fn=lines.append)
     assert lines[-1].startswith("mole_step_over_bf16_floor=")
-    for key in ("rs_f32_ms", "cem_bf16_ms", "mole_10_learner_ms", "mole_10_plain_learner_ms", "control_mole_10_ms",
-                "control_mole_10_cem_ms", "prepack_cem_warm_unpacked_ms", "control_de_ms",
+    for key in ("rs_f32_ms", "cem_bf16_ms", "mole_10_learner_ms", "mole_10_plain_learner_ms",
+                "mole_10_whole_learner_ms", "control_mole_10_ms", "control_mole_10_cem_ms",
+                "prepack_cem_warm_unpacked_ms", "control_de_ms",
                 "meta_second_order_steps_per_s"):
         assert math.isfinite(out[key]) and out[key] > 0

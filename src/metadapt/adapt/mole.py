@@ -91,6 +91,9 @@ class MOLeLearner:
             ``lr``); a Meta-SGD prior's learned rates belong here, not in ``lr``:
             they are meta-trained for one step from ``theta*`` and diverge when
             applied every step.
+        reuse_window: fused step only: when the window moved by one transition,
+            run only the newest one through the slots that did not change
+            (``WindowCache``); the same numbers to float rounding, off to compare.
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class MOLeLearner:
         merge_kl: float | None = None,
         fused: bool | None = None,
         new_lr: InnerLR | None = None,
+        reuse_window: bool = True,
     ) -> None:
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
@@ -138,7 +142,7 @@ class MOLeLearner:
         self._prior_stored = self._stacked.to_storage(self.prior) if self._stacked else self.prior
         self._lr_stored, self._new_lr_stored = (self._stored_lr(self.lr), self._stored_lr(self.new_lr))
         # The last window's activations per slot, and the slots whose parameters changed since.
-        self._cache, self._changed = WindowCache(), list[int]()
+        self._cache, self._changed, self.reuse_window = WindowCache(), list[int](), reuse_window
         self.reset()
 
     def reset(self) -> None:
@@ -260,7 +264,8 @@ class MOLeLearner:
         assert self._stacked is not None
         n, c = obs.shape[0], self._num
         cand, work = self._extra
-        loss, inputs, err = self._stacked.forward(self._slots, obs, act, y, self._cache, self._changed)
+        loss, inputs, err = self._stacked.forward(self._slots, obs, act, y, self._cache if self.reuse_window else None,
+                                                  self._changed)
         ll_all = self._log_lik(loss, n)
         ll, log_prior = ll_all[:c], self._log_prior()
         created = False

@@ -236,9 +236,10 @@ def bench_speed(
 
         return step
 
-    def mole(c: int, fused: bool = True, uniform: bool = False) -> MOLeLearner:
+    def mole(c: int, fused: bool = True, uniform: bool = False, reuse: bool = True) -> MOLeLearner:
         # An infinite margin keeps the component count at c while the creation test still runs.
-        learner = MOLeLearner(model, params, 0.01, alpha=1.0, creation_margin=math.inf, fused=fused)
+        learner = MOLeLearner(model, params, 0.01, alpha=1.0, creation_margin=math.inf, fused=fused,
+                              reuse_window=reuse)
         stack = {n: v[None].repeat(c, *([1] * v.dim())) for n, v in params.items()}
         if not uniform:
             stack[last][1:] += 0.5 * torch.randn(c - 1, o, generator=gen)
@@ -252,10 +253,13 @@ def bench_speed(
     if 10 in components:
         moles["mole_10_plain"] = mole(10, fused=False)
         moles["mole_10_uniform"] = mole(10, uniform=True)
+        moles["mole_10_whole"] = mole(10, reuse=False)  # every slot on the whole window, every step
     learn_t = _interleaved({n: sliding(m) for n, m in moles.items()}, repeats)
+    variants = {"plain": "plain", "uniform": "uniform", "whole": "whole window every step"}
     for n, t in learn_t.items():
         out[f"{n}_learner_ms"] = t * 1e3
-        label = "mole x" + n.removeprefix("mole_").replace("_", " (") + (")" if n.count("_") > 1 else "")
+        c, _, variant = n.removeprefix("mole_").partition("_")
+        label = f"mole x{c}" + (f" ({variants[variant]})" if variant else "")
         rows.append((f"{label} learner step", t * 1e3, f"{t / plan_t['rs_bf16']:.2f} of a bf16 RS plan"))
 
     # 4. Whole control steps: learner update, fold (once per parameter change) and bf16 random shooting;
