@@ -170,16 +170,16 @@ def _random_stream(model: MLPDynamics, steps: int, seed: int):
         yield x, y
 
 
-def _sliding_stream(model: MLPDynamics, steps: int, seed: int):
+def _sliding_stream(model: MLPDynamics, steps: int, seed: int, systems: int = 3, period: int = 15):
     """As an agent feeds a learner: the window of the last K transitions, moved by one each step (shorter
-    at the start), of three random linear systems switching every 15 steps."""
+    at the start), of ``systems`` random linear systems switching every ``period`` steps."""
     gen = torch.Generator().manual_seed(seed)
     o, a = model.obs_dim, model.act_dim
-    systems = [torch.randn(o + a, o, generator=gen) for _ in range(3)]
+    matrices = [torch.randn(o + a, o, generator=gen) for _ in range(systems)]
     hist: list[torch.Tensor] = []
     for t in range(steps):
         x = torch.randn(o + a, generator=gen)
-        y = x[:o] + x @ systems[(t // 15) % 3] + 0.01 * torch.randn(o, generator=gen)
+        y = x[:o] + x @ matrices[(t // period) % systems] + 0.01 * torch.randn(o, generator=gen)
         hist = [*hist[-(K - 1):], torch.cat([x, y])]
         win = torch.stack(hist)
         yield win[:, : o + a], win[:, o + a:]
@@ -196,6 +196,8 @@ def _sliding_stream(model: MLPDynamics, steps: int, seed: int):
         # On this sliding stream a merge happens, in the same step as a creation.
         ("relu", {"max_components": 2, "merge_kl": 20.0}, True, True, False),
         ("relu", {"new_lr": "meta_sgd"}, False, True, False),
+        # Creations at the cap keep the slot count: the reused rows must follow the slots.
+        ("relu", {"max_components": 2}, False, True, False),
         # Action gains: per-member first-layer inputs and their own step.
         ("relu", {}, False, False, True),
         ("tanh", {"choose": "posterior", "creation_test": "likelihood"}, True, False, True),
@@ -249,7 +251,38 @@ def _fused_equals_plain(activation, options, meta_sgd, sliding, gain):
     assert fused.ids == plain.ids
     # On the sliding stream (90 steps, windows full from step 16) the steps without a creation or merge reuse
     # the last window's activations (WindowCache).
-    assert (fused._cache.hits >= 30) if sliding else fused._cache.hits == 0
+    assert (fused.window_reuses >= 30) if sliding else fused.window_reuses == 0
+
+
+def test_window_reuse_gives_the_whole_window_step_and_follows_replaced_components():
+    """reuse_window: the same components, posteriors and choices as running every slot on the whole window,
+    on a sliding stream with a creation (at the cap of 5) every other step or so, and a stack replaced
+    mid-stream by one of the same size. Small M steps (0.02) against a large one for theta_new (0.6) make
+    the candidate win often, so most reuses come right after a creation moved the slots."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = MLPDynamics(3, 2, [16, 16], "relu", sigma=0.3)
+        prior = model.init_params(torch.Generator().manual_seed(1))
+        on, off = (MOLeLearner(model, prior, 0.02, alpha=1.0, max_components=5, new_lr=0.6, reuse_window=r)
+                   for r in (True, False))
+        after_creation, created = 0, False
+        for t, (x, y) in enumerate(_sliding_stream(model, 90, seed=3, systems=5, period=6)):
+            if t == 40:  # same size, new parameters: nothing cached may survive it
+                new = {k: v.flip(0) + 0.1 for k, v in on.stack.items()}
+                on.stack, off.stack = new, {k: v.clone() for k, v in new.items()}
+            reuses = on.window_reuses
+            a, b = on.observe(x, y).metrics, off.observe(x, y).metrics
+            after_creation += created and on.window_reuses > reuses
+            created = bool(a["created"])
+            assert (a["components"], a["chosen"], a["created"]) == (b["components"], b["chosen"], b["created"])
+            torch.testing.assert_close(on.last_posterior, off.last_posterior, rtol=1e-9, atol=1e-12)
+            for k, v in off.stack.items():
+                torch.testing.assert_close(on.stack[k], v, rtol=1e-9, atol=1e-12)
+        assert on.created_total >= 20 and after_creation >= 10
+        assert on.window_reuses >= 40 and off.window_reuses == 0
+    finally:
+        torch.set_default_dtype(default)
 
 
 def test_fused_is_refused_for_an_unsupported_activation():

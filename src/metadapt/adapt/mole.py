@@ -142,7 +142,7 @@ class MOLeLearner:
         self._prior_stored = self._stacked.to_storage(self.prior) if self._stacked else self.prior
         self._lr_stored, self._new_lr_stored = (self._stored_lr(self.lr), self._stored_lr(self.new_lr))
         # The last window's activations per slot, and the slots whose parameters changed since.
-        self._cache, self._changed, self.reuse_window = WindowCache(), list[int](), reuse_window
+        self._cache, self._changed, self._reuse_window = WindowCache(), list[int](), reuse_window
         self.reset()
 
     def reset(self) -> None:
@@ -167,7 +167,10 @@ class MOLeLearner:
 
     @property
     def stack(self) -> Params:
-        """The components' parameters, ``C x ...`` per entry (``nn.Linear`` layout; views when fused)."""
+        """The components' parameters, ``C x ...`` per entry (``nn.Linear`` layout; views when fused).
+
+        Replace them by assigning a new dict; writing into these tensors in place would go unseen by the
+        fused step's window reuse."""
         c = self._num
         own = {k: v[:c] for k, v in self._slots.items()}
         return self._stacked.from_storage(own) if self._stacked else own
@@ -175,12 +178,18 @@ class MOLeLearner:
     @stack.setter
     def stack(self, value: Params) -> None:
         self._cache.clear()
+        self._changed = []
         self._num = int(next(iter(value.values())).shape[0])
         if self._stacked:
             p, stored = self._prior_stored, self._stacked.to_storage(value)
             self._slots = {k: torch.cat([v, p[k][None], p[k][None]]) for k, v in stored.items()}
         else:
             self._slots = dict(value)
+
+    @property
+    def window_reuses(self) -> int:
+        """How many fused steps reused the last window's activations (``reuse_window``)."""
+        return self._cache.hits
 
     @property
     def num_components(self) -> int:
@@ -264,7 +273,7 @@ class MOLeLearner:
         assert self._stacked is not None
         n, c = obs.shape[0], self._num
         cand, work = self._extra
-        loss, inputs, err = self._stacked.forward(self._slots, obs, act, y, self._cache if self.reuse_window else None,
+        loss, inputs, err = self._stacked.forward(self._slots, obs, act, y, self._cache if self._reuse_window else None,
                                                   self._changed)
         ll_all = self._log_lik(loss, n)
         ll, log_prior = ll_all[:c], self._log_prior()
@@ -308,7 +317,8 @@ class MOLeLearner:
             self._slots = {k: torch.cat([v[order], nxt[k][None], self._prior_stored[k][None]])
                            for k, v in self._slots.items()}
             self._num = len(order)
-            self._cache.clear()
+            # The new candidate's slot holds new parameters (changed); the cached rows of the others follow them.
+            self._reorder([*order, cand, work], new_slot=self._num)
         merged = self._finish(post, ll, log_post, obs, act)
         return created, merged, post
 
@@ -364,12 +374,20 @@ class MOLeLearner:
         self._keep(keep)
         return int(dup.sum())
 
+    def _reorder(self, order: list[int], new_slot: int | None = None) -> None:
+        """The fused slots were rebuilt from the old ones ``order`` (by position; ``new_slot``, when given,
+        holds new parameters): the window cache and the changed slots follow."""
+        self._cache.select(order)
+        position = {old: new for new, old in enumerate(order) if new != new_slot}
+        self._changed = [position[j] for j in self._changed if j in position] + \
+            ([] if new_slot is None else [new_slot])
+
     def _keep(self, keep: torch.Tensor) -> None:
-        self._cache.clear()
         if self.fused:
             order = [*torch.nonzero(keep).squeeze(1).tolist(), *self._extra]
             self._slots = {k: v[order] for k, v in self._slots.items()}
             self._num = len(order) - 2
+            self._reorder(order)
         else:
             self.stack = {k: v[keep] for k, v in self.stack.items()}
         self.counts = self.counts[keep]

@@ -49,11 +49,13 @@ FUSED_ACTIVATIONS = ("relu", "tanh")
 class WindowCache:
     """What ``StackedMLP.forward`` computed on the last window, for reuse on the next one.
 
-    ``x`` (the normalized inputs), ``inputs``, ``err`` and ``target`` are
-    ``forward``'s buffers, rows in ring order (``oldest`` is the row of the window's first transition); ``window`` is
-    the raw window they were computed on (``K x O``, ``K x A``, ``K x O``, in
-    order), against which the next call checks that it moved by exactly one
-    transition. ``hits`` counts the calls that reused it.
+    ``x`` (the normalized inputs, ``K x D``), ``inputs``, ``err`` (``S x K x O``)
+    and ``target`` (``K x O``) are ``forward``'s buffers, rows in ring order
+    (``oldest`` is the row of the window's first transition); ``window`` is the
+    raw window they were computed on (``K x O``, ``K x A``, ``K x O``, in order)
+    and ``normalizer`` the normalizer that made ``x``: the next call reuses them
+    only when its window is this one moved by exactly one transition, normalized
+    by the same object. ``hits`` counts the calls that reused them.
     """
 
     x: torch.Tensor | None = None
@@ -61,16 +63,36 @@ class WindowCache:
     err: torch.Tensor | None = None
     target: torch.Tensor | None = None
     window: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    normalizer: object = None
     oldest: int = 0
     hits: int = 0
 
     def clear(self) -> None:
         """Forget the last window (the next ``forward`` runs every member on the whole window)."""
-        self.x, self.inputs, self.err, self.target, self.window, self.oldest = None, [], None, None, None, 0
+        self.fill(None, [], None, None, None, None)
 
-    def slid(self, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor, members: int) -> bool:
-        """Whether ``(obs, act, next_obs)`` is the cached window moved by one transition, for ``members`` members."""
-        if self.window is None or self.err is None or self.err.shape[0] != members:
+    def fill(self, x: torch.Tensor | None, inputs: list[torch.Tensor], err: torch.Tensor | None,
+             target: torch.Tensor | None, window: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+             normalizer: object) -> None:
+        """A whole-window forward's buffers (oldest row first) and its raw window (copied)."""
+        self.x, self.inputs, self.err, self.target, self.normalizer, self.oldest = x, inputs, err, target, normalizer, 0
+        self.window = None if window is None else tuple(t.clone() for t in window)  # type: ignore[assignment]
+
+    def select(self, members: list[int]) -> None:
+        """Keep the rows of these members, in this order (members added, removed or reordered)."""
+        if self.err is None:
+            return
+        index = torch.tensor(members, device=self.err.device)
+        self.err = self.err[index]
+        # The per-member buffers; the shared ones (the inputs without gains, the raw actions) stay.
+        self.inputs = [h[index] if h.dim() == 3 else h for h in self.inputs]
+
+    def slid(self, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor, members: int,
+             model: MLPDynamics) -> bool:
+        """Whether the window (``K x O``, ``K x A``, ``K x O``) is the cached one moved by one transition, for
+        ``members`` members and ``model``'s current normalizer."""
+        if self.window is None or self.err is None or self.err.shape[0] != members or \
+                self.normalizer is not model.normalizer:
             return False
         return all(new.shape == old.shape and torch.equal(new[:-1], old[1:])
                    for new, old in zip((obs, act, next_obs), self.window, strict=True))
@@ -114,45 +136,50 @@ class StackedMLP:
 
         With a ``cache``, when the window is the cached one moved by one
         transition, only the newest row runs through the members not in
-        ``changed`` (the members whose parameters the caller changed since the
-        cached call; every member must be named that was); otherwise, or when
-        most members changed, the whole window runs through every member. The
+        ``changed`` (indices of the members whose parameters changed since the
+        cached call: every such member must be listed); otherwise, or when most
+        members changed, the whole window runs through every member. The
         returned tensors are then the cache's buffers (rows in ring order) and are
         valid until the next call.
         """
         s = next(iter(stack.values())).shape[0]
-        if cache is not None and 2 * len(changed) <= s and cache.slid(obs, act, next_obs, s):
+        m = self.model
+        if cache is not None and 2 * len(changed) <= s and cache.slid(obs, act, next_obs, s, m):
             cache.hits += 1
             return self._forward_slid(stack, obs, act, next_obs, cache, changed)
-        m = self.model
         x = m.normalizer.normalize_inputs(obs, act)
         target = m.target(obs, next_obs)
-        h: torch.Tensor = x
-        if m.action_gain:
-            h = m.gained_inputs(x, stack[ACTION_GAIN].unsqueeze(1))
-        inputs: list[torch.Tensor] = [h]
+        # The first layer's input is shared and broadcast (per member with action gains).
+        h = m.gained_inputs(x, stack[ACTION_GAIN].unsqueeze(1)) if m.action_gain else x
+        *hidden, err = self._through(stack, slice(None), h, target)
+        inputs = [h, *hidden, *([x[:, m.obs_dim:]] if m.action_gain else [])]
+        if cache is not None:
+            cache.fill(x, inputs, err, target, (obs, act, next_obs), m.normalizer)
+        return err.pow(2).mean((1, 2)), inputs, err
+
+    def _through(
+        self, stack: Params, members: int | slice, h: torch.Tensor, target: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """The network of ``members`` (one, ``int``, or ``n``, a slice of the stack) on ``h`` (``[n x] R x D``,
+        or ``R x D`` shared): each hidden layer's activations (``[n x] R x H``), then the output minus
+        ``target`` (``[n x] R x O``)."""
+        outs = []
         for i in range(self.num_layers):
-            w, b = stack[f"layers.{i}.weight"], stack[f"layers.{i}.bias"]
-            # S x K x out; the first layer's input is shared and broadcast (per member with action gains).
-            z = torch.matmul(h, w).add_(b.unsqueeze(1))
+            w, b = stack[f"layers.{i}.weight"][members], stack[f"layers.{i}.bias"][members]
+            z = torch.matmul(h, w).add_(b if isinstance(members, int) else b.unsqueeze(-2))
             if i == self.num_layers - 1:
-                err = z.sub_(target)
-                if m.action_gain:
-                    inputs.append(x[:, m.obs_dim:])
-                if cache is not None:
-                    cache.x, cache.inputs, cache.err, cache.target, cache.oldest = x, inputs, err, target, 0
-                    cache.window = (obs.clone(), act.clone(), next_obs.clone())
-                return err.pow(2).mean((1, 2)), inputs, err
+                return [*outs, z.sub_(target)]
             h = z.relu_() if self.relu else z.tanh_()
-            inputs.append(h)
+            outs.append(h)
         raise AssertionError("unreachable")
 
     def _forward_slid(
         self, stack: Params, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor, cache: WindowCache,
         changed: Collection[int],
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """``forward`` on a window that moved by one: the newest row for every member, the whole window
-        for the ``changed`` ones; the newest row overwrites the oldest in the cache's buffers."""
+        """``forward`` on a window (``K x O``, ``K x A``, ``K x O``) that moved by one transition: the
+        newest row through every member not in ``changed`` (member indices), the whole window through
+        those in it; the newest row overwrites the oldest in the cache's buffers, which are returned."""
         m, r = self.model, cache.oldest
         assert cache.x is not None and cache.err is not None and cache.target is not None
         # The raw actions that follow the layer inputs with gains are a view of x: they move with it.
@@ -164,30 +191,20 @@ class StackedMLP:
         # layer, on views of the stack: the weights are read once and not copied).
         for a, b in _runs(err.shape[0], changed):
             h = x[r:r + 1] if gain is None else m.gained_inputs(x[r:r + 1], gain[a:b].unsqueeze(1))
+            for buf, out in zip([*inputs[1:self.num_layers], err], self._through(stack, slice(a, b), h, target[r]),
+                                strict=True):
+                buf[a:b, r] = out[:, 0]
             if gain is not None:
                 inputs[0][a:b, r] = h[:, 0]
-            for i in range(self.num_layers):
-                w, bias = stack[f"layers.{i}.weight"][a:b], stack[f"layers.{i}.bias"][a:b]
-                z = torch.baddbmm(bias.unsqueeze(1), h.expand(b - a, 1, -1), w)
-                if i == self.num_layers - 1:
-                    err[a:b, r] = z[:, 0].sub_(target[r])
-                else:
-                    h = z.relu_() if self.relu else z.tanh_()
-                    inputs[i + 1][a:b, r] = h[:, 0]
         # The whole window through each changed member, written into its buffers.
         for j in changed:
             h = x if gain is None else m.gained_inputs(x, gain[j])
+            for buf, out in zip([*inputs[1:self.num_layers], err], self._through(stack, j, h, target), strict=True):
+                buf[j] = out
             if gain is not None:
                 inputs[0][j] = h
-            for i in range(self.num_layers):
-                w, b = stack[f"layers.{i}.weight"][j], stack[f"layers.{i}.bias"][j]
-                if i == self.num_layers - 1:
-                    torch.addmm(b, h, w, out=err[j]).sub_(target)
-                else:
-                    h = torch.addmm(b, h, w, out=inputs[i + 1][j])
-                    h = h.relu_() if self.relu else h.tanh_()
         cache.oldest = (r + 1) % err.shape[1]
-        cache.window = (obs.clone(), act.clone(), next_obs.clone())
+        cache.window = tuple(t.clone() for t in (obs, act, next_obs))  # type: ignore[assignment]
         return err.pow(2).mean((1, 2)), inputs, err
 
     def sgd_step_(
