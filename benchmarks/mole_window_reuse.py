@@ -6,9 +6,9 @@ CEM 125 x 2 in bfloat16 with the MOLe learner that reuses the window
 (``reuse_window=True``, the default). A second MOLe learner with
 ``reuse_window=False`` is fed exactly the same windows; each step times both on
 the same window, in alternating order, so both see the same machine load. Prints
-the median step time of each, how often the two chose the same component and
-agreed on the component count, and last ``window_reuse_speedup=<x>`` (median
-without reuse / median with).
+the median step time of each (overall and by component count), how often the
+two chose the same component and agreed on the component count, and last
+``window_reuse_speedup=<x>`` (median without reuse / median with).
 
     python benchmarks/mole_window_reuse.py --steps 400 --period 100 --seed 0
 """
@@ -38,6 +38,7 @@ class _SideBySide:
     def __init__(self, main: MOLeLearner, shadow: MOLeLearner) -> None:
         self.main, self.shadow = main, shadow
         self.times: dict[str, list[float]] = {"reuse": [], "whole": []}
+        self.components: list[int] = []  # before each step
         self.same_choice = self.same_count = 0
 
     def reset(self) -> None:
@@ -48,6 +49,7 @@ class _SideBySide:
         return self.main.params()
 
     def observe(self, x: torch.Tensor, y: torch.Tensor) -> object:
+        self.components.append(self.main.num_components)
         order = [("reuse", self.main), ("whole", self.shadow)]
         if len(self.times["reuse"]) % 2:
             order.reverse()
@@ -101,6 +103,14 @@ def main(argv: list[str] | None = None) -> float:
     for k in ("reuse", "whole"):
         times = np.asarray(learner.times[k]) * 1e3
         print(f"{k:>6}: median {med[k]:.2f} ms, mean {times.mean():.2f} ms, p90 {np.percentile(times, 90):.2f} ms")
+    # Reuse needs a window that slid and at most half the slots changed: by component count.
+    counts = np.asarray(learner.components)
+    for c in sorted(set(learner.components)):
+        at = counts == c
+        if at.sum() >= 10:
+            r, w = (float(np.median(np.asarray(learner.times[k])[at])) * 1e3 for k in ("reuse", "whole"))
+            print(f"{c:>3} components: {int(at.sum()):>4} steps, median {r:.2f} ms with reuse, {w:.2f} without "
+                  f"({w / r:.2f}x)")
     speedup = med["whole"] / med["reuse"]
     print(f"window_reuse_speedup={speedup:.2f}")
     return speedup
