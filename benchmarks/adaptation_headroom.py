@@ -8,7 +8,11 @@ task, scored as the bench scores them):
 - more inner steps with the prior's own rates (1 to ``--max-inner-steps``);
 - an *oracle*: the prior refitted (``fit_dynamics``) on ``--oracle-steps`` fresh
   random-action transitions of the held-out task itself (a different seed), the
-  error a model of that task reaches when data is not the limit.
+  error a model of that task reaches when data is not the limit. With
+  ``--oracle-task`` another task's transitions instead (a training task, or
+  ``normal``): the same refit without the held-out task's dynamics, so the gap
+  between the two oracles is the part of the error that is the task's, and the
+  rest of what the oracle removes comes from fitting random-action states.
 
 For a Meta-SGD prior it also prints the mean learned inner rate of the first
 layer's weights per input column: the observations, then every action (by
@@ -18,7 +22,9 @@ changed finds small rates on that actuator's column.
     python benchmarks/adaptation_headroom.py --env metadapt/HalfCheetahDisabledJoint-v0 --task joint_0 \\
         --prior runs/prior_hcd12
 
-Last lines: ``grbal_reduction=<x>`` and ``oracle_reduction=<x>`` (fractions of the prior's error removed).
+``--per-dim`` adds the three errors per observation dimension (which part of the
+state the step fixes and which it leaves). Last lines: ``grbal_reduction=<x>``
+and ``oracle_reduction=<x>`` (fractions of the prior's error removed).
 """
 
 from __future__ import annotations
@@ -44,6 +50,19 @@ def mean_error(prior: Prior, windows: list[Window], params_for: Callable[[tuple[
     """Mean K-step error over ``windows`` of the parameters ``params_for(past)`` returns."""
     with torch.no_grad():
         return float(np.mean([window_error(prior.model, prior.model, params_for(p), f) for p, f in windows]))
+
+
+def dim_errors(
+    prior: Prior, windows: list[Window], params_for: Callable[[tuple[torch.Tensor, ...]], Params]
+) -> np.ndarray:
+    """``O``: the K-step error of ``mean_error`` per observation dimension (its mean is ``mean_error``)."""
+    out = []
+    for past, (obs, act, nxt) in windows:
+        params = params_for(past)
+        with torch.no_grad():
+            pred = prior.model.predict(params, obs, act)
+            out.append((prior.model.target(obs, pred) - prior.model.target(obs, nxt)).pow(2).mean(0).numpy())
+    return np.mean(out, 0)
 
 
 def fine_tune(prior: Prior, trajs: list[np.ndarray], epochs: int, seed: int) -> Params:
@@ -87,13 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-inner-steps", type=int, default=5)
     ap.add_argument("--oracle-steps", type=int, default=20000, help="held-out-task steps the oracle is fitted on")
     ap.add_argument("--oracle-epochs", type=int, default=80, help="passes over the oracle's data")
+    ap.add_argument("--oracle-task", default=None, help="the task the oracle's data come from (default: --task)")
+    ap.add_argument("--per-dim", action="store_true", help="also the error per observation dimension")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     try:
         prior = load_prior(args.prior, env_id=args.env)
         test = collect_random(args.env, args.task, args.steps, args.episode_length, args.seed)
         windows = sample_windows(test, prior.model.obs_dim, prior.past, prior.future, args.windows, args.seed + 1)
-        train = collect_random(args.env, args.task, args.oracle_steps, args.episode_length, args.seed + 1000)
+        oracle_task = args.oracle_task or args.task
+        train = collect_random(args.env, oracle_task, args.oracle_steps, args.episode_length, args.seed + 1000)
     except (MetadaptError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -108,7 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{f'adapted, {steps} inner step(s)':<34}{err:>10.4f}{1 - err / base:>10.1%}")
     oracle_params = fine_tune(prior, train, args.oracle_epochs, args.seed)
     oracle = mean_error(prior, windows, lambda past: oracle_params)
-    print(f"{f'oracle ({args.oracle_steps} task steps)':<34}{oracle:>10.4f}{1 - oracle / base:>10.1%}")
+    print(f"{f'oracle ({args.oracle_steps} steps of {oracle_task})':<34}{oracle:>10.4f}{1 - oracle / base:>10.1%}")
+    if args.per_dim:
+        rows = {"prior": lambda past: prior.params,
+                "GrBAL": lambda past: adapt(prior.model, prior.params, *past, prior.inner_lr, prior.inner_steps,
+                                            first_order=True),
+                "oracle": lambda past: oracle_params}
+        table = {k: dim_errors(prior, windows, f) for k, f in rows.items()}
+        print("per observation dimension: " + "  ".join(f"{k:>8}" for k in table))
+        for i in range(prior.model.obs_dim):
+            print(f"obs[{i}]".ljust(26) + "  ".join(f"{v[i]:>8.4f}" for v in table.values()))
     for name, rate in column_rates(prior, args.env, args.task):
         print(f"learned rate, first layer, {name:<20}{rate:>10.4f}")
     print(f"grbal_reduction={1 - grbal / base:.3f}")

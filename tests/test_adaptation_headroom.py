@@ -31,3 +31,22 @@ def test_a_missing_prior_is_one_line(capsys):
     assert headroom.main([*ARGS, "--prior", "/nonexistent/prior.pt"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "prior" in err[0]
+
+
+def test_oracle_of_another_task_and_the_errors_per_dimension(capsys):
+    """--oracle-task fits the oracle on another task's data; --per-dim prints prior, GrBAL and oracle per
+    observation dimension, whose means are the rows above."""
+    assert headroom.main([*ARGS, "--prior", "builtin:halfcheetah_malfunction", "--oracle-task", "normal",
+                          "--per-dim"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any("oracle (400 steps of normal)" in line for line in out)
+    dims = [[float(v) for v in line.split()[1:]] for line in out if line.startswith("obs[")]
+    assert len(dims) == 18 and all(len(d) == 3 for d in dims)
+    prior_row = next(line for line in out if line.startswith("prior, not adapted"))
+    assert abs(sum(d[0] for d in dims) / 18 - float(prior_row.split()[-1])) < 1e-3
+
+
+def test_an_unknown_oracle_task_is_one_line(capsys):
+    assert headroom.main([*ARGS, "--prior", "builtin:halfcheetah_malfunction", "--oracle-task", "sideways"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sideways" in err[0]
