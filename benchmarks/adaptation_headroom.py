@@ -37,6 +37,7 @@ import mujoco
 import numpy as np
 import torch
 
+from metadapt.cli import positive_int
 from metadapt.envs import make_env
 from metadapt.errors import MetadaptError
 from metadapt.experiments.adaptation import Window, collect_random, sample_windows, window_error
@@ -58,8 +59,8 @@ def dim_errors(
     """``O``: the K-step error of ``mean_error`` per observation dimension (its mean is ``mean_error``)."""
     out = []
     for past, (obs, act, nxt) in windows:
-        params = params_for(past)
         with torch.no_grad():
+            params = params_for(past)
             pred = prior.model.predict(params, obs, act)
             out.append((prior.model.target(obs, pred) - prior.model.target(obs, nxt)).pow(2).mean(0).numpy())
     return np.mean(out, 0)
@@ -100,12 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--env", required=True)
     ap.add_argument("--task", required=True, help="the held-out task")
     ap.add_argument("--prior", required=True, help="prior.pt, a run directory or builtin:<name>")
-    ap.add_argument("--steps", type=int, default=4000, help="random-action steps scored")
-    ap.add_argument("--episode-length", type=int, default=188)
-    ap.add_argument("--windows", type=int, default=400)
-    ap.add_argument("--max-inner-steps", type=int, default=5)
-    ap.add_argument("--oracle-steps", type=int, default=20000, help="held-out-task steps the oracle is fitted on")
-    ap.add_argument("--oracle-epochs", type=int, default=80, help="passes over the oracle's data")
+    ap.add_argument("--steps", type=positive_int, default=4000, help="random-action steps scored")
+    ap.add_argument("--episode-length", type=positive_int, default=188)
+    ap.add_argument("--windows", type=positive_int, default=400)
+    ap.add_argument("--max-inner-steps", type=positive_int, default=5)
+    ap.add_argument("--oracle-steps", type=positive_int, default=20000,
+                    help="random-action steps of --oracle-task the oracle is fitted on")
+    ap.add_argument("--oracle-epochs", type=positive_int, default=80, help="passes over the oracle's data")
     ap.add_argument("--oracle-task", default=None, help="the task the oracle's data come from (default: --task)")
     ap.add_argument("--per-dim", action="store_true", help="also the error per observation dimension")
     ap.add_argument("--seed", type=int, default=0)
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         prior = load_prior(args.prior, env_id=args.env)
         test = collect_random(args.env, args.task, args.steps, args.episode_length, args.seed)
         windows = sample_windows(test, prior.model.obs_dim, prior.past, prior.future, args.windows, args.seed + 1)
-        oracle_task = args.oracle_task or args.task
+        oracle_task = args.task if args.oracle_task is None else args.oracle_task
         train = collect_random(args.env, oracle_task, args.oracle_steps, args.episode_length, args.seed + 1000)
     except (MetadaptError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.env} {args.task}: M={prior.past} K={prior.future}, {len(windows)} windows, seed {args.seed}")
     print(f"{'prior, not adapted':<34}{base:>10.4f}")
     grbal = base
-    for steps in range(1, args.max_inner_steps + 1):
+    for steps in range(1, max(args.max_inner_steps, prior.inner_steps) + 1):
         err = mean_error(prior, windows, lambda past, s=steps: adapt(
             prior.model, prior.params, *past, prior.inner_lr, s, first_order=True))
         grbal = err if steps == prior.inner_steps else grbal

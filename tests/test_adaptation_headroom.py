@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 _spec = importlib.util.spec_from_file_location(
     "adaptation_headroom", Path(__file__).resolve().parents[1] / "benchmarks" / "adaptation_headroom.py")
 assert _spec is not None and _spec.loader is not None
@@ -42,11 +44,24 @@ def test_oracle_of_another_task_and_the_errors_per_dimension(capsys):
     assert any("oracle (400 steps of normal)" in line for line in out)
     dims = [[float(v) for v in line.split()[1:]] for line in out if line.startswith("obs[")]
     assert len(dims) == 18 and all(len(d) == 3 for d in dims)
-    prior_row = next(line for line in out if line.startswith("prior, not adapted"))
-    assert abs(sum(d[0] for d in dims) / 18 - float(prior_row.split()[-1])) < 1e-3
+    rows = {"prior": "prior, not adapted", "GrBAL": "adapted, 1 inner step(s)", "oracle": "oracle (400 steps"}
+    for col, start in enumerate(rows.values()):  # the shipped prior takes one inner step: GrBAL's row is 1 step
+        line = next(line for line in out if line.startswith(start))
+        value = float(line.split()[-1 if col == 0 else -2])
+        assert abs(sum(d[col] for d in dims) / 18 - value) < 1e-3, (start, value)
 
 
-def test_an_unknown_oracle_task_is_one_line(capsys):
-    assert headroom.main([*ARGS, "--prior", "builtin:halfcheetah_malfunction", "--oracle-task", "sideways"]) == 2
+@pytest.mark.parametrize("task", ["sideways", ""])
+def test_an_unknown_oracle_task_is_one_line(capsys, task):
+    """An empty --oracle-task is refused like any unknown one, not read as "the held-out task"."""
+    assert headroom.main([*ARGS, "--prior", "builtin:halfcheetah_malfunction", "--oracle-task", task]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "sideways" in err[0]
+    assert len(err) == 1 and f"unknown task '{task}'" in err[0]
+
+
+@pytest.mark.parametrize("option", ["--oracle-steps", "--windows", "--max-inner-steps"])
+def test_a_count_below_one_is_refused_by_name(capsys, option):
+    with pytest.raises(SystemExit) as exc:
+        headroom.main([*ARGS, "--prior", "builtin:halfcheetah_malfunction", option, "0"])
+    assert exc.value.code == 2
+    assert f"argument {option}: must be >= 1, got 0" in capsys.readouterr().err

@@ -275,6 +275,8 @@ def test_window_reuse_gives_the_whole_window_step_and_follows_replaced_component
             a, b = on.observe(x, y).metrics, off.observe(x, y).metrics
             after_creation += created and on.window_reuses > reuses
             created = bool(a["created"])
+            # A slot listed twice would run the whole window twice and count twice against reuse's limit.
+            assert len(set(on._changed)) == len(on._changed), (t, on._changed)
             assert (a["components"], a["chosen"], a["created"]) == (b["components"], b["chosen"], b["created"])
             torch.testing.assert_close(on.last_posterior, off.last_posterior, rtol=1e-9, atol=1e-12)
             for k, v in off.stack.items():

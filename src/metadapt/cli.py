@@ -209,7 +209,8 @@ def _bench_adaptation(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -249,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("sweep", help="run a grid of configs (resumable), then aggregate")
     sw.add_argument("sweep", help="sweep YAML (see configs/sweeps/)")
     sw.add_argument("--out", help="sweep directory (default runs/sweeps/NAME); rerun to resume")
-    sw.add_argument("--workers", type=_positive, default=None, help="local processes (default: the cores)")
-    sw.add_argument("--threads", type=_positive, default=None,
+    sw.add_argument("--workers", type=positive_int, default=None, help="local processes (default: the cores)")
+    sw.add_argument("--threads", type=positive_int, default=None,
                     help="torch threads per local run (default: the cores shared among the workers)")
     sw.add_argument("--backend", choices=["local", "ray"], default="local")
     sw.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start one locally)")
@@ -271,16 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="planner: planners vs the matrix-product peak; speed: planners, learners, control steps "
                         "and meta-training vs the bfloat16 floor; adaptation: K-step errors on held-out "
                         "tasks; sweep: the same sweep with 1 and 2 workers")
-    b.add_argument("--runs", type=_positive, default=8, help="sweep: equal runs in the sweep")
-    b.add_argument("--num-samples", type=_positive, default=1000)
-    b.add_argument("--horizon", type=_positive, default=10)
-    b.add_argument("--repeats", type=_positive, default=10)
+    b.add_argument("--runs", type=positive_int, default=8, help="sweep: equal runs in the sweep")
+    b.add_argument("--num-samples", type=positive_int, default=1000)
+    b.add_argument("--horizon", type=positive_int, default=10)
+    b.add_argument("--repeats", type=positive_int, default=10)
     b.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     b.add_argument("--case", nargs=4, action="append", metavar=("ENV_ID", "TASK", "MB_MODEL", "PRIOR"),
                    help="adaptation: one held-out task, an MB model.pt (or run dir) and a prior.pt (repeatable)")
-    b.add_argument("--steps", type=_positive, default=4000, help="adaptation: random-action steps collected")
-    b.add_argument("--windows", type=_positive, default=400, help="adaptation: windows scored")
-    b.add_argument("--episode-length", type=_positive, default=188,
+    b.add_argument("--steps", type=positive_int, default=4000, help="adaptation: random-action steps collected")
+    b.add_argument("--windows", type=positive_int, default=400, help="adaptation: windows scored")
+    b.add_argument("--episode-length", type=positive_int, default=188,
                    help="adaptation: random-action episode length (default: the shipped priors' rollout length)")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=cmd_bench)

@@ -311,7 +311,7 @@ class MOLeLearner:
             {k: v[cand] for k, v in self._slots.items()}
         stepped = self._stacked.sgd_step_(self._slots, inputs, err, scale, self._lr_stored,
                                           {work: self._new_lr_stored}, {work: nxt})
-        self._changed = [*stepped, cand]
+        self._changed = sorted({*stepped, cand})
         if created:
             order = [*torch.nonzero(keep[:c]).squeeze(1).tolist(), cand]
             self._slots = {k: torch.cat([v[order], nxt[k][None], self._prior_stored[k][None]])

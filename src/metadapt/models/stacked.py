@@ -144,6 +144,7 @@ class StackedMLP:
         """
         s = next(iter(stack.values())).shape[0]
         m = self.model
+        changed = sorted(set(changed))
         if cache is not None and 2 * len(changed) <= s and cache.slid(obs, act, next_obs, s, m):
             cache.hits += 1
             return self._forward_slid(stack, obs, act, next_obs, cache, changed)
