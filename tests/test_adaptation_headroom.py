@@ -65,3 +65,20 @@ def test_a_count_below_one_is_refused_by_name(capsys, option):
         headroom.main([*ARGS, "--prior", "builtin:halfcheetah_malfunction", option, "0"])
     assert exc.value.code == 2
     assert f"argument {option}: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_grbal_is_scored_with_the_priors_own_steps_beyond_max_inner_steps(capsys, tmp_path):
+    """A two-step prior with --max-inner-steps 1: grbal_reduction is its two-step error, not the prior's."""
+    import dataclasses
+
+    from metadapt.meta.prior import load_prior, save_prior
+
+    two = dataclasses.replace(load_prior("builtin:halfcheetah_malfunction"), inner_steps=2)
+    save_prior(two, tmp_path / "prior.pt")
+    args = [a if a != "2" else "1" for a in ARGS]  # --max-inner-steps 1
+    assert headroom.main([*args, "--prior", str(tmp_path / "prior.pt")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    base = float(next(line for line in out if line.startswith("prior, not adapted")).split()[-1])
+    two_steps = float(next(line for line in out if line.startswith("adapted, 2 inner")).split()[-2])
+    reduction = float(next(line for line in out if line.startswith("grbal_reduction=")).split("=")[1])
+    assert reduction > 0.3 and abs(reduction - (1 - two_steps / base)) < 1e-3
