@@ -5,7 +5,8 @@ its meta-trained step on M past steps. This script puts that step between two
 references on the same windows (uniform-random-action episodes of the held-out
 task, scored as the bench scores them):
 
-- more inner steps with the prior's own rates (1 to ``--max-inner-steps``);
+- more inner steps with the prior's own rates (1 to ``--max-inner-steps``, or to the prior's own
+  number of steps when that is larger: GrBAL's row);
 - an *oracle*: the prior refitted (``fit_dynamics``) on ``--oracle-steps`` fresh
   random-action transitions of the held-out task itself (a different seed), the
   error a model of that task reaches when data is not the limit. With
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=positive_int, default=4000, help="random-action steps scored")
     ap.add_argument("--episode-length", type=positive_int, default=188)
     ap.add_argument("--windows", type=positive_int, default=400)
-    ap.add_argument("--max-inner-steps", type=positive_int, default=5)
+    ap.add_argument("--max-inner-steps", type=positive_int, default=5,
+                    help="inner steps scored, 1 to this (at least the prior's own)")
     ap.add_argument("--oracle-steps", type=positive_int, default=20000,
                     help="random-action steps of --oracle-task the oracle is fitted on")
     ap.add_argument("--oracle-epochs", type=positive_int, default=80, help="passes over the oracle's data")

@@ -75,8 +75,7 @@ def test_grbal_is_scored_with_the_priors_own_steps_beyond_max_inner_steps(capsys
 
     two = dataclasses.replace(load_prior("builtin:halfcheetah_malfunction"), inner_steps=2)
     save_prior(two, tmp_path / "prior.pt")
-    args = [a if a != "2" else "1" for a in ARGS]  # --max-inner-steps 1
-    assert headroom.main([*args, "--prior", str(tmp_path / "prior.pt")]) == 0
+    assert headroom.main([*ARGS, "--max-inner-steps", "1", "--prior", str(tmp_path / "prior.pt")]) == 0
     out = capsys.readouterr().out.splitlines()
     base = float(next(line for line in out if line.startswith("prior, not adapted")).split()[-1])
     two_steps = float(next(line for line in out if line.startswith("adapted, 2 inner")).split()[-2])

@@ -421,3 +421,25 @@ def test_stacked_forward_on_a_sliding_window_reuses_the_unchanged_members(activa
     stale, _, _ = fused.forward(stack, obs[24:40], act[24:40], nxt[24:40], cache, [])
     fresh, _, _ = fused.forward(stack, obs[24:40], act[24:40], nxt[24:40])
     assert not torch.allclose(stale[1], fresh[1]) and torch.allclose(stale[0], fresh[0])
+
+
+def test_stacked_forward_reads_a_member_listed_twice_as_changed_once():
+    """``changed=[j, j]`` is ``[j]``: the cache is reused (a duplicate does not count twice against the
+    half-of-the-members limit) and the numbers are the same."""
+    from metadapt.models.stacked import StackedMLP, WindowCache
+
+    model = MLPDynamics(3, 2, [8, 8], "relu")
+    gen = torch.Generator().manual_seed(0)
+    stacked = StackedMLP(model)
+    stack = stacked.to_storage({k: torch.stack([model.init_params(gen)[k] for _ in range(4)])
+                                for k in model.init_params(gen)})
+    obs, act, nxt = torch.randn(9, 3, generator=gen), torch.randn(9, 2, generator=gen), torch.randn(9, 3, generator=gen)
+    results = []
+    for changed in ([1], [1, 1, 1]):
+        cache = WindowCache()
+        stacked.forward(stack, obs[:8], act[:8], nxt[:8], cache)
+        hits = cache.hits
+        loss, _, _ = stacked.forward(stack, obs[1:], act[1:], nxt[1:], cache, changed)
+        assert cache.hits == hits + 1
+        results.append(loss.clone())
+    torch.testing.assert_close(results[0], results[1])
