@@ -141,6 +141,9 @@ def test_speed_benchmark_runs_every_case_on_a_small_network():
     assert lines[-1].startswith("mole_step_over_bf16_floor=")
     for key in ("rs_f32_ms", "cem_bf16_ms", "mole_10_learner_ms", "mole_10_plain_learner_ms",
                 "mole_10_whole_learner_ms", "control_mole_10_ms", "control_mole_10_cem_ms",
+                "control_mole_10_cem_64x2_ms", "control_mole_10_cem_32x2_ms",
                 "prepack_cem_warm_unpacked_ms", "control_de_ms",
                 "meta_second_order_steps_per_s"):
         assert math.isfinite(out[key]) and out[key] > 0
+    assert any(line.startswith("control step mole x10, CEM 32x2") for line in lines)
+    assert any(line.startswith("mole_warm_cem_32x2_step_ms=") for line in lines)

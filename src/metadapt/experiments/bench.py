@@ -16,12 +16,17 @@ CHEETAH_OBS, CHEETAH_ACT = 18, 6
 # The warm-started CEM that matched random shooting N=1000 at a quarter of its model evaluations
 # (configs/sweeps/warm_planners.yaml).
 WARM_CEM_SAMPLES, WARM_CEM_ITERATIONS, WARM_CEM_ELITES = 125, 2, 12
+# Smaller warm-started CEMs (samples, iterations, elites) whose TS and MOLe returns still matched random
+# shooting N=1000's, at an eighth and a sixteenth of its model evaluations
+# (configs/sweeps/warm_planners_small.yaml, warm_planners_mole.yaml): the stretch goal's candidates.
+SMALL_WARM_CEMS = ((64, 2, 6), (32, 2, 4))
 
 
-def _warm_cem(low: torch.Tensor, high: torch.Tensor, horizon: int, seed: int) -> CEM:
-    """The warm-started CEM of ``WARM_CEM_*``."""
-    return CEM(low, high, horizon, WARM_CEM_SAMPLES, iterations=WARM_CEM_ITERATIONS, num_elites=WARM_CEM_ELITES,
-               seed=seed)
+def _warm_cem(low: torch.Tensor, high: torch.Tensor, horizon: int, seed: int,
+              config: tuple[int, int, int] = (WARM_CEM_SAMPLES, WARM_CEM_ITERATIONS, WARM_CEM_ELITES)) -> CEM:
+    """A warm-started CEM of ``config`` (samples, iterations, elites; default ``WARM_CEM_*``)."""
+    samples, iterations, elites = config
+    return CEM(low, high, horizon, samples, iterations=iterations, num_elites=elites, seed=seed)
 
 
 def _best_time(fn: Callable[[], object], repeats: int) -> float:
@@ -287,12 +292,17 @@ def bench_speed(
         "gs": agent(ContinualLearner(model, params, 0.01)),
         "mole_10": agent(mole(10)),
         "mole_10_cem": agent(mole(10), _warm_cem(low, high, horizon, seed)),
+        **{f"mole_10_cem_{c[0]}x{c[1]}": agent(mole(10), _warm_cem(low, high, horizon, seed, c))
+           for c in SMALL_WARM_CEMS},
     }
     ctrl_t = _interleaved(control, repeats)
-    cem_label = f"mole x10, CEM {WARM_CEM_SAMPLES}x{WARM_CEM_ITERATIONS}"
     for n, t in ctrl_t.items():
         out[f"control_{n}_ms"] = t * 1e3
-        label = cem_label if n == "mole_10_cem" else n.replace("_", " x")
+        if n.startswith("mole_10_cem"):
+            size = n.removeprefix("mole_10_cem_") if n != "mole_10_cem" else f"{WARM_CEM_SAMPLES}x{WARM_CEM_ITERATIONS}"
+            label = f"mole x10, CEM {size}"
+        else:
+            label = n.replace("_", " x")
         rows.append((f"control step {label}", t * 1e3,
                      f"{t * 1e3 / out['floor_bf16_ms']:.2f} x the bf16 floor; {t * 20:.2f} of a 50 ms period"))
 
@@ -329,5 +339,8 @@ def bench_speed(
     if 10 in components:
         print_fn(f"mole_10_learner_over_planner={out['mole_10_learner_over_planner']:.3f}")
     print_fn(f"mole_warm_cem_step_ms={out['control_mole_10_cem_ms']:.2f}")
+    for samples, iterations, _ in SMALL_WARM_CEMS:
+        size = f"{samples}x{iterations}"
+        print_fn(f"mole_warm_cem_{size}_step_ms={out[f'control_mole_10_cem_{size}_ms']:.2f}")
     print_fn(f"mole_step_over_bf16_floor={out['mole_step_over_bf16_floor']:.2f}")
     return out
