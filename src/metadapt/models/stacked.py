@@ -144,7 +144,7 @@ class StackedMLP:
         """
         s = next(iter(stack.values())).shape[0]
         m = self.model
-        changed = sorted(set(changed))
+        changed = sorted(set(changed))  # a member listed twice is still one member (and counts once below)
         if cache is not None and 2 * len(changed) <= s and cache.slid(obs, act, next_obs, s, m):
             cache.hits += 1
             return self._forward_slid(stack, obs, act, next_obs, cache, changed)
@@ -176,7 +176,7 @@ class StackedMLP:
 
     def _forward_slid(
         self, stack: Params, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor, cache: WindowCache,
-        changed: Collection[int],
+        changed: list[int],
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """``forward`` on a window (``K x O``, ``K x A``, ``K x O``) that moved by one transition: the
         newest row through every member not in ``changed`` (member indices), the whole window through
@@ -301,11 +301,12 @@ class StackedMLP:
         torch.add(g, step, out=g if out is None else out[ACTION_GAIN])
 
 
-def _runs(n: int, skip: Collection[int]) -> list[tuple[int, int]]:
-    """The maximal ``[start, stop)`` ranges of ``range(n)`` that contain no index in ``skip``."""
+def _runs(n: int, skip: list[int]) -> list[tuple[int, int]]:
+    """The maximal ``[start, stop)`` ranges of ``range(n)`` that contain no index in ``skip`` (sorted, distinct:
+    ``forward`` makes it so)."""
     runs, start = [], 0
-    for j in sorted(set(skip)):
+    for j in skip:
         if j > start:
             runs.append((start, j))
-        start = max(start, j + 1)
+        start = j + 1
     return [*runs, (start, n)] if start < n else runs
