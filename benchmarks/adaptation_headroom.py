@@ -24,8 +24,22 @@ changed finds small rates on that actuator's column.
         --prior runs/prior_hcd12
 
 ``--per-dim`` adds the three errors per observation dimension (which part of the
-state the step fixes and which it leaves). Last lines: ``grbal_reduction=<x>``
-and ``oracle_reduction=<x>`` (fractions of the prior's error removed).
+state the step fixes and which it leaves).
+
+``--families`` asks which *kind* of adaptation could close the gap. For each
+family of adaptable numbers (the action gains; a gain and a shift per input;
+the first layer's bias; every bias; a gain and a shift per hidden unit, FiLM;
+the last layer; everything) it fits only that family, from the prior, two ways:
+
+- on the oracle's data: the most that family can express of the task
+  (``family-task``), whatever the rule that sets it;
+- on each window's M past steps, from GrBAL's adapted parameters, with an L2
+  pull toward them (Adam, 40 steps; the best of three pulls on these very
+  windows, an optimistic reference): what a fit of that family adds to the
+  meta-trained step from the same 16 transitions (``family-shots``).
+
+Last lines: ``grbal_reduction=<x>`` and ``oracle_reduction=<x>`` (fractions of
+the prior's error removed).
 """
 
 from __future__ import annotations
@@ -37,6 +51,7 @@ from collections.abc import Callable
 import mujoco
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from metadapt.cli import positive_int
 from metadapt.envs import make_env
@@ -45,6 +60,7 @@ from metadapt.experiments.adaptation import Window, collect_random, sample_windo
 from metadapt.meta.fit import fit_dynamics
 from metadapt.meta.maml import InnerLR, adapt
 from metadapt.meta.prior import Prior, load_prior
+from metadapt.models.mlp import ACTION_GAIN
 from metadapt.types import Params, Transitions
 
 
@@ -77,6 +93,106 @@ def fine_tune(prior: Prior, trajs: list[np.ndarray], epochs: int, seed: int) -> 
     params, _, _ = fit_dynamics(prior.model, prior.params, train, empty, epochs=epochs, batch_size=512, lr=1e-3,
                                 patience=epochs, generator=torch.Generator().manual_seed(seed))
     return params
+
+
+FAMILY_PULLS = (0.01, 0.1, 1.0)
+
+
+def extras(prior: Prior) -> Params:
+    """The probes' extra numbers at their neutral values: a gain and a shift per input (``O + A``) and per
+    hidden unit of every layer (FiLM)."""
+    m = prior.model
+    d = m.obs_dim + m.act_dim
+    out = {"in_gain": torch.ones(d), "in_shift": torch.zeros(d)}
+    for i, h in enumerate(m.hidden):
+        out[f"film_gain.{i}"], out[f"film_shift.{i}"] = torch.ones(h), torch.zeros(h)
+    return out
+
+
+def probe_delta(prior: Prior, params: Params, extra: Params, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """``MLPDynamics.predict_normalized_delta`` with ``extras`` applied (``... x O``); at their neutral
+    values the same numbers."""
+    m = prior.model
+    x = m.normalizer.normalize_inputs(obs, act) * extra["in_gain"] + extra["in_shift"]
+    if m.action_gain:
+        x = m.gained_inputs(x, params[ACTION_GAIN])
+    last = len(m.hidden)
+    for i in range(last):
+        h = F.linear(x, params[f"layers.{i}.weight"], params[f"layers.{i}.bias"])
+        x = m.net.act(h * extra[f"film_gain.{i}"] + extra[f"film_shift.{i}"])
+    return F.linear(x, params[f"layers.{last}.weight"], params[f"layers.{last}.bias"])
+
+
+def families(prior: Prior) -> dict[str, list[str]]:
+    """Family name -> the prior's parameters and ``extras`` it adapts (the others stay fixed)."""
+    last = len(prior.model.hidden)
+    film = [f"film_{kind}.{i}" for kind in ("gain", "shift") for i in range(last)]
+    out = {"action gains": [ACTION_GAIN]} if prior.model.action_gain else {}
+    return out | {
+        "input gain + shift": ["in_gain", "in_shift"],
+        "first layer's bias": ["layers.0.bias"],
+        "every bias": [f"layers.{i}.bias" for i in range(last + 1)],
+        "hidden gain + shift (FiLM)": film,
+        "last layer": [f"layers.{last}.weight", f"layers.{last}.bias"],
+        "everything": list(prior.params),
+    }
+
+
+def _fit_family(prior: Prior, params: Params, keys: list[str], data: tuple[torch.Tensor, ...], steps: int,
+                lr: float, pull: float, batch: int | None, generator: torch.Generator) -> tuple[Params, Params]:
+    """Adam on ``keys`` only (of ``params`` and ``extras``) for ``steps`` steps on ``data``'s normalized-delta
+    MSE plus ``pull`` times the squared distance from the start; minibatches of ``batch`` rows if given."""
+    neutral = extras(prior)
+    start = {**params, **neutral}
+
+    def split(cur: Params) -> tuple[Params, Params]:
+        return {k: cur[k] for k in params}, {k: cur[k] for k in neutral}
+
+    free = {k: start[k].detach().clone().requires_grad_() for k in keys}
+    opt = torch.optim.Adam(list(free.values()), lr=lr)
+    obs, act, nxt = data
+    for _ in range(steps):
+        rows = slice(None) if batch is None else torch.randint(len(obs), (batch,), generator=generator)
+        pred = probe_delta(prior, *split({**start, **free}), obs[rows], act[rows])
+        loss = (pred - prior.model.target(obs[rows], nxt[rows])).pow(2).mean()
+        if pull:
+            loss = loss + pull * sum((free[k] - start[k]).pow(2).sum() for k in keys)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return split({**start, **{k: v.detach() for k, v in free.items()}})
+
+
+def family_errors(prior: Prior, windows: list[Window], trajs: list[np.ndarray], steps: int,
+                  seed: int) -> list[tuple[str, float, float]]:
+    """Per family: (name, error fitted on ``trajs``, best error fitted on each window's past from GrBAL)."""
+    data = torch.from_numpy(np.concatenate(trajs))
+    o, a = prior.model.obs_dim, prior.model.act_dim
+    task_data = (data[:, :o], data[:, o : o + a], data[:, o + a :])
+    gen = torch.Generator().manual_seed(seed)
+
+    def score(fitted: Callable[[Window], tuple[Params, Params]]) -> float:
+        errs = []
+        for w in windows:
+            p, e = fitted(w)
+            obs, act, nxt = w[1]
+            with torch.no_grad():
+                errs.append(float((probe_delta(prior, p, e, obs, act) - prior.model.target(obs, nxt)).pow(2).mean()))
+        return float(np.mean(errs))
+
+    def grbal(past: tuple[torch.Tensor, ...]) -> Params:
+        with torch.no_grad():
+            return adapt(prior.model, prior.params, *past, prior.inner_lr, prior.inner_steps, first_order=True)
+
+    out = []
+    for name, keys in families(prior).items():
+        lr = 1e-3 if name in ("last layer", "everything") else 3e-3
+        task_fit = _fit_family(prior, prior.params, keys, task_data, steps, lr, 0.0, 512, gen)
+        task_err = score(lambda w, f=task_fit: f)
+        shots = min(score(lambda w, k=keys, c=pull: _fit_family(prior, grbal(w[0]), k, w[0], 40, 1e-2, c, None, gen))
+                    for pull in FAMILY_PULLS)
+        out.append((name, task_err, shots))
+    return out
 
 
 def column_rates(prior: Prior, env_id: str, task: str) -> list[tuple[str, float]]:
@@ -112,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--oracle-epochs", type=positive_int, default=80, help="passes over the oracle's data")
     ap.add_argument("--oracle-task", default=None, help="the task the oracle's data come from (default: --task)")
     ap.add_argument("--per-dim", action="store_true", help="also the error per observation dimension")
+    ap.add_argument("--families", action="store_true",
+                    help="also fit each family of adaptable numbers alone (oracle's data; each window's past)")
+    ap.add_argument("--family-steps", type=positive_int, default=1500,
+                    help="Adam steps (batches of 512) of each family's fit on the oracle's data")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     try:
@@ -144,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         print("per observation dimension: " + "  ".join(f"{k:>8}" for k in table))
         for i in range(prior.model.obs_dim):
             print(f"obs[{i}]".ljust(26) + "  ".join(f"{v[i]:>8.4f}" for v in table.values()))
+    if args.families:
+        print(f"{'family alone':<30}{'fit on task':>12}{'':>8}{'GrBAL + 16-shot fit':>21}")
+        for name, task_err, shots in family_errors(prior, windows, train, args.family_steps, args.seed):
+            print(f"{name:<30}{task_err:>12.4f}{1 - task_err / base:>8.1%}{shots:>13.4f}{1 - shots / base:>8.1%}")
     for name, rate in column_rates(prior, args.env, args.task):
         print(f"learned rate, first layer, {name:<20}{rate:>10.4f}")
     print(f"grbal_reduction={1 - grbal / base:.3f}")

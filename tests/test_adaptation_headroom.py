@@ -6,6 +6,9 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
+
+from metadapt.meta.prior import load_prior
 
 _spec = importlib.util.spec_from_file_location(
     "adaptation_headroom", Path(__file__).resolve().parents[1] / "benchmarks" / "adaptation_headroom.py")
@@ -81,3 +84,38 @@ def test_grbal_is_scored_with_the_priors_own_steps_beyond_max_inner_steps(capsys
     two_steps = float(next(line for line in out if line.startswith("adapted, 2 inner")).split()[-2])
     reduction = float(next(line for line in out if line.startswith("grbal_reduction=")).split("=")[1])
     assert reduction > 0.3 and abs(reduction - (1 - two_steps / base)) < 1e-3
+
+
+
+def test_the_probes_neutral_extras_predict_as_the_model_does():
+    """The family probes' forward with every extra at its neutral value is the model's own prediction."""
+    prior = load_prior("builtin:halfcheetah_malfunction")
+    gen = torch.Generator().manual_seed(0)
+    obs, act = torch.randn(5, 18, generator=gen), torch.rand(5, 6, generator=gen) * 2 - 1
+    torch.testing.assert_close(headroom.probe_delta(prior, prior.params, headroom.extras(prior), obs, act),
+                               prior.model.predict_normalized_delta(prior.params, obs, act))
+
+
+def test_a_family_fit_moves_that_family_only():
+    prior = load_prior("builtin:halfcheetah_malfunction")
+    gen = torch.Generator().manual_seed(0)
+    obs = torch.randn(40, 18, generator=gen)
+    data = (obs, torch.rand(40, 6, generator=gen) * 2 - 1, obs + 0.1 * torch.randn(40, 18, generator=gen))
+    for keys in (["layers.0.bias"], ["film_gain.1", "film_shift.1"]):
+        params, extra = headroom._fit_family(prior, prior.params, keys, data, 3, 1e-2, 0.1, None, gen)
+        moved = {k for k, v in {**params, **extra}.items()
+                 if not torch.equal(v, {**prior.params, **headroom.extras(prior)}[k])}
+        assert moved == set(keys)
+
+
+def test_families_print_one_row_each(capsys):
+    """--families: a row per family (the shipped prior has no action gains); fitting everything on the task's
+    data removes part of the prior's error."""
+    assert headroom.main([*ARGS, "--windows", "3", "--prior", "builtin:halfcheetah_malfunction", "--families",
+                          "--family-steps", "30"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(out) if line.startswith("family alone"))
+    rows = {line[:30].strip(): [float(v.rstrip("%")) for v in line[30:].split()] for line in out[start + 1 : start + 7]}
+    assert list(rows) == ["input gain + shift", "first layer's bias", "every bias", "hidden gain + shift (FiLM)",
+                          "last layer", "everything"]
+    assert all(len(v) == 4 for v in rows.values()) and rows["everything"][1] > 0
