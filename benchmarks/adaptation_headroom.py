@@ -83,12 +83,17 @@ def dim_errors(
     return np.mean(out, 0)
 
 
-def fine_tune(prior: Prior, trajs: list[np.ndarray], epochs: int, seed: int) -> Params:
-    """The prior refitted (``fit_dynamics``: Adam 1e-3, batches of 512, no validation) on ``trajs``' transitions."""
+def transitions(prior: Prior, trajs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``T x (O + A + O)`` trajectories -> all their ``N x O`` obs, ``N x A`` actions, ``N x O`` next obs."""
     data = torch.from_numpy(np.concatenate(trajs))
     o = prior.model.obs_dim
-    obs, act, nxt = data[:, :o], data[:, o : data.shape[1] - o], data[:, data.shape[1] - o :]
-    train = Transitions(obs, act, nxt, torch.zeros(len(data)))
+    return data[:, :o], data[:, o : data.shape[1] - o], data[:, data.shape[1] - o :]
+
+
+def fine_tune(prior: Prior, trajs: list[np.ndarray], epochs: int, seed: int) -> Params:
+    """The prior refitted (``fit_dynamics``: Adam 1e-3, batches of 512, no validation) on ``trajs``' transitions."""
+    obs, act, nxt = transitions(prior, trajs)
+    train = Transitions(obs, act, nxt, torch.zeros(len(obs)))
     empty = Transitions(obs[:0], act[:0], nxt[:0], torch.zeros(0))
     params, _, _ = fit_dynamics(prior.model, prior.params, train, empty, epochs=epochs, batch_size=512, lr=1e-3,
                                 patience=epochs, generator=torch.Generator().manual_seed(seed))
@@ -166,30 +171,28 @@ def _fit_family(prior: Prior, params: Params, keys: list[str], data: tuple[torch
 def family_errors(prior: Prior, windows: list[Window], trajs: list[np.ndarray], steps: int,
                   seed: int) -> list[tuple[str, float, float]]:
     """Per family: (name, error fitted on ``trajs``, best error fitted on each window's past from GrBAL)."""
-    data = torch.from_numpy(np.concatenate(trajs))
-    o, a = prior.model.obs_dim, prior.model.act_dim
-    task_data = (data[:, :o], data[:, o : o + a], data[:, o + a :])
+    task_data = transitions(prior, trajs)
     gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # GrBAL's parameters per window, the start of every 16-shot fit
+        adapted = [adapt(prior.model, prior.params, *past, prior.inner_lr, prior.inner_steps, first_order=True)
+                   for past, _ in windows]
 
-    def score(fitted: Callable[[Window], tuple[Params, Params]]) -> float:
+    def score(fitted: Callable[[int], tuple[Params, Params]]) -> float:
+        """Mean K-step error of ``fitted(i)`` (parameters and extras) on window ``i``'s future."""
         errs = []
-        for w in windows:
-            p, e = fitted(w)
-            obs, act, nxt = w[1]
+        for i, (_, (obs, act, nxt)) in enumerate(windows):
+            p, e = fitted(i)
             with torch.no_grad():
                 errs.append(float((probe_delta(prior, p, e, obs, act) - prior.model.target(obs, nxt)).pow(2).mean()))
         return float(np.mean(errs))
-
-    def grbal(past: tuple[torch.Tensor, ...]) -> Params:
-        with torch.no_grad():
-            return adapt(prior.model, prior.params, *past, prior.inner_lr, prior.inner_steps, first_order=True)
 
     out = []
     for name, keys in families(prior).items():
         lr = 1e-3 if name in ("last layer", "everything") else 3e-3
         task_fit = _fit_family(prior, prior.params, keys, task_data, steps, lr, 0.0, 512, gen)
-        task_err = score(lambda w, f=task_fit: f)
-        shots = min(score(lambda w, k=keys, c=pull: _fit_family(prior, grbal(w[0]), k, w[0], 40, 1e-2, c, None, gen))
+        task_err = score(lambda i, f=task_fit: f)
+        shots = min(score(lambda i, k=keys, c=pull: _fit_family(prior, adapted[i], k, windows[i][0], 40, 1e-2, c,
+                                                                 None, gen))
                     for pull in FAMILY_PULLS)
         out.append((name, task_err, shots))
     return out

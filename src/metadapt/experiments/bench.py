@@ -16,6 +16,7 @@ CHEETAH_OBS, CHEETAH_ACT = 18, 6
 # The warm-started CEM that matched random shooting N=1000 at a quarter of its model evaluations
 # (configs/sweeps/warm_planners.yaml).
 WARM_CEM_SAMPLES, WARM_CEM_ITERATIONS, WARM_CEM_ELITES = 125, 2, 12
+WARM_CEM = (WARM_CEM_SAMPLES, WARM_CEM_ITERATIONS, WARM_CEM_ELITES)
 # Smaller warm-started CEMs (samples, iterations, elites) whose TS and MOLe returns still beat random
 # shooting N=1000's, at an eighth, a sixteenth and a 31st of its model evaluations
 # (configs/sweeps/warm_planners_small.yaml, warm_planners_mole.yaml): the stretch goal's candidates.
@@ -23,8 +24,8 @@ SMALL_WARM_CEMS = ((64, 2, 6), (32, 2, 4), (32, 1, 4))
 
 
 def _warm_cem(low: torch.Tensor, high: torch.Tensor, horizon: int, seed: int,
-              config: tuple[int, int, int] = (WARM_CEM_SAMPLES, WARM_CEM_ITERATIONS, WARM_CEM_ELITES)) -> CEM:
-    """A warm-started CEM of ``config`` (samples, iterations, elites; default ``WARM_CEM_*``)."""
+              config: tuple[int, int, int] = WARM_CEM) -> CEM:
+    """A warm-started CEM of ``config`` (samples, iterations, elites; default ``WARM_CEM``)."""
     samples, iterations, elites = config
     return CEM(low, high, horizon, samples, iterations=iterations, num_elites=elites, seed=seed)
 
@@ -293,7 +294,7 @@ def bench_speed(
         "mole_10": agent(mole(10)),
     }
     # The quarter-of-the-evaluations CEM keeps its old key (mole_10_cem); the smaller ones are named by size.
-    cems = {"mole_10_cem": (WARM_CEM_SAMPLES, WARM_CEM_ITERATIONS, WARM_CEM_ELITES),
+    cems = {"mole_10_cem": WARM_CEM,
             **{f"mole_10_cem_{c[0]}x{c[1]}": c for c in SMALL_WARM_CEMS}}
     control.update({n: agent(mole(10), _warm_cem(low, high, horizon, seed, c)) for n, c in cems.items()})
     labels = {n: f"mole x10, CEM {c[0]}x{c[1]}" for n, c in cems.items()}
