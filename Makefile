@@ -22,11 +22,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/metadapt demo
 
+# The import layers (pyproject.toml's [tool.importlinter]) first: a broken contract stops here, before pytest.
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: $(STAMP)
 	$(VENV)/bin/metadapt bench planner

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from metadapt.cli import positive_int
-from metadapt.envs import make_env
+from metadapt.envs import make_env, observation_version
 from metadapt.errors import MetadaptError
 from metadapt.experiments.adaptation import Window, collect_random, sample_windows, window_error
 from metadapt.meta.fit import fit_dynamics
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     try:
-        prior = load_prior(args.prior, env_id=args.env)
+        prior = load_prior(args.prior, env_id=args.env, obs_version=observation_version(args.env))
         test = collect_random(args.env, args.task, args.steps, args.episode_length, args.seed)
         windows = sample_windows(test, prior.model.obs_dim, prior.past, prior.future, args.windows, args.seed + 1)
         oracle_task = args.task if args.oracle_task is None else args.oracle_task

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "mb_halfcheetah.yaml"
 PLANNERS = {
     "rs": [],
-    "cem": ["planner.num_samples=500", "planner.iterations=5", "planner.num_elites=50"],
-    "mppi": ["planner.num_samples=500", "planner.iterations=5"],
+    "cem": ["planner.num_samples=500", "planner.cem.iterations=5", "planner.cem.num_elites=50"],
+    "mppi": ["planner.num_samples=500", "planner.mppi.iterations=5"],
 }
 
 

@@ -43,7 +43,7 @@ from metadapt.adapt.mole import MOLeLearner
 from metadapt.adapt.static import StaticLearner
 from metadapt.adapt.ts import KShotLearner
 from metadapt.envs import make_env, observation_version
-from metadapt.experiments.build import continual_lr
+from metadapt.experiments.components import continual_lr
 from metadapt.meta.checkpoint import load_model
 from metadapt.meta.prior import load_prior
 from metadapt.models.mlp import MLPDynamics
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
 
     env_id, builtin, schedule = ENVS[args.env]
-    prior = load_prior(args.prior or builtin, env_id=env_id)
+    prior = load_prior(args.prior or builtin, env_id=env_id, obs_version=observation_version(env_id))
     mb_path = Path(args.mb) / "model.pt" if args.mb and Path(args.mb).is_dir() else args.mb
     mb = load_model(mb_path, env_id, observation_version(env_id)) if mb_path else (prior.model, prior.params)
     mb_model, mb_params = mb

@@ -37,9 +37,10 @@ def test_errors_match_a_direct_computation(tmp_path):
     w = torch.from_numpy(traj[s : s + 8])
     obs, act, nxt = w[:, :18], w[:, 18:24], w[:, 24:]
     adapted = adapt(prior.model, prior.params, obs[:4], act[:4], nxt[:4], 0.05)
-    expected = float(prior.model.loss(adapted, obs[4:], act[4:], nxt[4:]))
+    expected = float(prior.model.transition_loss(adapted, obs[4:], act[4:], nxt[4:]))
     assert res.grbal == pytest.approx(expected, rel=1e-5)
-    assert res.prior == pytest.approx(float(prior.model.loss(prior.params, obs[4:], act[4:], nxt[4:])), rel=1e-5)
+    before = float(prior.model.transition_loss(prior.params, obs[4:], act[4:], nxt[4:]))
+    assert res.prior == pytest.approx(before, rel=1e-5)
 
 
 def test_table_ends_with_the_worst_reduction():
@@ -54,3 +55,15 @@ def test_cli_refuses_models_of_another_environment(tmp_path):
          str(tmp_path / "model.pt"), str(tmp_path / "prior.pt")], capture_output=True, text=True,
     )
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "28/8" in proc.stderr
+
+
+def test_cli_scores_a_case_end_to_end(tmp_path):
+    """The whole command: both files load (the prior against the env's observation version) and a table prints."""
+    _models(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "metadapt.cli", "bench", "adaptation", "--case", ENV, "joint_0",
+         str(tmp_path / "model.pt"), str(tmp_path / "prior.pt"), "--steps", "60", "--episode-length", "60",
+         "--windows", "2"], capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].startswith("min_adaptation_error_reduction=")

@@ -12,7 +12,6 @@ import torch
 
 from metadapt.adapt.ts import KShotLearner
 from metadapt.data.buffer import ReplayBuffer
-from metadapt.data.normalizer import Normalizer
 from metadapt.envs import observation_version
 from metadapt.errors import CheckpointError
 from metadapt.meta.checkpoint import load_model, save_model
@@ -27,6 +26,7 @@ from metadapt.meta.maml import (
 from metadapt.meta.prior import Prior, load_prior, save_prior
 from metadapt.meta.rebal import load_recurrent, recurrent_state
 from metadapt.models.mlp import MLPDynamics
+from metadapt.models.normalizer import Normalizer
 from metadapt.models.recurrent import RecurrentDynamics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,11 +56,11 @@ def _reference_meta_grad(model, params, past, fut, lr, steps, first_order):
     for b in range(past[0].shape[0]):
         fast = dict(params)
         for _ in range(steps):
-            loss = model.loss(fast, past[0][b], past[1][b], past[2][b])
+            loss = model.transition_loss(fast, past[0][b], past[1][b], past[2][b])
             grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
             step = {k: (lr[k] if isinstance(lr, dict) else lr) * g for k, g in zip(fast, grads, strict=True)}
             fast = {k: v - step[k] for k, v in fast.items()}
-        total = total + model.loss(fast, fut[0][b], fut[1][b], fut[2][b])
+        total = total + model.transition_loss(fast, fut[0][b], fut[1][b], fut[2][b])
     wrt = list(params.values()) + (list(lr.values()) if isinstance(lr, dict) else [])
     return torch.autograd.grad(total / past[0].shape[0], wrt)
 
@@ -84,9 +84,10 @@ def test_first_order_meta_gradient_is_the_gradient_at_the_adapted_parameters():
     # Definition: (1/B) sum_b grad_{theta'} L_future(theta'_b), theta'_b = theta - lr grad L_past(theta).
     expected = [torch.zeros_like(p) for p in params.values()]
     for b in range(4):
-        g = torch.autograd.grad(model.loss(params, past[0][b], past[1][b], past[2][b]), list(params.values()))
+        inner = model.transition_loss(params, past[0][b], past[1][b], past[2][b])
+        g = torch.autograd.grad(inner, list(params.values()))
         fast = {k: (v - 0.1 * gi).detach().requires_grad_(True) for (k, v), gi in zip(params.items(), g, strict=True)}
-        gf = torch.autograd.grad(model.loss(fast, fut[0][b], fut[1][b], fut[2][b]), list(fast.values()))
+        gf = torch.autograd.grad(model.transition_loss(fast, fut[0][b], fut[1][b], fut[2][b]), list(fast.values()))
         expected = [e + x / 4 for e, x in zip(expected, gf, strict=True)]
     for a, b in zip(ours, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
@@ -240,7 +241,8 @@ def test_prior_round_trip_and_one_call_adaptation(tmp_path):
     nxt = obs + 0.5 * act.sum(-1, keepdim=True)
     loaded.inner_lr = 0.1
     adapted = loaded.adapt(obs, act, nxt)
-    assert float(loaded.model.loss(adapted, obs, act, nxt)) < float(loaded.model.loss(loaded.params, obs, act, nxt))
+    loss = loaded.model.transition_loss
+    assert float(loss(adapted, obs, act, nxt)) < float(loss(loaded.params, obs, act, nxt))
     learner = KShotLearner(loaded.model, loaded.params, 0.1)
     info = learner.observe(torch.cat([obs, act], -1), nxt)
     assert info.metrics["window_loss_adapted"] < info.metrics["window_loss_prior"]
@@ -286,12 +288,12 @@ def test_a_prior_from_an_older_observation_layout_of_its_environment_is_refused(
     for version in (old, now):
         save_prior(Prior(model, params, 0.01, 1, 4, 4, crawler, version), tmp_path / f"v{version}.pt")
     with pytest.raises(CheckpointError, match=f"{stale}: retrain"):
-        load_prior(tmp_path / f"v{old}.pt", 38, 12, crawler)
-    assert load_prior(tmp_path / f"v{now}.pt", 38, 12, crawler).obs_version == now
+        load_prior(tmp_path / f"v{old}.pt", 38, 12, crawler, now)
+    assert load_prior(tmp_path / f"v{now}.pt", 38, 12, crawler, now).obs_version == now
     assert load_prior(tmp_path / f"v{old}.pt", 38, 12).obs_version == old  # no environment named: dimensions only
     # a prior of another environment with the same sizes is the user's call, as before
     save_prior(Prior(model, params, 0.01, 1, 4, 4, "my/Robot-v0"), tmp_path / "other.pt")
-    assert load_prior(tmp_path / "other.pt", 38, 12, crawler).env_id == "my/Robot-v0"
+    assert load_prior(tmp_path / "other.pt", 38, 12, crawler, now).env_id == "my/Robot-v0"
     # plain (MB, DE) and ReBAL models carry the same record
     save_model(model, params, tmp_path / "model.pt", crawler, old)
     with pytest.raises(CheckpointError, match=stale):
@@ -339,7 +341,8 @@ def test_shipped_cheetah_prior_loads_and_adapts():
     traj = torch.from_numpy(collect_random("metadapt/HalfCheetahMalfunction-v0", "sign_negative", 60, 60, 0)[0])
     obs, act, nxt = traj[:16, :18], traj[:16, 18:24], traj[:16, 24:]
     adapted = prior.adapt(obs, act, nxt)
-    assert float(prior.model.loss(adapted, obs, act, nxt)) < float(prior.model.loss(prior.params, obs, act, nxt))
+    loss = prior.model.transition_loss
+    assert float(loss(adapted, obs, act, nxt)) < float(loss(prior.params, obs, act, nxt))
 
 
 def test_action_gains_share_one_learned_rate_whose_gradient_is_the_sum_over_the_gains():
@@ -388,7 +391,7 @@ def test_prior_weight_adds_the_unadapted_priors_error_to_the_outer_loss():
     maml = MetaSettings(inner_lr=0.05, inner_steps=2)
     weighted = MetaSettings(inner_lr=0.05, inner_steps=2, prior_weight=0.25)
     post = adapted_loss(model, params, past, fut, 0.05, 2)
-    pre = model.loss(params, *(t.flatten(0, 1) for t in fut))  # every window has K rows: the mean of means
+    pre = model.transition_loss(params, *(t.flatten(0, 1) for t in fut))  # every window has K rows: the mean of means
     torch.testing.assert_close(meta_loss(model, params, past, fut, 0.05, maml), post, rtol=1e-12, atol=0)
     torch.testing.assert_close(meta_loss(model, params, past, fut, 0.05, weighted), post + 0.25 * pre,
                                rtol=1e-12, atol=1e-15)

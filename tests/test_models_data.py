@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.func import functional_call, vmap
 
-from metadapt.data import Normalizer, ReplayBuffer
+from metadapt.data import ReplayBuffer
 from metadapt.meta.fit import fit_dynamics
-from metadapt.models import MLPDynamics, make_objective, rollout_returns
+from metadapt.models import MLPDynamics, Normalizer, make_objective, rollout_returns
 from metadapt.models.mlp import FoldedMLP, fused_linear_available
 from metadapt.types import Transitions
 
@@ -171,7 +171,7 @@ def test_fit_learns_a_linear_system_with_early_stopping():
     train = Transitions(obs[:1600], act[:1600], nxt[:1600], torch.zeros(1600))
     val = Transitions(obs[1600:], act[1600:], nxt[1600:], torch.zeros(400))
     p, state, res = fit_dynamics(m, p0, train, val, epochs=60, batch_size=64, lr=3e-3, patience=3, generator=g)
-    assert res.val_loss < 0.01 * float(m.loss(p0, val.obs, val.act, val.next_obs))
+    assert res.val_loss < 0.01 * float(m.transition_loss(p0, val.obs, val.act, val.next_obs))
     assert 1 <= res.best_epoch <= res.epochs <= 60
     assert "state" in state
     assert not any(v.requires_grad for v in p.values())
@@ -212,10 +212,10 @@ def test_stacked_mlp_step_equals_vmap_grad(activation, scale, meta_sgd):
     act = torch.randn(16, 2, generator=gen)
     lr = {k: torch.rand(v.shape[1:], generator=gen) for k, v in stack.items()} if meta_sgd else 0.3
     s = torch.tensor(scale, dtype=torch.float64)
-    grads = vmap(grad(m.loss), in_dims=(0, None, None, None))(stack, obs, act, nxt)
+    grads = vmap(grad(m.transition_loss), in_dims=(0, None, None, None))(stack, obs, act, nxt)
     ref = {k: v - (lr[k] if meta_sgd else lr) * s.float().view(-1, *[1] * (v.dim() - 1)) * grads[k]
            for k, v in stack.items()}
-    loss_ref = vmap(m.loss, in_dims=(0, None, None, None))(stack, obs, act, nxt)
+    loss_ref = vmap(m.transition_loss, in_dims=(0, None, None, None))(stack, obs, act, nxt)
     fused = StackedMLP(m)
     work = fused.to_storage(stack)
     assert all(v.is_contiguous() for v in work.values())
@@ -309,8 +309,8 @@ def test_a_dimension_constant_in_the_data_is_neither_read_nor_predicted():
     folded = FoldedMLP(model, params, fused=False)
     step = folded.step(new_command, folded.project_actions(act[:, None, :])[0])
     torch.testing.assert_close(step, pred, rtol=1e-5, atol=1e-5)
-    loss = float(model.loss(params, obs, act, switched))
-    assert loss == pytest.approx(float(model.loss(params, obs, act, nxt)))
+    loss = float(model.transition_loss(params, obs, act, switched))
+    assert loss == pytest.approx(float(model.transition_loss(params, obs, act, nxt)))
 
 
 def _gain_model() -> tuple[MLPDynamics, dict, MLPDynamics, dict]:
@@ -361,7 +361,7 @@ def test_stacked_step_with_action_gains_equals_vmap_grad():
     g = torch.Generator().manual_seed(5)
     stack = {k: torch.stack([v, v * 0.9 + 0.01]) for k, v in q.items()}
     obs, act, nxt = torch.randn(16, 3, generator=g), torch.rand(16, 2, generator=g), torch.randn(16, 3, generator=g)
-    grads = vmap(torch.func.grad(gained.loss), in_dims=(0, None, None, None))(stack, obs, act, nxt)
+    grads = vmap(torch.func.grad(gained.transition_loss), in_dims=(0, None, None, None))(stack, obs, act, nxt)
     scale, lr = torch.tensor([1.0, 0.4]), 0.3
     want = {k: v - lr * scale.view(-1, *[1] * (v.dim() - 1)) * grads[k] for k, v in stack.items()}
     st = StackedMLP(gained)

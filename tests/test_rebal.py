@@ -7,8 +7,8 @@ import torch
 
 from metadapt.adapt.rebal import RecurrentLearner
 from metadapt.data.buffer import ReplayBuffer
-from metadapt.data.normalizer import Normalizer
 from metadapt.meta.rebal import fit_recurrent
+from metadapt.models.normalizer import Normalizer
 from metadapt.models.recurrent import RecurrentDynamics
 
 

@@ -10,7 +10,8 @@ import torch
 
 from metadapt.adapt.continual import ContinualLearner
 from metadapt.adapt.static import StaticLearner
-from metadapt.experiments.build import continual_lr
+from metadapt.envs import observation_version
+from metadapt.experiments.components import continual_lr
 from metadapt.meta.prior import load_prior
 
 _spec = importlib.util.spec_from_file_location(
@@ -41,7 +42,8 @@ def test_gs_stays_accurate_across_a_crawler_command_switch():
     # Regression: the command weights never change inside a training episode, so at a mid-trial switch
     # their normalized delta was 1e6; GS's step on that window left a model whose error reached 5e10 and
     # then inf (crawler sweep, step 500).
-    prior = load_prior("builtin:crawler", env_id=stability.ENVS["crawler"][0])
+    crawler = stability.ENVS["crawler"][0]
+    prior = load_prior("builtin:crawler", env_id=crawler, obs_version=observation_version(crawler))
     schedule = {"type": "sequence", "entries": [[0, "normal"], [30, "turn_left"]]}
     stream, episodes = stability.collect_stream(60, 100, seed=0, env_id=stability.ENVS["crawler"][0],
                                                 schedule=schedule)

@@ -34,7 +34,7 @@ def _reporter(quiet: bool):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from metadapt.experiments import runner
+    from metadapt.experiments import jobs, runner
     from metadapt.experiments.config import load_config
 
     with _reporter(args.quiet) as rep:
@@ -42,7 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             run_dir = Path(args.resume)
             if args.config or args.overrides:
                 raise MetadaptError("--resume takes the run directory only (its config.yaml is reused)")
-            runner.resume_train(run_dir, rep)
+            jobs.resume(run_dir, rep)
         else:
             if not args.config:
                 raise MetadaptError("train needs a CONFIG file (or --resume RUN_DIR)")
@@ -50,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             run_dir = Path(args.out) if args.out else runner.unique_dir(Path("runs") / cfg["name"])
             if (run_dir / "checkpoints").exists():
                 raise MetadaptError(f"{run_dir} already holds a training run: use --resume {run_dir}")
-            runner.train(cfg, run_dir, rep)
+            jobs.train(cfg, run_dir, rep)
     print(f"model: {run_dir / 'model.pt'}")
     return 0
 
@@ -80,11 +80,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from metadapt.experiments import jobs
     from metadapt.experiments.report import write_report
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise MetadaptError(f"run directory not found: {run_dir}")
+    if (own := jobs.report(run_dir)) is not None:
+        print(f"report: {own}")
+        return 0
     if (run_dir / "results.csv").is_file():
         from metadapt.experiments.sweep import write_sweep_report
 
@@ -164,6 +168,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.which == "adaptation":
         return _bench_adaptation(args)
+    if args.which == "maml":
+        from metadapt.experiments.bench_maml import bench_maml
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        bench_maml(repeats=args.repeats)
+        return 0
     if args.which == "sweep":
         from metadapt.experiments.bench_sweep import bench_sweep
 
@@ -201,7 +212,7 @@ def _bench_adaptation(args: argparse.Namespace) -> int:
         if (mb[0].obs_dim, mb[0].act_dim) != (obs_dim, act_dim):
             raise CheckpointError(f"{mb_file} is a model for obs/action sizes {mb[0].obs_dim}/{mb[0].act_dim}, "
                                   f"{env_id} has {obs_dim}/{act_dim}")
-        prior = load_prior(prior_path, obs_dim, act_dim, env_id)
+        prior = load_prior(prior_path, obs_dim, act_dim, env_id, observation_version(env_id))
         rows.append(adaptation_errors(env_id, task, mb, prior, steps=args.steps, windows=args.windows,
                                       episode_length=args.episode_length, seed=args.seed))
         print(format_table(rows[-1:]).splitlines()[1], flush=True)
@@ -224,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="metadapt", description="Model-based RL agents that keep adapting while they act.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    t = sub.add_parser("train", help="train a dynamics model (MB iterative training)")
+    t = sub.add_parser("train", help="train what a config describes: a dynamics model (MB), a meta-learned prior "
+                                     "(GrBAL, ReBAL), or few-shot supervised MAML (system: supervised)")
     t.add_argument("config", nargs="?", help="YAML config (see configs/)")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.iterations=3")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last completed iteration")
@@ -268,10 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_envs)
 
     b = sub.add_parser("bench", help="benchmarks that print ratios measured in one run")
-    b.add_argument("which", choices=["planner", "speed", "adaptation", "sweep"],
+    b.add_argument("which", choices=["planner", "speed", "adaptation", "sweep", "maml"],
                    help="planner: planners vs the matrix-product peak; speed: planners, learners, control steps "
                         "and meta-training vs the bfloat16 floor; adaptation: K-step errors on held-out "
-                        "tasks; sweep: the same sweep with 1 and 2 workers")
+                        "tasks; sweep: the same sweep with 1 and 2 workers; maml: a sinusoid meta-iteration against "
+                        "reference loops (plain PyTorch, higher)")
     b.add_argument("--runs", type=positive_int, default=8, help="sweep: equal runs in the sweep")
     b.add_argument("--num-samples", type=positive_int, default=1000)
     b.add_argument("--horizon", type=positive_int, default=10)
@@ -284,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--episode-length", type=positive_int, default=188,
                    help="adaptation: random-action episode length (default: the shipped priors' rollout length)")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--threads", type=positive_int, default=None, help="maml: torch threads (default: PyTorch's)")
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -8,7 +8,8 @@ mixture of K models is the same dict with a leading K dimension on every tensor.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 
@@ -38,3 +39,34 @@ class Transitions:
 
     def to(self, device: torch.device | str) -> Transitions:
         return Transitions(self.obs.to(device), self.act.to(device), self.next_obs.to(device), self.reward.to(device))
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """``B`` tasks of a meta-batch: what the inner loop adapts on and what the outer loss scores.
+
+    ``support`` and ``query`` are batches of the model's loss (a tensor or a
+    tuple of tensors) with a leading task dimension ``B``: for regression
+    ``(x, y)`` as ``B x K x 1``; for N-way K-shot episodes images ``B x NK x C x
+    H x W`` with labels ``B x NK``; for dynamics windows ``(obs, act, next_obs)``
+    as ``B x M x ...`` (support) and ``B x K x ...`` (query). ``info`` carries
+    what generated the tasks (amplitudes, classes, window starts) for reports;
+    no learner reads it.
+    """
+
+    support: Any
+    query: Any
+    info: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def num_tasks(self) -> int:
+        first = self.support[0] if isinstance(self.support, tuple | list) else self.support
+        return int(first.shape[0])
+
+
+class TaskSampler(Protocol):
+    """Draws meta-batches of tasks: trajectory windows, regression tasks, N-way K-shot episodes, rollouts."""
+
+    def sample(self, num_tasks: int, generator: torch.Generator, split: str = "train") -> TaskBatch:
+        """``num_tasks`` tasks of ``split`` (``"train"``, ``"val"`` or ``"test"``) drawn with ``generator``."""
+        ...

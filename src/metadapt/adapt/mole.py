@@ -130,8 +130,8 @@ class MOLeLearner:
         new_lr = lr if new_lr is None else new_lr
         self.new_lr = {k: v.detach() for k, v in new_lr.items()} if isinstance(new_lr, dict) else new_lr
         # One batched pass gives every component's window loss (hence its log-likelihood) and gradient.
-        self._grad_and_loss = vmap(grad_and_value(model.loss), in_dims=(0, None, None, None))
-        self._grad = grad(model.loss)
+        self._grad_and_loss = vmap(grad_and_value(model.transition_loss), in_dims=(0, None, None, None))
+        self._grad = grad(model.transition_loss)
         supported = model.activation in FUSED_ACTIVATIONS
         if fused and not supported:
             raise ValueError(f"fused MOLe needs one of the activations {FUSED_ACTIVATIONS}, not {model.activation}")
@@ -329,7 +329,7 @@ class MOLeLearner:
         created = False
         if self._prev is not None and self.alpha > 0:
             new = adapt(self.model, self.prior, *self._prev, self.new_lr, 1, first_order=True)
-            ll_new = self._log_lik(self.model.loss(new, obs, act, y), n)
+            ll_new = self._log_lik(self.model.transition_loss(new, obs, act, y), n)
             created = self._creates(ll, log_prior, ll_new)
             if created:
                 if self.max_components is not None and self.num_components >= self.max_components:

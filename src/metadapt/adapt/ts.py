@@ -43,7 +43,7 @@ class KShotLearner:
                 self.model, self.prior, obs, act, y, self.inner_lr, self.steps, first_order=True
             )
             before = float(before_t)
-            after = float(self.model.loss(self._params, obs, act, y))
+            after = float(self.model.transition_loss(self._params, obs, act, y))
         return StepInfo({"window_loss_prior": before, "window_loss_adapted": after})
 
     def params(self) -> Params:

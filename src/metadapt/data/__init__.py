@@ -1,6 +1,5 @@
-"""Raw transition storage, window sampling and normalization statistics."""
+"""Raw transition storage and window sampling."""
 
 from metadapt.data.buffer import ReplayBuffer, Windows
-from metadapt.data.normalizer import Normalizer
 
-__all__ = ["Normalizer", "ReplayBuffer", "Windows"]
+__all__ = ["ReplayBuffer", "Windows"]

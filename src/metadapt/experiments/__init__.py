@@ -1,1 +1,1 @@
-"""Entry-point jobs: configs, trials, training runs, reports, benchmarks."""
+"""Entry-point jobs: configs, trials, training runs (the collect-and-fit loops), reports, benchmarks, sweeps."""

@@ -10,20 +10,19 @@ import numpy as np
 import torch
 
 from metadapt.adapt.base import OnlineLearner
-from metadapt.adapt.continual import ContinualLearner
-from metadapt.adapt.mole import MOLeLearner
-from metadapt.adapt.static import StaticLearner
-from metadapt.adapt.ts import KShotLearner
 from metadapt.envs import env_obs_version, get_reward_fn, make_env
 from metadapt.errors import ConfigError, MetadaptError
+from metadapt.experiments import components
+from metadapt.experiments.components import LEARNERS, PLANNERS, BuildContext
+from metadapt.experiments.iterate import IterationSettings
+from metadapt.experiments.rebal_training import RecurrentSettings
 from metadapt.meta.checkpoint import load_model
-from metadapt.meta.iterate import IterationSettings
 from metadapt.meta.maml import MetaSettings
 from metadapt.meta.prior import Prior, load_prior
-from metadapt.meta.rebal import RecurrentSettings, load_recurrent
+from metadapt.meta.rebal import load_recurrent
 from metadapt.models.mlp import MLPDynamics
 from metadapt.models.recurrent import RecurrentDynamics
-from metadapt.planning import CEM, MPPI, Planner, RandomShooting
+from metadapt.planning import Planner
 from metadapt.types import Params, RewardFn
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -67,23 +66,24 @@ def load_trained(cfg: dict[str, Any], env: gym.Env) -> tuple[MLPDynamics, Params
     return model, params
 
 
-def build_planner(cfg: dict[str, Any], env: gym.Env, seed: int) -> Planner:
-    p = cfg["planner"]
+def action_bounds(env: gym.Env) -> tuple[torch.Tensor, torch.Tensor]:
     space = env.action_space
     assert isinstance(space, gym.spaces.Box)
-    low, high = torch.as_tensor(space.low.ravel()), torch.as_tensor(space.high.ravel())
-    common: dict[str, Any] = dict(horizon=p["horizon"], num_samples=p["num_samples"], seed=seed,
-                                  device=cfg["device"])
-    if p["type"] == "rs":
-        return RandomShooting(low, high, **common)
-    if p["type"] == "cem":
-        return CEM(low, high, iterations=p["iterations"], num_elites=p["num_elites"],
-                   momentum=p["momentum"], init_std_fraction=p["init_std"], **common)
-    return MPPI(low, high, temperature=p["temperature"], noise_std=p["noise_std"],
-                noise_beta=p["noise_beta"], iterations=p["iterations"], **common)
+    return torch.as_tensor(space.low.ravel()), torch.as_tensor(space.high.ravel())
 
 
-PRIOR_LEARNERS = ("ts", "gs", "mole")
+def build_planner(cfg: dict[str, Any], env: gym.Env, seed: int) -> Planner:
+    """The planner of ``planner.type`` (any registered type) with its own section."""
+    p = cfg["planner"]
+    low, high = action_bounds(env)
+    ctx = BuildContext(*dims(env), action_low=low, action_high=high, horizon=p["horizon"],
+                       num_samples=p["num_samples"], seed=seed, device=cfg["device"])
+    return components.build(PLANNERS, p, ctx)
+
+
+def learner_needs(cfg: dict[str, Any]) -> str:
+    """What ``learner.type`` plans from: ``"model"`` (an MB model), ``"prior"`` or ``"recurrent"`` (ReBAL)."""
+    return LEARNERS[cfg["learner"]["type"]].needs
 
 
 def planner_compile(cfg: dict[str, Any]) -> bool:
@@ -99,49 +99,16 @@ def planner_compile(cfg: dict[str, Any]) -> bool:
     return True
 
 
-CONTINUAL_LR = 0.01  # seed 000 Table 2
-
-
-def continual_lr(configured: float | None, inner_lr: float | Params) -> float | Params:
-    """The step size of learners that step every time step (GS, MOLe's M step).
-
-    ``learner.lr`` when set; else the prior's inner rate when it is one number;
-    else (a Meta-SGD prior) seed 000's 0.01. Learned per-parameter rates are
-    meta-trained for one step from theta* (some are negative, the largest near
-    2): stepped every time step they diverge, as GS did within 70 steps of the
-    first demo.
-    """
-    if configured is not None:
-        return configured
-    return inner_lr if not isinstance(inner_lr, dict) else CONTINUAL_LR
-
-
 def build_learner(
-    cfg: dict[str, Any], params: Params, prior: Prior | None = None, model: MLPDynamics | None = None
+    cfg: dict[str, Any], params: Params | None, prior: Prior | None = None, model: MLPDynamics | None = None,
+    recurrent: tuple[RecurrentDynamics, Params] | None = None,
 ) -> OnlineLearner:
-    """The online learner of ``learner.type``: mb/de from an MB model's ``params``, ts/gs/mole from ``prior``."""
-    lc = cfg["learner"]
-    kind = lc["type"]
-    if kind == "mb":
-        return StaticLearner(params)
-    if kind == "de":
-        if model is None:
-            raise MetadaptError("learner 'de' needs the MB model it adapts")
-        return ContinualLearner(model, params, lc["lr"] if lc["lr"] is not None else 0.01)
-    if prior is None:
-        raise MetadaptError(f"learner '{kind}' needs a meta-trained prior (model.checkpoint or meta.enabled=true)")
-    if kind == "ts":
-        return KShotLearner(prior.model, prior.params, prior.inner_lr, prior.inner_steps)
-    lr = continual_lr(lc["lr"], prior.inner_lr)
-    if kind == "gs":
-        return ContinualLearner(prior.model, prior.params, lr)
-    if kind == "mole":
-        return MOLeLearner(
-            prior.model, prior.params, lr, alpha=lc["alpha"], choose=lc["choose"], creation_test=lc["creation_test"],
-            max_components=lc["max_components"], creation_margin=lc["creation_margin"], merge_kl=lc["merge_kl"],
-            new_lr=prior.inner_lr,
-        )
-    raise MetadaptError(f"unknown learner '{kind}'")
+    """The online learner of ``learner.type`` (any registered type): mb/de from an MB model's ``params``,
+    ts/gs/mole from ``prior``, rebal from a ``recurrent`` model."""
+    ctx = BuildContext(0, 0, device=cfg["device"], model=model, params=params, prior=prior, recurrent=recurrent)
+    if model is not None:
+        ctx.obs_dim, ctx.act_dim = model.obs_dim, model.act_dim
+    return components.build(LEARNERS, cfg["learner"], ctx)
 
 
 def meta_settings(cfg: dict[str, Any]) -> MetaSettings | None:

@@ -7,43 +7,16 @@ problem is a ``ConfigError`` whose message names the key and what is allowed.
 from __future__ import annotations
 
 import copy
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from metadapt.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class Field:
-    """One config key: its kind, default and allowed values."""
-
-    kind: str  # int | float | str | bool | ints | mapping
-    default: Any
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    choices: tuple[Any, ...] | None = None
-    nullable: bool = False
-    doc: str = ""
-
-    def allowed(self) -> str:
-        if self.choices is not None:
-            return "one of " + ", ".join(str(c) for c in self.choices)
-        names = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
-                 "ints": "a list of positive integers", "mapping": "a mapping of keyword arguments"}
-        text = names[self.kind]
-        if self.low is not None:
-            text += f" {'>' if self.low_open else '>='} {self.low:g}"
-        if self.high is not None:
-            text += f"{' and' if self.low is not None else ''} {'<' if self.high_open else '<='} {self.high:g}"
-        if self.nullable:
-            text += " (or null)"
-        return text
+from metadapt.experiments.components import LEARNERS, PLANNERS, TASKS, Registry
+from metadapt.experiments.schema import Field, validate_section
+from metadapt.experiments.schema import defaults as schema_defaults
+from metadapt.experiments.supervised_schema import SUPERVISED_SCHEMA, check_supervised
 
 
 def _f(kind: str, default: Any, **kw: Any) -> Field:
@@ -67,35 +40,18 @@ SCHEMA: dict[str, Any] = {
                                               "setting wins)"),
         "checkpoint": _f("str", None, nullable=True, doc="trained model.pt or run directory; null trains one"),
     },
-    "planner": {
-        "type": _f("str", "rs", choices=("rs", "cem", "mppi")),
+    "planner": {  # + "type" and one section per registered planner type (experiments.components.PLANNERS)
         "horizon": _f("int", 10, low=1),
         "num_samples": _f("int", 1000, low=1),
-        "iterations": _f("int", 5, low=1, doc="CEM refits / MPPI rounds per step"),
-        "num_elites": _f("int", 50, low=1, doc="CEM elites"),
-        "momentum": _f("float", 0.1, low=0, high=1, high_open=True, doc="CEM mean/variance momentum"),
-        "init_std": _f("float", 0.25, low=0, high=1, low_open=True, doc="CEM initial std / action range"),
-        "temperature": _f("float", 0.1, low=0, low_open=True, doc="MPPI temperature"),
-        "noise_std": _f("float", 0.5, low=0, low_open=True, doc="MPPI noise std / half action range"),
-        "noise_beta": _f("float", 0.5, low=0, high=1, high_open=True, doc="MPPI time correlation"),
         "dtype": _f("str", "auto", choices=("auto", "float32", "bfloat16"),
                     doc="planning rollout weights; auto: bfloat16 where the device has fast bfloat16 products"),
         "compile": _f("bool", False, doc="torch.compile the planning rollout (first call compiles for tens of s)"),
     },
-    "learner": {
-        "type": _f("str", "mb", choices=("mb", "de", "ts", "gs", "mole", "rebal"),
-                   doc="mb/de use an MB model; ts/gs/mole a meta-trained prior; rebal a recurrent model"),
+    "learner": {  # + "type" and one section per registered learner type (experiments.components.LEARNERS)
         "window": _f("int", 16, low=1, doc="K, recent transitions handed to the learner (ts: the prior's M)"),
         "lr": _f("float", None, low=0, low_open=True, nullable=True,
                  doc="online step size (de/gs/mole M step); null: 0.01, or the prior's inner LR when "
                      "that is one number (MOLe's theta_new always uses the prior's own, Meta-SGD rates included)"),
-        "alpha": _f("float", 1.0, low=0, doc="MOLe CRP concentration"),
-        "choose": _f("str", "likelihood", choices=("likelihood", "posterior"), doc="MOLe component planned with"),
-        "creation_test": _f("str", "weighted", choices=("weighted", "likelihood"), doc="MOLe new-component test"),
-        "creation_margin": _f("float", 0.0, low=0, doc="MOLe: nats theta_new must win by (0: Algorithm 1)"),
-        "merge_kl": _f("float", None, low=0, low_open=True, nullable=True,
-                       doc="MOLe: fold components within this many nats of the chosen one (null: off)"),
-        "max_components": _f("int", None, low=1, nullable=True, doc="MOLe cap (null: none, as in the paper)"),
     },
     "meta": {
         "enabled": _f("bool", False, doc="meta-train a prior (GrBAL) instead of fitting the plain loss"),
@@ -144,77 +100,11 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-def defaults(schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    schema = SCHEMA if schema is None else schema
-    return {k: defaults(v) if isinstance(v, dict) else copy.deepcopy(v.default) for k, v in schema.items()}
-
-
-def _check(key: str, field: Field, value: Any) -> Any:
-    def bad(why: str) -> ConfigError:
-        return ConfigError(f"config key '{key}': {why} (allowed: {field.allowed()})")
-
-    if value is None:
-        if field.nullable:
-            return None
-        raise bad("null is not allowed")
-    if field.kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad(f"{value!r} is not an integer")
-    elif field.kind == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad(f"{value!r} is not a number")
-        value = float(value)
-        if not math.isfinite(value):
-            raise bad(f"{value!r} is not finite")
-    elif field.kind == "str":
-        if not isinstance(value, str):
-            raise bad(f"{value!r} is not a string")
-    elif field.kind == "bool":
-        if not isinstance(value, bool):
-            raise bad(f"{value!r} is not true or false")
-    elif field.kind == "ints":
-        if not isinstance(value, list) or not value or any(
-            isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value
-        ):
-            raise bad(f"{value!r} is not a non-empty list of positive integers")
-    elif field.kind == "mapping":
-        if not isinstance(value, dict):
-            raise bad(f"{value!r} is not a mapping")
-        return value
-    if field.choices is not None and value not in field.choices:
-        raise bad(f"{value!r} is not allowed")
-    if field.low is not None and (value < field.low or (field.low_open and value == field.low)):
-        raise bad(f"{value!r} is out of range")
-    if field.high is not None and (value > field.high or (field.high_open and value == field.high)):
-        raise bad(f"{value!r} is out of range")
-    return value
-
-
-def _validate(raw: Any, schema: dict[str, Any], prefix: str) -> dict[str, Any]:
-    where = prefix.rstrip(".") or "the config"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config section '{where}' must be a mapping, got {type(raw).__name__}")
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in schema:
-            allowed = ", ".join(sorted(schema))
-            raise ConfigError(f"unknown config key '{prefix}{key}' (allowed keys in {where}: {allowed})")
-        spec = schema[key]
-        if isinstance(spec, dict):
-            out[key] = _validate(value if value is not None else {}, spec, f"{prefix}{key}.")
-        else:
-            out[key] = _check(f"{prefix}{key}", spec, value)
-    for key, spec in schema.items():
-        if key not in out:
-            out[key] = defaults(spec) if isinstance(spec, dict) else copy.deepcopy(spec.default)
-    return out
-
-
 def _cross_checks(cfg: dict[str, Any]) -> None:
     p = cfg["planner"]
-    if p["type"] == "cem" and p["num_elites"] > p["num_samples"]:
+    if p["type"] == "cem" and p["cem"]["num_elites"] > p["num_samples"]:
         raise ConfigError(
-            f"config key 'planner.num_elites': {p['num_elites']} exceeds planner.num_samples "
+            f"config key 'planner.cem.num_elites': {p['cem']['num_elites']} exceeds planner.num_samples "
             f"(allowed: an integer from 1 to {p['num_samples']})"
         )
     rebal = (cfg["meta"]["enabled"] and cfg["meta"]["method"] == "rebal") or cfg["learner"]["type"] == "rebal"
@@ -223,16 +113,79 @@ def _cross_checks(cfg: dict[str, Any]) -> None:
                           "(allowed: false with meta.method=rebal or learner.type=rebal)")
 
 
-def validate(raw: dict[str, Any]) -> dict[str, Any]:
-    """Fill defaults and check every key; returns the fully resolved config."""
-    cfg = _validate(raw, SCHEMA, "")
+def _resolve_mbrl(cfg: dict[str, Any]) -> None:
     _cross_checks(cfg)
     if cfg["planner"]["dtype"] == "auto":
         # Resolved here so the run directory records what actually ran.
         from metadapt.models.mlp import fast_bfloat16
 
         cfg["planner"]["dtype"] = "bfloat16" if fast_bfloat16(cfg["device"]) else "float32"
-    return cfg
+
+
+# system -> (schema, checks across keys): one line per system. A config names its system with the
+# top-level key ``system``; model-based RL (MB, GrBAL, ReBAL, MOLe and the baselines) is the default and
+# its resolved configs carry no ``system`` key, so the run ids of existing sweeps do not change.
+SYSTEMS: dict[str, tuple[dict[str, Any], Any]] = {
+    "mbrl": (SCHEMA, _resolve_mbrl),
+    "supervised": (SUPERVISED_SCHEMA, check_supervised),
+}
+DEFAULT_SYSTEM = "mbrl"
+
+
+# system -> section -> (registry, default type): the sections whose types are registered parts
+TYPED_SECTIONS: dict[str, dict[str, tuple[Registry, str]]] = {
+    "mbrl": {"learner": (LEARNERS, "mb"), "planner": (PLANNERS, "rs")},
+    "supervised": {"task": (TASKS, "sinusoid")},
+}
+
+
+def _with_registered_types(schema: dict[str, Any], typed_sections: dict[str, tuple[Registry, str]]) -> dict[str, Any]:
+    """``schema`` with each typed section's ``type`` choices and one sub-section per registered type,
+    as registered now (a type registered at run time is configurable like the built-in ones)."""
+    out = dict(schema)
+    for section, (registry, default) in typed_sections.items():
+        docs = "; ".join(f"{n}: {registry[n].doc}" for n in registry.names() if registry[n].doc)
+        typed = {"type": _f("str", default, choices=registry.names(), doc=docs), **schema[section]}
+        for name in registry.names():
+            if name in typed:
+                raise ConfigError(f"{section} type '{name}' has the name of a {section} key")
+            if registry[name].fields:
+                typed[name] = dict(registry[name].fields)
+        out[section] = typed
+    return out
+
+
+def _keep_chosen_types(cfg: dict[str, Any], typed_sections: dict[str, tuple[Registry, str]]) -> None:
+    """Leave only the chosen type's sub-section in each typed section (the others were checked)."""
+    for section, (registry, _) in typed_sections.items():
+        chosen = cfg[section]["type"]
+        for name in registry.names():
+            if name != chosen or not registry[name].fields:
+                cfg[section].pop(name, None)
+
+
+def system_of(cfg: dict[str, Any]) -> str:
+    """The system a resolved (or raw) config belongs to."""
+    return cfg.get("system", DEFAULT_SYSTEM) if isinstance(cfg, dict) else DEFAULT_SYSTEM
+
+
+def defaults(system: str = DEFAULT_SYSTEM) -> dict[str, Any]:
+    """Every key of ``system``'s schema at its default."""
+    return schema_defaults(SYSTEMS[system][0])
+
+
+def validate(raw: dict[str, Any]) -> dict[str, Any]:
+    """Fill defaults and check every key; returns the fully resolved config."""
+    raw = dict(raw)
+    system = raw.pop("system", DEFAULT_SYSTEM)
+    if system not in SYSTEMS:
+        raise ConfigError(f"config key 'system': {system!r} is not allowed (allowed: one of {', '.join(SYSTEMS)})")
+    schema, check = SYSTEMS[system]
+    typed = TYPED_SECTIONS.get(system, {})
+    cfg = validate_section(raw, _with_registered_types(schema, typed), "")
+    _keep_chosen_types(cfg, typed)
+    check(cfg)
+    return cfg if system == DEFAULT_SYSTEM else {"system": system, **cfg}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -10,18 +10,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from metadapt.adapt.rebal import RecurrentLearner
 from metadapt.adapt.static import StaticLearner
 from metadapt.agent import MPCAgent
 from metadapt.errors import CheckpointError, ConfigError
 from metadapt.experiments import build
 from metadapt.experiments.config import dump_config, load_config
+from metadapt.experiments.iterate import IterativeTrainer, ReplayedData, iteration_seed
 from metadapt.experiments.metrics import mean_analysis
 from metadapt.experiments.progress import Reporter
+from metadapt.experiments.rebal_training import RecurrentTrainer
 from metadapt.experiments.report import write_report
 from metadapt.experiments.trial import TrialResult, run_trial
-from metadapt.meta.iterate import IterativeTrainer, ReplayedData, iteration_seed
-from metadapt.meta.rebal import RecurrentTrainer
 from metadapt.models.mlp import MLPDynamics
 from metadapt.types import Params
 
@@ -128,19 +127,21 @@ def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter, video: bool = Fa
     env, reward_fn = build.build_env(cfg, max_episode_steps=cfg["trial"]["episode_length"], render=video)
     prior = None
     recurrent = None
-    if cfg["learner"]["type"] == "rebal":
+    needs = build.learner_needs(cfg)
+    kind = cfg["learner"]["type"]
+    if needs == "recurrent":
         if not cfg["model"]["checkpoint"]:
             if not (cfg["meta"]["enabled"] and cfg["meta"]["method"] == "rebal"):
-                raise ConfigError("learner.type=rebal plans with a ReBAL model: set model.checkpoint=REBAL "
+                raise ConfigError(f"learner.type={kind} plans with a ReBAL model: set model.checkpoint=REBAL "
                                   "or meta.enabled=true meta.method=rebal to train one first")
             train(cfg, out_dir / "train", reporter)
         recurrent = build.load_trained_recurrent(cfg["model"]["checkpoint"] or out_dir / "train", env, cfg["env"]["id"])
         model, params = recurrent[0].planning_model(), recurrent[1]
-    elif cfg["learner"]["type"] in build.PRIOR_LEARNERS:
+    elif needs == "prior":
         if cfg["model"]["checkpoint"]:
             prior = build.load_trained_prior(cfg, env)
         elif not cfg["meta"]["enabled"]:
-            raise ConfigError(f"learner.type={cfg['learner']['type']} plans with a meta-trained prior: set "
+            raise ConfigError(f"learner.type={kind} plans with a meta-trained prior: set "
                               "model.checkpoint=PRIOR or meta.enabled=true to meta-train one first")
         else:
             reporter.log(f"no model.checkpoint: meta-training a prior into {out_dir / 'train'}")
@@ -164,9 +165,8 @@ def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter, video: bool = Fa
     for i in range(cfg["trial"]["episodes"]):
         trial_seed = iteration_seed(cfg["seed"], i, 100)
         # TS adapts on exactly the M steps its prior was meta-trained to adapt on.
-        window = prior.past if prior is not None and cfg["learner"]["type"] == "ts" else cfg["learner"]["window"]
-        learner = (RecurrentLearner(*recurrent) if recurrent is not None
-                   else build.build_learner(cfg, params, prior, model))
+        window = prior.past if prior is not None and kind == "ts" else cfg["learner"]["window"]
+        learner = build.build_learner(cfg, params, prior, model, recurrent)
         agent = MPCAgent(
             model, learner, build.build_planner(cfg, env, trial_seed), reward_fn,
             window, build.DTYPES[cfg["planner"]["dtype"]], build.planner_compile(cfg),

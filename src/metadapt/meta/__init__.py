@@ -1,1 +1,1 @@
-"""Meta-training and the iterative collect-and-fit loop."""
+"""Inner adaptation, meta-training (MAML), model fitting, checkpoints and priors."""

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from metadapt.data.normalizer import Normalizer
 from metadapt.errors import CheckpointError
 from metadapt.models.mlp import MLPDynamics
+from metadapt.models.normalizer import Normalizer
 from metadapt.types import Params
 
 MODEL_FORMAT = "metadapt.mlp_dynamics.v1"

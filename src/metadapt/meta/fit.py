@@ -32,7 +32,7 @@ def evaluate_loss(model: MLPDynamics, params: Params, data: Transitions, batch_s
         for i in range(0, len(data), batch_size):
             sl = slice(i, i + batch_size)
             n = data.obs[sl].shape[0]
-            total += float(model.loss(params, data.obs[sl], data.act[sl], data.next_obs[sl])) * n
+            total += float(model.transition_loss(params, data.obs[sl], data.act[sl], data.next_obs[sl])) * n
     return total / len(data)
 
 
@@ -78,7 +78,7 @@ def fit_dynamics(
         running, count = 0.0, 0
         for i in range(0, n, batch_size):
             idx = perm[i : i + batch_size]
-            loss = model.loss(leaves, train.obs[idx], train.act[idx], train.next_obs[idx])
+            loss = model.transition_loss(leaves, train.obs[idx], train.act[idx], train.next_obs[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,5 +1,11 @@
 """Gradient-based meta-learning of a dynamics prior (GrBAL, seed 004; the prior of MOLe, seed 000).
 
+GrBAL on the core: the inner step is ``meta.inner.inner_adapt`` on the model's
+transition loss and the outer loss is ``meta.outer.maml_loss`` over a meta-batch
+of windows; what is GrBAL's own lives here (windows of a replay buffer, the
+inner-rate layouts that know the first layer's action columns and the action
+gains, validation on held-out trajectories, early stopping).
+
 A *task* is a window of one trajectory: the ``M`` past steps are the adaptation
 set, the ``K`` following steps the evaluation set. The inner loop takes SGD
 steps on the adaptation set as a pure function of the parameter dict; the outer
@@ -34,12 +40,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.func import grad_and_value, vmap
 
 from metadapt.data.buffer import ReplayBuffer
 from metadapt.errors import MetadaptError
+from metadapt.meta.inner import inner_adapt_with_loss
+from metadapt.meta.outer import maml_loss
 from metadapt.models.mlp import ACTION_GAIN, MLPDynamics
-from metadapt.types import Params
+from metadapt.types import Params, TaskBatch
 
 InnerLR = float | Params
 # (obs, act, next_obs) of a batch of windows: B x M (or K) x (O | A | O)
@@ -147,18 +154,7 @@ def adapt_with_loss(
     first_order: bool = False,
 ) -> tuple[Params, torch.Tensor]:
     """``adapt``, also returning the loss of the starting parameters (from the same forward pass)."""
-    start = torch.full((), float("nan"))
-    for i in range(steps):
-        grads, loss = grad_and_value(model.loss)(params, obs, act, next_obs)
-        if i == 0:
-            start = loss
-        if first_order:
-            grads = {k: g.detach() for k, g in grads.items()}
-        if isinstance(lr, dict):
-            params = {k: p - lr[k] * grads[k] for k, p in params.items()}
-        else:
-            params = {k: p - lr * grads[k] for k, p in params.items()}
-    return params, start
+    return inner_adapt_with_loss(model.loss, params, (obs, act, next_obs), lr, steps, first_order)
 
 
 def adapted_loss(
@@ -172,16 +168,11 @@ def adapted_loss(
 ) -> torch.Tensor:
     """Mean over ``B`` windows of the evaluation-set MSE after adapting on the adaptation set.
 
-    ``past`` tensors are ``B x M x (O | A | O)``, ``future`` tensors ``B x K x ...``.
+    ``past`` tensors are ``B x M x (O | A | O)``, ``future`` tensors ``B x K x ...``: a meta-batch of
+    window tasks for the core's MAML outer loss (one ``vmap`` lane per window).
     With ``steps == 0`` this is the prior's loss on the evaluation set.
     """
-
-    def one(p_obs: torch.Tensor, p_act: torch.Tensor, p_next: torch.Tensor,
-            f_obs: torch.Tensor, f_act: torch.Tensor, f_next: torch.Tensor) -> torch.Tensor:
-        fast = adapt(model, params, p_obs, p_act, p_next, lr, steps, first_order) if steps else params
-        return model.loss(fast, f_obs, f_act, f_next)
-
-    return vmap(one)(*past, *future).mean()
+    return maml_loss(model.loss, params, TaskBatch(past, future), lr, steps, first_order)
 
 
 def meta_loss(

@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 
-from metadapt.envs import observation_version
 from metadapt.errors import CheckpointError
 from metadapt.meta.checkpoint import check_origin, load_checkpoint, model_from_state, model_state, save_atomic
 from metadapt.meta.maml import InnerLR, adapt
@@ -88,8 +87,12 @@ def load_prior(
     """Load a prior (a file, a run directory or ``builtin:<name>``); with dims, check it fits the environment.
 
     With ``env_id``, a prior trained on that environment under another observation layout (same size, another
-    meaning) is refused; ``obs_version`` defaults to the registered environment's ``OBS_VERSION``.
+    meaning) is refused: ``obs_version`` is the environment's layout now, which the caller states
+    (``metadapt.envs.observation_version(env_id)`` for a registered id, ``env_obs_version(env)`` for an instance).
     """
+    if env_id is not None and obs_version is None:
+        raise TypeError("load_prior: with env_id, pass the environment's obs_version "
+                        "(metadapt.envs.observation_version(env_id))")
     path = resolve_prior_path(path)
     state = load_checkpoint(path, ("format",))
     if state["format"] != PRIOR_FORMAT:
@@ -107,6 +110,7 @@ def load_prior(
     for name, want, have in (("observation", obs_dim, model.obs_dim), ("action", act_dim, model.act_dim)):
         if want is not None and want != have:
             raise CheckpointError(f"{path} is a prior for {name} size {have}, the environment has {want}")
-    want = observation_version(env_id) if obs_version is None else obs_version
-    check_origin({"env_id": prior.env_id, "obs_version": prior.obs_version}, path, env_id, want)
+    if env_id is not None:
+        assert obs_version is not None  # checked on entry
+        check_origin({"env_id": prior.env_id, "obs_version": prior.obs_version}, path, env_id, obs_version)
     return prior

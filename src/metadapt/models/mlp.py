@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metadapt.data.normalizer import Normalizer
+from metadapt.models.normalizer import Normalizer
 from metadapt.types import Params
 
 ACTION_GAIN = "action_gain"
@@ -155,10 +155,16 @@ class MLPDynamics:
         n = self.normalizer
         return obs + n.delta_mean + n.delta_gain * self.predict_normalized_delta(params, obs, act)
 
-    def loss(self, params: Params, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    def transition_loss(
+        self, params: Params, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor
+    ) -> torch.Tensor:
         """Mean squared error in normalized delta space (a scalar)."""
         err = self.predict_normalized_delta(params, obs, act) - self.target(obs, next_obs)
         return err.pow(2).mean()
+
+    def loss(self, params: Params, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The model protocol's loss: ``transition_loss`` of ``(obs, act, next_obs)``, ``N x (O | A | O)``."""
+        return self.transition_loss(params, *batch)
 
     def log_likelihood(
         self, params: Params, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from metadapt.data.normalizer import Normalizer
 from metadapt.models.mlp import _MLP, MLPDynamics, check_activation
+from metadapt.models.normalizer import Normalizer
 from metadapt.types import Params
 
 

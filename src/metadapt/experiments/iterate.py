@@ -26,7 +26,6 @@ from metadapt.adapt.ts import KShotLearner
 from metadapt.agent import MPCAgent
 from metadapt.data.buffer import FIELDS as BUFFER_FIELDS
 from metadapt.data.buffer import ReplayBuffer
-from metadapt.data.normalizer import Normalizer
 from metadapt.envs import env_obs_version
 from metadapt.errors import CheckpointError
 from metadapt.experiments.progress import Reporter
@@ -35,6 +34,7 @@ from metadapt.meta.fit import fit_dynamics
 from metadapt.meta.maml import MetaSettings, expand_inner_lrs, fit_meta, initial_inner_lrs
 from metadapt.meta.prior import Prior, save_prior
 from metadapt.models.mlp import MLPDynamics
+from metadapt.models.normalizer import Normalizer
 from metadapt.planning.base import Planner
 from metadapt.types import Params, RewardFn
 

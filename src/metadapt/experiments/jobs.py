@@ -1,0 +1,51 @@
+"""Which job trains, resumes and reports each system: one line per system.
+
+Entries are ``module:function`` strings, imported on use, so a supervised run
+never imports the simulators and a model-based run never imports the image data.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from metadapt.errors import CheckpointError
+from metadapt.experiments.config import load_config, system_of
+from metadapt.experiments.progress import Reporter
+
+# system -> (train(cfg, run_dir, reporter, resume), report(run_dir) or None for the default report)
+JOBS: dict[str, tuple[str, str | None]] = {
+    "mbrl": ("metadapt.experiments.runner:train", None),
+    "supervised": ("metadapt.experiments.supervised:train", "metadapt.experiments.supervised:report_run"),
+}
+
+
+def _resolve(entry: str) -> Any:
+    module, _, name = entry.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool = False) -> Any:
+    """Run ``cfg``'s system's training job into ``run_dir``."""
+    return _resolve(JOBS[system_of(cfg)][0])(cfg, run_dir, reporter, resume=resume)
+
+
+def run_config(run_dir: Path) -> dict[str, Any]:
+    """The resolved config of a run directory (one line when it has none)."""
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"{run_dir} is not a training run directory (no config.yaml)")
+    return load_config(run_dir / "config.yaml")
+
+
+def resume(run_dir: Path, reporter: Reporter) -> Any:
+    """Continue a killed training run from its last checkpoint, with its own config.yaml."""
+    return train(run_config(run_dir), run_dir, reporter, resume=True)
+
+
+def report(run_dir: Path) -> Path | None:
+    """Rewrite the report of a run of a system with its own report (``None``: the default report applies)."""
+    if not (run_dir / "config.yaml").is_file():
+        return None
+    entry = JOBS[system_of(load_config(run_dir / "config.yaml"))][1]
+    return _resolve(entry)(run_dir) if entry else None

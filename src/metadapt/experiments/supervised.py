@@ -1,0 +1,373 @@
+"""Few-shot supervised meta-learning as a job: MAML, FOMAML and Meta-SGD with the paper's comparisons.
+
+``metadapt train configs/maml_sinusoid.yaml`` meta-trains on a task sampler,
+trains the pretrained baseline (one network on all tasks, no adaptation in
+training), scores both on held-out tasks after 0, 1, ... inner steps with 95%
+intervals, and writes the run directory:
+
+    config.yaml        the resolved config
+    checkpoints/       state.pt every ``train.checkpoint_every`` iterations (resume continues bit for bit)
+    metrics.csv        stage, iteration, mean training loss over ``train.log_every`` iterations
+    model.pt           the meta-learned parameters and inner rates, and the baseline's parameters
+    summary.json       held-out results: per method and number of steps, mean and 95% half-width
+    report.md          the table, the training curves and the paper's figure
+    timing.json        wall seconds of each training stage (kept apart: results never depend on it)
+
+The run's randomness comes from three generators derived from ``seed``: the
+initialisation, the training task stream and the held-out tasks, which
+meta-training never draws from.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metadapt.data.sinusoid import SinusoidTasks
+from metadapt.errors import CheckpointError, MetadaptError
+from metadapt.experiments.components import TASKS
+from metadapt.experiments.config import dump_config
+from metadapt.experiments.progress import Reporter
+from metadapt.meta.checkpoint import load_checkpoint, save_atomic
+from metadapt.meta.inner import Rates, init_rates, inner_adapt
+from metadapt.meta.outer import MAML, evaluate_adaptation, mean_interval
+from metadapt.models.base import FunctionalModel, check_params
+from metadapt.models.regressor import MLPRegressor
+from metadapt.types import Params, TaskBatch, TaskSampler
+
+MODEL_FORMAT = "metadapt.supervised.v1"
+STATE_FORMAT = "metadapt.supervised_state.v1"
+# Offsets that keep the three generators of a run apart for every seed.
+INIT_STREAM, TRAIN_STREAM, EVAL_STREAM = 0, 1_000_003, 2_000_006
+
+
+@dataclass
+class Problem:
+    """What a task family gives the job: the model, the samplers and how results read."""
+
+    model: FunctionalModel
+    train: TaskSampler
+    test: TaskSampler
+    metric: str  # the name of the held-out number: "mse" (lower is better) or "accuracy"
+    score: Any  # score(params, batch) -> the metric of one task (or ``B`` when stacked); the loss for "mse"
+    # extra(generator, tasks) -> {method: {"0": {"mean", "ci95"}}}: baselines that are not a network
+    extra: Any = None
+
+
+def sinusoid_problem(cfg: dict[str, Any], device: torch.device) -> Problem:
+    """Sinusoid regression with the MAML paper's network (``task.type: sinusoid``)."""
+    t, m = cfg["task"], cfg["model"]
+    model = MLPRegressor(1, 1, m["hidden"], m["activation"])
+    return Problem(model, SinusoidTasks(t["shots"], t["query"], device=device),
+                   SinusoidTasks(t["shots"], t["eval_query"], device=device), "mse", model.loss)
+
+
+def build_problem(cfg: dict[str, Any]) -> Problem:
+    device = torch.device(cfg["device"])
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MetadaptError("config key 'device' is cuda, but this PyTorch sees no CUDA GPU")
+    problem = TASKS[cfg["task"]["type"]].build(cfg, device)
+    if not isinstance(problem, Problem):
+        raise MetadaptError(f"task type '{cfg['task']['type']}' built {type(problem).__name__}, not a Problem")
+    return problem
+
+
+def _initial_rates(cfg: dict[str, Any], params: Params) -> Rates:
+    m = cfg["meta"]
+    return init_rates(params, m["inner_lr_per"] if m["learn_inner_lr"] else "scalar", m["inner_lr"])
+
+
+def _generator(seed: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed + stream) % 2**63)
+
+
+class _Trainer:
+    """Adam on the outer loss (MAML) or on the unadapted loss of all tasks (the pretrained baseline)."""
+
+    def __init__(self, problem: Problem, params: Params, rates: Rates, cfg: dict[str, Any], pretrain: bool) -> None:
+        m, stacked = cfg["meta"], bool(getattr(problem.model, "stacked", False))
+        self.pretrain = pretrain
+        if pretrain:
+            self.maml = MAML(problem.model.loss, params, 0.0, steps=1, stacked=stacked, outer_lr=cfg["baseline"]["lr"])
+        else:
+            self.maml = MAML(problem.model.loss, params, rates, steps=m["inner_steps"], first_order=m["first_order"],
+                             stacked=stacked, outer_lr=m["outer_lr"], learn_rates=m["learn_inner_lr"])
+        self.stacked = stacked
+        self.loss_fn = problem.model.loss
+
+    def step(self, tasks: TaskBatch) -> float:
+        if not self.pretrain:
+            return self.maml.step(tasks)
+        # One network on all tasks: the unadapted loss of support and query together.
+        loss = self._pooled_loss(tasks)
+        opt = self.maml.optimizer
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    def _pooled_loss(self, tasks: TaskBatch) -> torch.Tensor:
+        from metadapt.meta.outer import maml_task_losses
+
+        both = TaskBatch(tasks.query, tasks.support)
+        fwd = maml_task_losses(self.loss_fn, self.maml.params, tasks, 0.0, 0, stacked=self.stacked)
+        back = maml_task_losses(self.loss_fn, self.maml.params, both, 0.0, 0, stacked=self.stacked)
+        return 0.5 * (fwd.mean() + back.mean())
+
+
+def _stage_iterations(cfg: dict[str, Any]) -> list[tuple[str, int]]:
+    stages = [("meta", cfg["meta"]["iterations"])]
+    if cfg["baseline"]["pretrained"]:
+        stages.append(("pretrained", cfg["baseline"]["iterations"] or cfg["meta"]["iterations"]))
+    return stages
+
+
+def _write_metrics(rows: list[dict[str, Any]], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["stage", "iteration", "loss"])
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def _load_state(run_dir: Path, problem: Problem, cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """The last checkpoint of ``run_dir`` (``None`` when the kill came before the first), checked against
+    the config: a resumed run continues the same run or refuses."""
+    path = run_dir / "checkpoints" / "state.pt"
+    if not path.is_file():
+        return None
+    state = load_checkpoint(path, ("format", "config", "stage", "iteration", "trainer", "metrics", "results"))
+    if state["format"] != STATE_FORMAT:
+        raise CheckpointError(f"{path} is not a supervised meta-learning checkpoint (format {state['format']!r})")
+    saved = json.loads(state["config"])
+    changed = sorted(_changed_keys(saved, cfg))
+    if changed:
+        raise CheckpointError(f"{run_dir}/config.yaml differs from the run's checkpoint in {', '.join(changed)}: "
+                              "resume continues the same run (start a new run to change it)")
+    try:
+        for name, result in state["results"].items():
+            check_params(problem.model, result["params"], f"{path}'s {name} parameters")
+        if state["trainer"] is not None:
+            check_params(problem.model, state["trainer"]["params"], f"{path}'s parameters")
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from exc
+    return state
+
+
+def _changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _changed_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool = False) -> Path:
+    """Meta-train (and train the baseline), evaluate and report into ``run_dir``; returns ``model.pt``."""
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    problem = build_problem(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        dump_config(cfg, run_dir / "config.yaml")
+    if cfg["model"]["checkpoint"]:
+        meta_params, rates, baseline = load_supervised(cfg["model"]["checkpoint"], problem.model)
+    else:
+        meta_params, rates, baseline = _fit(cfg, problem, run_dir, reporter, resume)
+    out = run_dir / "model.pt"
+    save_atomic({"format": MODEL_FORMAT, "task": cfg["task"], "model": cfg["model"],
+                 "params": _cpu(meta_params), "rates": _cpu(rates) if isinstance(rates, dict) else float(rates),
+                 "baseline": _cpu(baseline) if baseline is not None else None}, out)
+    summary = evaluate(cfg, problem, meta_params, rates, baseline, reporter)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    from metadapt.experiments.supervised_report import write_supervised_report
+
+    write_supervised_report(run_dir, cfg, problem, meta_params, rates, baseline)
+    return out
+
+
+def _cpu(params: Params) -> Params:
+    return {k: v.detach().cpu().clone() for k, v in params.items()}
+
+
+def _fit(cfg: dict[str, Any], problem: Problem, run_dir: Path, reporter: Reporter,
+         resume: bool) -> tuple[Params, Rates, Params | None]:
+    device, seed = torch.device(cfg["device"]), cfg["seed"]
+    init = problem.model.init_params(_generator(seed, INIT_STREAM), device)
+    rates = _initial_rates(cfg, init)
+    stages = [name for name, _ in _stage_iterations(cfg)] + ["done"]
+    totals = dict(_stage_iterations(cfg))
+    state = _load_state(run_dir, problem, cfg) if resume else None
+    rows: list[dict[str, Any]] = list(state["metrics"]) if state else []
+    results: dict[str, tuple[Params, Rates]] = {}
+    if state is not None:
+        results = {k: (_to_device(v["params"], device), _rates_from(v["rates"], device))
+                   for k, v in state["results"].items()}
+    first = stages.index(state["stage"]) if state is not None else 0
+    for index in range(first, len(stages) - 1):
+        stage, total = stages[index], totals[stages[index]]
+        trainer = _Trainer(problem, init, rates, cfg, pretrain=stage == "pretrained")
+        gen = _generator(seed, TRAIN_STREAM + index)
+        start = 0
+        if state is not None and state["stage"] == stage:
+            trainer.maml.load_state_dict(state["trainer"])
+            gen.set_state(state["generator"])
+            start = int(state["iteration"])
+        reporter.start(stage, "meta-training" if stage == "meta" else "pretrained baseline", total)
+        reporter.advance(stage, start)
+        batch, every, ckpt = cfg["meta"]["meta_batch"], cfg["train"]["log_every"], cfg["train"]["checkpoint_every"]
+        running, count = 0.0, 0
+        began = time.perf_counter()
+        for it in range(start, total):
+            loss = trainer.step(problem.train.sample(batch, gen, "train"))
+            if not math.isfinite(loss):
+                raise MetadaptError(f"{stage} training diverged at iteration {it + 1} (loss {loss}): lower "
+                                    f"{'baseline.lr' if stage == 'pretrained' else 'meta.outer_lr or meta.inner_lr'}")
+            running, count = running + loss, count + 1
+            if (it + 1) % every == 0 or it + 1 == total:
+                rows.append({"stage": stage, "iteration": it + 1, "loss": running / count})
+                reporter.advance(stage, count, loss=running / count)
+                running, count = 0.0, 0
+            if (it + 1) % ckpt == 0 and it + 1 < total:
+                _save_state(run_dir, cfg, stage, it + 1, trainer.maml.state_dict(), gen, rows, results)
+        results[stage] = ({k: v.detach() for k, v in trainer.maml.params.items()}, _detached(trainer.maml.rates))
+        _record_time(run_dir, stage, total - start, time.perf_counter() - began)
+        # The next stage starts at its iteration 0 (or the run is done): a kill from here on resumes there.
+        _save_state(run_dir, cfg, stages[index + 1], 0, None, None, rows, results)
+        state = None
+    baseline = results["pretrained"][0] if "pretrained" in results else None
+    return results["meta"][0], results["meta"][1], baseline
+
+
+def _record_time(run_dir: Path, stage: str, iterations: int, seconds: float) -> None:
+    """Wall time of a stage in ``timing.json`` (apart from the results, which must not depend on it)."""
+    path = run_dir / "timing.json"
+    timing = json.loads(path.read_text()) if path.is_file() else {}
+    timing[stage] = {"iterations": iterations, "seconds": seconds, "threads": torch.get_num_threads()}
+    path.write_text(json.dumps(timing, indent=2))
+
+
+def _detached(rates: Rates) -> Rates:
+    return {k: v.detach() for k, v in rates.items()} if isinstance(rates, dict) else rates
+
+
+def _to_device(params: Params, device: torch.device) -> Params:
+    return {k: v.to(device) for k, v in params.items()}
+
+
+def _rates_from(value: Any, device: torch.device | None = None) -> Rates:
+    if isinstance(value, dict):
+        return _to_device(value, device) if device is not None else value
+    return float(value)
+
+
+def _plain_rates(rates: Rates) -> Any:
+    return _cpu(rates) if isinstance(rates, dict) else float(rates)
+
+
+def _save_state(run_dir: Path, cfg: dict[str, Any], stage: str, iteration: int, trainer: dict[str, Any] | None,
+                gen: torch.Generator | None, rows: list[dict[str, Any]],
+                results: dict[str, tuple[Params, Rates]]) -> None:
+    if trainer is not None:
+        trainer = {**trainer, "params": _cpu(trainer["params"]), "rates": _plain_rates(trainer["rates"])}
+    save_atomic({"format": STATE_FORMAT, "config": json.dumps(cfg, sort_keys=True), "stage": stage,
+                 "iteration": iteration, "trainer": trainer,
+                 "generator": gen.get_state() if gen is not None else None, "metrics": list(rows),
+                 "results": {k: {"params": _cpu(p), "rates": _plain_rates(r)} for k, (p, r) in results.items()}},
+                run_dir / "checkpoints" / "state.pt")
+    _write_metrics(rows, run_dir / "metrics.csv")
+
+
+def load_supervised(path: str | Path, model: FunctionalModel) -> tuple[Params, Rates, Params | None]:
+    """The meta-learned parameters, inner rates and baseline of a ``model.pt`` (or run directory), checked
+    against ``model``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    state = load_checkpoint(path, ("format", "params", "rates"))
+    if state["format"] != MODEL_FORMAT:
+        raise CheckpointError(f"{path} is not a supervised meta-learning model (format {state['format']!r})")
+    try:
+        check_params(model, state["params"], f"{path}'s parameters")
+        if state.get("baseline") is not None:
+            check_params(model, state["baseline"], f"{path}'s baseline parameters")
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from exc
+    return state["params"], _rates_from(state["rates"]), state.get("baseline")
+
+
+def _eval_rates(cfg: dict[str, Any], rates: Rates, baseline: bool) -> Rates:
+    if baseline:
+        return cfg["baseline"]["finetune_lr"] or cfg["meta"]["inner_lr"]
+    return rates
+
+
+def evaluate(cfg: dict[str, Any], problem: Problem, params: Params, rates: Rates, baseline: Params | None,
+             reporter: Reporter) -> dict[str, Any]:
+    """Held-out tasks scored after each of ``eval.steps`` inner steps: ``{method: {steps: {mean, ci95}}}``.
+
+    The held-out tasks are the same for every method (one generator, drawn once), and for a
+    classification task they come from the held-out classes.
+    """
+    e, device = cfg["eval"], torch.device(cfg["device"])
+    gen = _generator(cfg["seed"], EVAL_STREAM)
+    stacked = bool(getattr(problem.model, "stacked", False))
+    methods = {"maml": (params, rates)}
+    if baseline is not None:
+        methods["pretrained"] = (baseline, _eval_rates(cfg, rates, True))
+    scores: dict[str, dict[int, list[torch.Tensor]]] = {m: {s: [] for s in e["steps"]} for m in methods}
+    reporter.start("eval", "held-out tasks", e["tasks"])
+    left = e["tasks"]
+    while left > 0:
+        tasks = problem.test.sample(min(e["batch"], left), gen, "test")
+        for name, (p, r) in methods.items():
+            p = {k: v.to(device) for k, v in p.items()}
+            r = {k: v.to(device) for k, v in r.items()} if isinstance(r, dict) else r
+            for s, v in _scores(problem, p, r, tasks, e["steps"], stacked).items():
+                scores[name][s].append(v.cpu())
+        left -= tasks.num_tasks
+        reporter.advance("eval", tasks.num_tasks)
+    out: dict[str, Any] = {"metric": problem.metric, "tasks": e["tasks"], "methods": {}}
+    for name, per in scores.items():
+        out["methods"][name] = {}
+        for s, chunks in per.items():
+            mean, half = mean_interval(torch.cat(chunks))
+            out["methods"][name][str(s)] = {"mean": mean, "ci95": half}
+    if problem.extra is not None:
+        out["methods"].update(problem.extra(_generator(cfg["seed"], EVAL_STREAM), e["tasks"], e["batch"]))
+    return out
+
+
+def _scores(problem: Problem, params: Params, rates: Rates, tasks: TaskBatch, steps: list[int],
+            stacked: bool) -> dict[int, torch.Tensor]:
+    return evaluate_adaptation(problem.model.loss, params, tasks, rates, steps, stacked, score_fn=problem.score)
+
+
+def adapt_one(model: FunctionalModel, params: Params, support: Any, rates: Rates, steps: int) -> Params:
+    """One task's parameters after ``steps`` inner steps (no outer graph)."""
+    plain = {k: v.detach() for k, v in rates.items()} if isinstance(rates, dict) else rates
+    with torch.no_grad():
+        return inner_adapt(model.loss, {k: v.detach() for k, v in params.items()}, support, plain, steps,
+                           first_order=True)
+
+
+def report_run(run_dir: Path) -> Path:
+    """Rewrite ``report.md`` of a finished run from its files (``metadapt report RUN_DIR``)."""
+    from metadapt.experiments.config import load_config
+    from metadapt.experiments.supervised_report import write_supervised_report
+
+    cfg = load_config(run_dir / "config.yaml")
+    if not (run_dir / "summary.json").is_file():
+        raise MetadaptError(f"{run_dir} has no summary.json yet: finish the run with metadapt train --resume {run_dir}")
+    problem = build_problem(cfg)
+    params, rates, baseline = load_supervised(run_dir / "model.pt", problem.model)
+    return write_supervised_report(run_dir, cfg, problem, params, rates, baseline)

@@ -1,0 +1,53 @@
+"""The model protocol every meta-learner, online learner, checkpoint and prior types against.
+
+A model is an object with no parameters of its own: its parameters live in a
+plain dict (``Params``) passed to every call, so adapting, stacking (a mixture,
+a meta-batch, an ensemble) and differentiating through an adaptation are
+operations on dicts. ``loss(params, batch)`` is what the inner adaptation
+(``metadapt.meta.inner``) differentiates; a model that accepts stacked
+parameters (every tensor ``B x ...``) with a stacked batch returns ``B`` losses
+and declares ``stacked = True``, and the MAML outer loop then adapts a whole
+meta-batch in one pass instead of one ``vmap`` lane per task.
+
+Dynamics models add what a model-based agent needs: the sizes of the spaces
+and ``objective`` (the scores of action sequences from a state), which is what
+a planner sees. The MLP's folding and prepacking are its own fast path behind
+that method (``metadapt.models.rollout``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from metadapt.types import Params
+
+
+@runtime_checkable
+class FunctionalModel(Protocol):
+    """A pure function of a parameter dict with a loss."""
+
+    def init_params(self, generator: torch.Generator, device: torch.device | str = "cpu") -> Params:
+        """Fresh parameters drawn with ``generator`` (the same generator state gives the same dict)."""
+        ...
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of every parameter (checkpoints are checked against it)."""
+        ...
+
+    def loss(self, params: Params, batch: Any) -> torch.Tensor:
+        """The training loss of ``batch``: a scalar, or ``B`` losses when ``params`` and ``batch`` are stacked."""
+        ...
+
+
+def check_params(model: FunctionalModel, params: Params, what: str = "parameters") -> None:
+    """Raise ``ValueError`` naming the first name or shape of ``params`` that ``model`` does not have."""
+    shapes = model.param_shapes()
+    missing, extra = sorted(set(shapes) - set(params)), sorted(set(params) - set(shapes))
+    if missing or extra:
+        raise ValueError(f"{what} do not match the model: missing {missing or 'none'}, unexpected {extra or 'none'}")
+    for name, shape in shapes.items():
+        if tuple(params[name].shape) != tuple(shape):
+            raise ValueError(f"{what} do not match the model: '{name}' has shape {tuple(params[name].shape)}, "
+                             f"the model needs {tuple(shape)}")

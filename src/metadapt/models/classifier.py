@@ -1,0 +1,119 @@
+"""The convolutional classifier of the MAML paper's few-shot image classification (Finn et al. 2017, Sec. 5.2).
+
+Vinyals et al.'s embedding network with a linear head: ``layers`` blocks of
+3 x 3 convolution (``filters`` channels, padding 1), batch normalisation,
+ReLU and 2 x 2 max-pooling, then a linear map of the flattened features to
+``n_way`` logits. On 28 x 28 Omniglot images four blocks leave 64 features
+(28 -> 14 -> 7 -> 3 -> 1).
+
+Batch normalisation always uses the statistics of the batch it is given and
+keeps no running averages, as the MAML code does (so a test batch is
+normalised by its own statistics, which is transductive); its scale and shift
+are parameters like the rest and are adapted by the inner loop. It is written
+out in tensor operations rather than calling ``F.batch_norm``: the same values
+(to rounding), but under ``vmap`` the fused kernel's double backward is wrong
+(pytorch/functorch#534: the batching rule of ``native_batch_norm_backward``
+for the input gradient), which made the second-order MAML gradient of the
+convolution weights wrong by tens of percent while first-order and
+unbatched gradients were right. The convolutions have no bias: batch
+normalisation subtracts the channel mean right after, which cancels any bias
+exactly.
+
+A pure function of its parameter dict, one task at a time (``stacked =
+False``): the MAML outer loop runs one ``torch.func.vmap`` lane per task, and
+the inner ``torch.func.grad`` differentiates through batch norm and pooling
+within each lane.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from metadapt.types import Params
+
+
+def batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``F.batch_norm(x, None, None, weight, bias, training=True, eps=eps)`` of ``N x C x H x W`` in plain tensor
+    operations, whose derivatives of every order are right under ``vmap`` (see the module docstring)."""
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    centred = x - mean
+    var = (centred * centred).mean(dim=(0, 2, 3), keepdim=True)  # biased, as batch norm's; a product backpropagates
+    scale = torch.rsqrt(var + eps) * weight.view(1, -1, 1, 1)      # faster than square() or var_mean on the CPU
+    return centred * scale + bias.view(1, -1, 1, 1)
+
+
+class ConvClassifier:
+    """``N x C x H x W`` images -> ``N x n_way`` logits, with cross-entropy.
+
+    Args:
+        n_way: classes per episode (the output size).
+        in_channels: image channels (Omniglot: 1).
+        image_size: side of the (square) images.
+        filters: channels of every convolution (MAML: 64).
+        layers: convolution blocks (MAML: 4); the image must survive ``layers`` halvings.
+    """
+
+    stacked = False
+
+    def __init__(self, n_way: int, in_channels: int = 1, image_size: int = 28, filters: int = 64,
+                 layers: int = 4) -> None:
+        if min(n_way, in_channels, image_size, filters, layers) < 1:
+            raise ValueError(f"sizes must be >= 1, got n_way={n_way}, in_channels={in_channels}, "
+                             f"image_size={image_size}, filters={filters}, layers={layers}")
+        side = image_size
+        for _ in range(layers):
+            side //= 2  # max-pooling 2 x 2 floors odd sides (7 -> 3), as the MAML code's pooling does
+        if side < 1:
+            raise ValueError(f"{layers} poolings leave nothing of a {image_size}-pixel image")
+        self.n_way, self.in_channels, self.image_size = int(n_way), int(in_channels), int(image_size)
+        self.filters, self.layers = int(filters), int(layers)
+        self.features = self.filters * side * side
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        shapes: dict[str, tuple[int, ...]] = {}
+        for i in range(self.layers):
+            c_in = self.in_channels if i == 0 else self.filters
+            shapes[f"conv.{i}.weight"] = (self.filters, c_in, 3, 3)
+            shapes[f"norm.{i}.weight"] = (self.filters,)
+            shapes[f"norm.{i}.bias"] = (self.filters,)
+        shapes["out.weight"] = (self.n_way, self.features)
+        shapes["out.bias"] = (self.n_way,)
+        return shapes
+
+    def init_params(self, generator: torch.Generator, device: torch.device | str = "cpu") -> Params:
+        """As the MAML code: Glorot-uniform convolutions, batch-norm scale 1 and shift 0; the head as ``nn.Linear``
+        (uniform in ``+-1/sqrt(features)``)."""
+        params: Params = {}
+        for name, shape in self.param_shapes().items():
+            if name.startswith("conv."):
+                fan_in, fan_out = shape[1] * 9, shape[0] * 9
+                bound = math.sqrt(6.0 / (fan_in + fan_out))
+            elif name.startswith("norm."):
+                params[name] = torch.full(shape, 1.0 if name.endswith("weight") else 0.0, device=device)
+                continue
+            else:
+                bound = 1.0 / math.sqrt(self.features)
+            params[name] = torch.empty(shape).uniform_(-bound, bound, generator=generator).to(device)
+        return params
+
+    def forward(self, params: Params, images: torch.Tensor) -> torch.Tensor:
+        """``N x C x H x W -> N x n_way`` logits (``N >= 2``: batch norm needs two values per channel)."""
+        x = images
+        for i in range(self.layers):
+            x = F.conv2d(x, params[f"conv.{i}.weight"], padding=1)
+            x = batch_norm(x, params[f"norm.{i}.weight"], params[f"norm.{i}.bias"])
+            x = F.max_pool2d(F.relu(x), 2)
+        return F.linear(x.flatten(1), params["out.weight"], params["out.bias"])
+
+    def loss(self, params: Params, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Mean cross-entropy of ``(images N x C x H x W, labels N)``: a scalar."""
+        images, labels = batch
+        return F.cross_entropy(self.forward(params, images), labels)
+
+    def accuracy(self, params: Params, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Fraction of ``batch`` whose largest logit is its label: a scalar."""
+        images, labels = batch
+        return (self.forward(params, images).argmax(dim=-1) == labels).float().mean()
