@@ -56,22 +56,24 @@ import torch.nn.functional as F
 from metadapt.cli import positive_int
 from metadapt.envs import make_env, observation_version
 from metadapt.errors import MetadaptError
-from metadapt.experiments.adaptation import Window, collect_random, sample_windows, window_error
+from metadapt.experiments.adaptation import PastFuture, collect_random, sample_windows, window_error
 from metadapt.meta.fit import fit_dynamics
 from metadapt.meta.maml import InnerLR, adapt
 from metadapt.meta.prior import Prior, load_prior
 from metadapt.models.mlp import ACTION_GAIN
-from metadapt.types import Params, Transitions
+from metadapt.types import Params, Window
 
 
-def mean_error(prior: Prior, windows: list[Window], params_for: Callable[[tuple[torch.Tensor, ...]], Params]) -> float:
+def mean_error(
+    prior: Prior, windows: list[PastFuture], params_for: Callable[[tuple[torch.Tensor, ...]], Params]
+) -> float:
     """Mean K-step error over ``windows`` of the parameters ``params_for(past)`` returns."""
     with torch.no_grad():
         return float(np.mean([window_error(prior.model, prior.model, params_for(p), f) for p, f in windows]))
 
 
 def dim_errors(
-    prior: Prior, windows: list[Window], params_for: Callable[[tuple[torch.Tensor, ...]], Params]
+    prior: Prior, windows: list[PastFuture], params_for: Callable[[tuple[torch.Tensor, ...]], Params]
 ) -> np.ndarray:
     """``O``: the K-step error of ``mean_error`` per observation dimension (its mean is ``mean_error``)."""
     out = []
@@ -93,8 +95,8 @@ def transitions(prior: Prior, trajs: list[np.ndarray]) -> tuple[torch.Tensor, to
 def fine_tune(prior: Prior, trajs: list[np.ndarray], epochs: int, seed: int) -> Params:
     """The prior refitted (``fit_dynamics``: Adam 1e-3, batches of 512, no validation) on ``trajs``' transitions."""
     obs, act, nxt = transitions(prior, trajs)
-    train = Transitions(obs, act, nxt, torch.zeros(len(obs)))
-    empty = Transitions(obs[:0], act[:0], nxt[:0], torch.zeros(0))
+    train = Window(obs, act, nxt, torch.zeros(len(obs)))
+    empty = Window(obs[:0], act[:0], nxt[:0], torch.zeros(0))
     params, _, _ = fit_dynamics(prior.model, prior.params, train, empty, epochs=epochs, batch_size=512, lr=1e-3,
                                 patience=epochs, generator=torch.Generator().manual_seed(seed))
     return params
@@ -168,7 +170,7 @@ def _fit_family(prior: Prior, params: Params, keys: list[str], data: tuple[torch
     return split({**start, **{k: v.detach() for k, v in free.items()}})
 
 
-def family_errors(prior: Prior, windows: list[Window], trajs: list[np.ndarray], steps: int,
+def family_errors(prior: Prior, windows: list[PastFuture], trajs: list[np.ndarray], steps: int,
                   seed: int) -> list[tuple[str, float, float]]:
     """Per family: (name, error fitted on ``trajs``, best error fitted on each window's past from GrBAL)."""
     task_data = transitions(prior, trajs)

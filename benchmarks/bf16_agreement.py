@@ -21,6 +21,7 @@ import torch
 from metadapt.adapt.static import StaticLearner
 from metadapt.agent import MPCAgent
 from metadapt.envs import get_reward_fn, make_env
+from metadapt.experiments.rollout import rollout
 from metadapt.meta.checkpoint import load_model
 from metadapt.models.rollout import rollout_returns
 from metadapt.planning import RandomShooting
@@ -44,24 +45,31 @@ def main(argv: list[str] | None = None) -> float:
     agent = MPCAgent(model, StaticLearner(params), planner, reward_fn)
     f32, bf16 = model.fold(params, torch.float32), model.fold(params, torch.bfloat16)
     gen = torch.Generator().manual_seed(args.seed + 1)
-    obs, _ = env.reset(seed=args.seed)
-    agent.reset()
-    ranks = []
-    for _ in range(args.problems):
-        state = torch.as_tensor(obs, dtype=torch.float32)
-        cands = low + (high - low) * torch.rand(args.num_samples, args.horizon, low.numel(), generator=gen)
-        with torch.no_grad():
-            r32 = rollout_returns(f32, state, cands, reward_fn)
-            r16 = rollout_returns(bf16, state, cands, reward_fn)
-        pick = int(torch.argmax(r16))
-        ranks.append(int((r32 > r32[pick]).sum()))  # 0 = the float32 best
-        act = agent.act(obs)
-        nxt, _, term, trunc, _ = env.step(act)
-        agent.observe(obs, act, nxt)
-        obs = nxt
-        if term or trunc:
-            obs, _ = env.reset()
+    ranks: list[int] = []
+
+    class Ranked:
+        """The agent, ranking at every state the bf16 pick of one candidate set under the float32 model."""
+
+        def act(self, obs: np.ndarray) -> np.ndarray:
+            state = torch.as_tensor(obs, dtype=torch.float32)
+            cands = low + (high - low) * torch.rand(args.num_samples, args.horizon, low.numel(), generator=gen)
+            with torch.no_grad():
+                r32 = rollout_returns(f32, state, cands, reward_fn)
+                r16 = rollout_returns(bf16, state, cands, reward_fn)
+            pick = int(torch.argmax(r16))
+            ranks.append(int((r32 > r32[pick]).sum()))  # 0 = the float32 best
+            return agent.act(obs)
+
+        def reset(self) -> None:
+            agent.reset()
+
+        def new_episode(self) -> None:
             agent.new_episode()
+
+        def observe(self, obs: np.ndarray, act: np.ndarray, nxt: np.ndarray, reward: float, done: bool) -> dict:
+            return agent.observe(obs, act, nxt, reward, done)
+
+    rollout(env, Ranked(), args.problems, args.seed)
     ranks_arr = np.array(ranks)
     top = float((ranks_arr < max(1, args.num_samples // 100)).mean())
     print(f"problems={len(ranks)}  median rank of the bf16 pick under float32={np.median(ranks_arr):.0f} "

@@ -22,11 +22,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+import gymnasium as gym
 import mujoco
 import numpy as np
 
 from metadapt.envs import make_env
 from metadapt.errors import MetadaptError
+from metadapt.experiments.rollout import Callback, Step, rollout
 
 
 def _env(gear: float):
@@ -35,50 +37,89 @@ def _env(gear: float):
     return env
 
 
+class _HeldRandom:
+    """Random actions held for ``hold`` steps: uniform in [-1, 1] or bang-bang +-1 (``mode``)."""
+
+    def __init__(self, mode: str, hold: int, rng: np.random.Generator) -> None:
+        self.mode, self.hold, self.rng = mode, hold, rng
+        self.reset()
+
+    def reset(self) -> None:
+        self.t, self.action = 0, np.zeros(12)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        if self.t % self.hold == 0:
+            self.action = self.rng.uniform(-1, 1, 12) if self.mode == "uniform" else self.rng.choice([-1.0, 1.0], 12)
+        self.t += 1
+        return self.action
+
+
 def on_back(gear: float, mode: str, episodes: int, steps: int, hold: int, seed: int) -> tuple[float, float]:
     """(fraction of steps, fraction of episode ends) with the torso's up axis below the horizon."""
     env, rng = _env(gear), np.random.default_rng(seed)
     back = ends = 0
-    for e in range(episodes):
-        env.reset(seed=seed + e)
-        action = np.zeros(12)
-        info: dict = {}
-        for t in range(steps):
-            if t % hold == 0:
-                action = rng.uniform(-1, 1, 12) if mode == "uniform" else rng.choice([-1.0, 1.0], 12)
-            info = env.step(action)[4]
-            back += info["torso_up"] < 0
-        ends += info["torso_up"] < 0
+
+    class Count(Callback):
+        def on_step(self, step: Step) -> None:
+            nonlocal back, ends
+            back += step.info["torso_up"] < 0
+            ends += step.done and step.info["torso_up"] < 0  # the episode's last step
+
+    # Episodes of exactly `steps` steps, each from reset(seed + e) with the held actions restarted.
+    rollout(env, _HeldRandom(mode, hold, rng), episodes * steps, lambda e: seed + e, episode_length=steps,
+            callbacks=[Count()], reset_each_episode=True)
     return back / (episodes * steps), ends / episodes
+
+
+class _Tripod:
+    """Open-loop tripod gait: legs 0, 2, 4 against 1, 3, 5, hips and knees sinusoidal."""
+
+    side = np.array([1, 1, 1, -1, -1, -1])
+    group = np.array([0, np.pi, 0, np.pi, 0, np.pi])  # legs 0, 2, 4 in phase; 1, 3, 5 opposite
+
+    def __init__(self, period: int, knee_lag: float) -> None:
+        self.period, self.knee_lag, self.t = period, knee_lag, 0
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        phase = 2 * np.pi * self.t / self.period + self.group
+        action = np.empty(12)
+        action[0::2], action[1::2] = self.side * np.sin(phase), np.sin(phase + self.knee_lag)
+        self.t += 1
+        return action
+
+
+class _StartX(Callback):
+    """The torso's x position after the reset."""
+
+    def __init__(self, env: gym.Env) -> None:
+        self.env, self.x = env, 0.0
+
+    def on_episode_start(self, episode: int, obs: object, info: dict) -> None:
+        self.x = float(self.env.unwrapped.data.qpos[0])
 
 
 def best_gait_speed(gear: float, steps: int = 300) -> float:
     """Forward speed (m/s) of the best tripod gait: legs 0, 2, 4 against 1, 3, 5, hips and knees sinusoidal."""
     env, best = _env(gear), -np.inf
-    side = np.array([1, 1, 1, -1, -1, -1])
-    group = np.array([0, np.pi, 0, np.pi, 0, np.pi])  # legs 0, 2, 4 in phase; 1, 3, 5 opposite
     for period in (4, 6, 8, 10, 14):
         for knee_lag in (0.5 * np.pi, -0.5 * np.pi):
-            env.reset(seed=0)
-            x0 = env.unwrapped.data.qpos[0]
-            for t in range(steps):
-                phase = 2 * np.pi * t / period + group
-                action = np.empty(12)
-                action[0::2], action[1::2] = side * np.sin(phase), np.sin(phase + knee_lag)
-                env.step(action)
-            best = max(best, (env.unwrapped.data.qpos[0] - x0) / (steps * env.unwrapped.dt))
+            x0 = _StartX(env)
+            rollout(env, _Tripod(period, knee_lag), steps, 0, reset_on_done=False, callbacks=[x0])
+            best = max(best, (env.unwrapped.data.qpos[0] - x0.x) / (steps * env.unwrapped.dt))
     return float(best)
 
 
-def perfect_model_mpc_speed(gear: float, steps: int, samples: int, horizon: int = 10, seed: int = 0) -> float:
-    """Forward speed (m/s) of random shooting that scores its candidates on the simulator (no model error)."""
-    env, rng = _env(gear), np.random.default_rng(seed)
-    u = env.unwrapped
-    env.reset(seed=seed)
-    scratch, x0 = mujoco.MjData(u.model), float(u.data.qpos[0])
-    for _ in range(steps):
-        plans = rng.uniform(-1, 1, (samples, horizon, 12))
-        scores = np.empty(samples)
+class _SimulatorMPC:
+    """Random shooting whose candidates are scored on copies of the simulator's state (no model error)."""
+
+    def __init__(self, env: gym.Env, samples: int, horizon: int, rng: np.random.Generator) -> None:
+        self.u, self.samples, self.horizon, self.rng = env.unwrapped, samples, horizon, rng
+        self.scratch = mujoco.MjData(self.u.model)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        u, scratch = self.u, self.scratch
+        plans = self.rng.uniform(-1, 1, (self.samples, self.horizon, 12))
+        scores = np.empty(self.samples)
         for i, plan in enumerate(plans):
             scratch.qpos[:], scratch.qvel[:] = u.data.qpos, u.data.qvel
             start = float(scratch.qpos[0])
@@ -87,8 +128,15 @@ def perfect_model_mpc_speed(gear: float, steps: int, samples: int, horizon: int 
                 mujoco.mj_step(u.model, scratch, nstep=u.frame_skip)
             # the environment's reward for walking straight, summed over the horizon
             scores[i] = (scratch.qpos[0] - start) / u.dt - u._ctrl_cost_weight * float(np.square(plan).sum())
-        env.step(plans[int(np.argmax(scores)), 0])
-    return (float(u.data.qpos[0]) - x0) / (steps * u.dt)
+        return plans[int(np.argmax(scores)), 0]
+
+
+def perfect_model_mpc_speed(gear: float, steps: int, samples: int, horizon: int = 10, seed: int = 0) -> float:
+    """Forward speed (m/s) of random shooting that scores its candidates on the simulator (no model error)."""
+    env, rng = _env(gear), np.random.default_rng(seed)
+    x0 = _StartX(env)
+    rollout(env, _SimulatorMPC(env, samples, horizon, rng), steps, seed, reset_on_done=False, callbacks=[x0])
+    return (float(env.unwrapped.data.qpos[0]) - x0.x) / (steps * env.unwrapped.dt)
 
 
 def main(argv: list[str] | None = None) -> int:

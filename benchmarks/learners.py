@@ -19,6 +19,7 @@ from metadapt.adapt.continual import ContinualLearner
 from metadapt.adapt.mole import MOLeLearner
 from metadapt.adapt.ts import KShotLearner
 from metadapt.models.mlp import MLPDynamics
+from metadapt.types import Window
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> float:
     model = MLPDynamics(18, 6, [500, 500, 500], "relu", 1.0)
     prior = model.init_params(gen)
     x, y = torch.randn(16, 24, generator=gen), torch.randn(16, 18, generator=gen)
+    window = Window(x[:, :18], x[:, 18:], y)  # K = 16 steps: obs, actions, next obs
 
     def mole(c: int) -> MOLeLearner:
         learner = MOLeLearner(model, prior, 0.01, alpha=0.0)  # alpha 0: the component count stays at c
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> float:
     for _ in range(args.repeats):
         for name, learner in learners.items():
             start = time.perf_counter()
-            learner.observe(x, y)
+            learner.observe(window)
             times[name].append(time.perf_counter() - start)
     best = {k: min(v) * 1000 for k, v in times.items()}
     for name, ms in best.items():

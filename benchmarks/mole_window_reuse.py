@@ -27,9 +27,10 @@ from metadapt.agent import MPCAgent
 from metadapt.envs import make_env
 from metadapt.experiments.bench import WARM_CEM_ELITES, WARM_CEM_ITERATIONS, WARM_CEM_SAMPLES
 from metadapt.experiments.components import continual_lr
+from metadapt.experiments.rollout import rollout
 from metadapt.meta.prior import load_prior
 from metadapt.planning.cem import CEM
-from metadapt.types import Params
+from metadapt.types import Params, Window
 
 
 class _SideBySide:
@@ -48,7 +49,7 @@ class _SideBySide:
     def params(self) -> Params:
         return self.main.params()
 
-    def observe(self, x: torch.Tensor, y: torch.Tensor) -> object:
+    def observe(self, window: Window) -> object:
         self.components.append(self.main.num_components)
         order = [("reuse", self.main), ("whole", self.shadow)]
         if len(self.times["reuse"]) % 2:
@@ -56,7 +57,7 @@ class _SideBySide:
         infos = {}
         for name, learner in order:
             t0 = time.perf_counter()
-            infos[name] = learner.observe(x, y)
+            infos[name] = learner.observe(window)
             self.times[name].append(time.perf_counter() - t0)
         self.same_choice += self.main.chosen_id == self.shadow.chosen_id
         self.same_count += self.main.num_components == self.shadow.num_components
@@ -84,17 +85,7 @@ def main(argv: list[str] | None = None) -> float:
                   seed=args.seed)
     agent = MPCAgent(prior.model, learner, planner, env.unwrapped.reward_fn, window=16,  # type: ignore[arg-type]
                      dtype=torch.bfloat16)
-    agent.reset()
-    obs, _ = env.reset(seed=args.seed)
-    total = 0.0
-    for _ in range(args.steps):
-        act = agent.act(obs)
-        nxt, reward, terminated, truncated, _ = env.step(act)
-        agent.observe(obs, act, nxt)
-        total += float(reward)
-        obs = nxt
-        if terminated or truncated:
-            break
+    total = rollout(env, agent, args.steps, args.seed, reset_on_done=False).total_return  # one episode
     n = len(learner.times["reuse"])
     med = {k: statistics.median(v) * 1e3 for k, v in learner.times.items()}
     print(f"steps {n}, return {total:.1f}, components at the end {learner.main.num_components} "

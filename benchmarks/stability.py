@@ -44,10 +44,11 @@ from metadapt.adapt.static import StaticLearner
 from metadapt.adapt.ts import KShotLearner
 from metadapt.envs import make_env, observation_version
 from metadapt.experiments.components import continual_lr
+from metadapt.experiments.rollout import RandomPolicy, rollout
 from metadapt.meta.checkpoint import load_model
 from metadapt.meta.prior import load_prior
 from metadapt.models.mlp import MLPDynamics
-from metadapt.types import Params
+from metadapt.types import Params, Window
 
 # name: (environment id, its shipped prior, the schedule of the stream)
 ENVS: dict[str, tuple[str, str, str | dict]] = {
@@ -61,24 +62,15 @@ ENV = ENVS["halfcheetah"][0]
 
 def collect_stream(
     steps: int, episode_length: int, seed: int, env_id: str = ENV, schedule: str | dict = "random_test"
-) -> tuple[np.ndarray, np.ndarray]:
-    """``T x (O + A + O)`` random-action transitions of one non-stationary trial, and each step's episode index."""
+) -> Window:
+    """``T`` random-action steps of one non-stationary trial as one window (episode indices included)."""
     env = make_env(env_id, schedule=schedule, max_episode_steps=episode_length)
-    env.action_space.seed(seed)
     rng = np.random.default_rng(seed)
-    rows, episodes, episode = [], [], 0
-    obs, _ = env.reset(seed=int(rng.integers(2**31)))
-    for _ in range(steps):
-        act = env.action_space.sample()
-        nxt, _, term, trunc, _ = env.step(act)
-        rows.append(np.concatenate([obs, act, nxt]))
-        episodes.append(episode)
-        obs = nxt
-        if term or trunc:
-            obs, _ = env.reset(seed=int(rng.integers(2**31)))
-            episode += 1
+    steps_seen: list[Window] = []
+    rollout(env, RandomPolicy(env.action_space, seed), steps, lambda episode: int(rng.integers(2**31)),
+            callbacks=[lambda step: steps_seen.append(step.transition())])
     env.close()
-    return np.asarray(rows, dtype=np.float32), np.asarray(episodes)
+    return Window.cat(steps_seen)
 
 
 def _finite_params(params: Params) -> bool:
@@ -86,31 +78,28 @@ def _finite_params(params: Params) -> bool:
 
 
 def run_learner(
-    learner: OnlineLearner, model: MLPDynamics, stream: np.ndarray, episodes: np.ndarray, window: int,
-    check_every: int, progress_every: int = 10_000,
+    learner: OnlineLearner, model: MLPDynamics, stream: Window, window: int, check_every: int,
+    progress_every: int = 10_000,
 ) -> dict[str, float]:
     """Feed ``stream`` to ``learner``; counts the steps where anything it produced was not finite."""
-    o = model.obs_dim
-    data = torch.from_numpy(stream)
-    history: deque[torch.Tensor] = deque(maxlen=window)
+    history: deque[Window] = deque(maxlen=window)
+    episodes = stream.episode.tolist()
     learner.reset()
     bad_steps, refused, worst_err, start = 0, 0, 0.0, time.perf_counter()
-    for t in range(len(data)):
+    for t in range(len(stream)):
         if t and episodes[t] != episodes[t - 1]:
             history.clear()
-        row = data[t]
+        step = stream[t : t + 1]
         params = learner.params()
         with torch.no_grad():
-            err = model.predict_normalized_delta(params, row[None, :o], row[None, o:-o]) - model.target(
-                row[None, :o], row[None, -o:])
+            err = model.predict_normalized_delta(params, step.obs, step.act) - model.target(step.obs, step.next_obs)
         ok = bool(torch.isfinite(err).all())
         worst_err = max(worst_err, float(err.pow(2).mean()))
-        history.append(row)
-        hist = torch.stack(list(history))
-        info = learner.observe(hist[:, : hist.shape[1] - o], hist[:, -o:])
+        history.append(step)
+        info = learner.observe(Window.cat(history))
         ok &= all(math.isfinite(v) for v in info.metrics.values() if isinstance(v, float))
         refused += int(info.metrics.get("step_refused", 0.0))
-        if (t + 1) % check_every == 0 or t + 1 == len(data):
+        if (t + 1) % check_every == 0 or t + 1 == len(stream):
             ok &= _finite_params(learner.params())
             if isinstance(learner, MOLeLearner):
                 ok &= _finite_params(learner.stack) and bool(torch.isfinite(learner.counts).all())
@@ -118,7 +107,7 @@ def run_learner(
         if (t + 1) % progress_every == 0:
             print(f"  {t + 1} steps, {bad_steps} non-finite, {time.perf_counter() - start:.0f} s", file=sys.stderr,
                   flush=True)
-    out = {"steps": float(len(data)), "non_finite_steps": float(bad_steps), "refused_steps": float(refused),
+    out = {"steps": float(len(stream)), "non_finite_steps": float(bad_steps), "refused_steps": float(refused),
            "largest_one_step_error": worst_err, "seconds": time.perf_counter() - start}
     if isinstance(learner, MOLeLearner):
         out["components"] = float(learner.num_components)
@@ -147,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     mb_model, mb_params = mb
     lr = continual_lr(None, prior.inner_lr)
     start = time.perf_counter()
-    stream, episodes = collect_stream(args.steps, args.episode_length, args.seed, env_id, schedule)
+    stream = collect_stream(args.steps, args.episode_length, args.seed, env_id, schedule)
     print(f"stream: {len(stream)} steps of {env_id} (random actions, schedule {schedule}) in "
           f"{time.perf_counter() - start:.0f} s", flush=True)
     makers = {
@@ -161,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     total = 0
     for name in args.learners:
         learner, model = makers[name]()
-        res = run_learner(learner, model, stream, episodes, prior.future, args.check_every)
+        res = run_learner(learner, model, stream, prior.future, args.check_every)
         total += int(res["non_finite_steps"])
         print(f"{name:<5} " + "  ".join(f"{k}={v:.6g}" for k, v in res.items()), flush=True)
     print(f"non_finite_steps={total}")

@@ -286,3 +286,58 @@ def test_bench_maml_times_every_variant_on_the_same_meta_gradient():
     out = bench_maml(repeats=1, iterations=2, meta_batch=4, shots=3, hidden=(8,), print_fn=lines.append)
     assert lines[-1].startswith("maml_speedup_vs_higher=") and out["maml_speedup_vs_higher"] > 0
     assert out["first_loss_spread"] < 1e-5  # metadapt, vmap, the loop and higher computed the same first loss
+
+
+@pytest.mark.parametrize("make, extra, message", [
+    (None, ["task.data=/nonexistent/omniglot"], "not found"),
+    ("empty_background", [], "no alphabet folders"),
+    ("no_evaluation", [], "images_evaluation"),
+    (None, ["task.shots=15", "task.eval_query=10"], "15 + 10 > 20"),
+])
+def test_bad_dataset_folders_and_episode_sizes_are_one_line(tmp_path, make, extra, message):
+    root = tmp_path / "omniglot"
+    if make == "empty_background":
+        (root / "images_background").mkdir(parents=True)
+        (root / "images_evaluation").mkdir()
+    elif make == "no_evaluation":
+        char = root / "images_background" / "Alpha" / "character01"
+        char.mkdir(parents=True)
+        from PIL import Image
+
+        for d in range(20):
+            Image.new("L", (28, 28), 255).save(char / f"0001_{d:02d}.png")
+    data = [f"task.data={root}"] if make else []
+    res = _cli("train", str(ROOT / "configs" / "maml_omniglot.yaml"), *data, *extra, "--out", str(tmp_path / "x"),
+               "--quiet")
+    assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (tmp_path / "x").exists()  # nothing written for a run that cannot start
+
+
+def test_classification_trains_from_the_command_line_with_its_baselines(tmp_path):
+    from metadapt.data.glyphs import generate_glyphs
+
+    root = generate_glyphs(tmp_path / "glyphs", seed=0, alphabets=["Latin", "Greek_1", "Armenian", "Hebrew"],
+                           background_alphabets=["Latin", "Greek_1"], max_characters=6, drawers=8)
+    out = tmp_path / "run"
+    res = _cli("train", str(ROOT / "configs" / "maml_omniglot.yaml"), f"task.data={root}", "model.filters=8",
+               "meta.iterations=20", "baseline.iterations=20", "meta.meta_batch=4", "eval.tasks=12", "eval.batch=6",
+               "task.eval_query=2", "train.checkpoint_every=10", "train.log_every=10", "--out", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metric"] == "accuracy"
+    assert set(summary["methods"]) == {"maml", "pretrained", "nearest_neighbour"}
+    for per in summary["methods"].values():
+        assert all(0.0 <= r["mean"] <= 1.0 for r in per.values())
+    # the pretrained network's head is replaced by a zero one: before fine-tuning it guesses (1 / N)
+    assert summary["methods"]["pretrained"]["0"]["mean"] == pytest.approx(0.2)
+    assert "nearest neighbour" in (out / "report.md").read_text()
+
+
+def test_diverged_tasks_are_counted_and_the_summary_stays_strict_json():
+    from metadapt.experiments.supervised import summarize
+
+    out = summarize(torch.tensor([0.1, float("nan"), float("inf"), 0.3]))
+    assert out == {"mean": None, "ci95": None, "nonfinite": 2}
+    json.loads(json.dumps(out, allow_nan=False))
+    ok = summarize(torch.tensor([0.1, 0.3]))
+    assert ok["nonfinite"] == 0 and ok["mean"] == pytest.approx(0.2)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from metadapt.cli import main
+from metadapt.types import Window
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = ["model.checkpoint=builtin:halfcheetah_malfunction", "env.id=metadapt/HalfCheetahMalfunction-v0",
@@ -67,7 +68,7 @@ def test_mole_step_on_cuda_equals_cpu():
         learner = MOLeLearner(model, params, 0.01, new_lr=lrs)
         model.normalizer = model.normalizer.to(dev)
         for x, y in windows:
-            learner.observe(x.to(dev), y.to(dev))
+            learner.observe(Window(x[:, :o], x[:, o:], y).to(dev))
         model.normalizer = model.normalizer.to("cpu")
         learners[dev] = learner
     cpu, gpu = learners["cpu"], learners["cuda"]

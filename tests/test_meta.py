@@ -28,6 +28,7 @@ from metadapt.meta.rebal import load_recurrent, recurrent_state
 from metadapt.models.mlp import MLPDynamics
 from metadapt.models.normalizer import Normalizer
 from metadapt.models.recurrent import RecurrentDynamics
+from metadapt.types import Window
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -244,7 +245,7 @@ def test_prior_round_trip_and_one_call_adaptation(tmp_path):
     loss = loaded.model.transition_loss
     assert float(loss(adapted, obs, act, nxt)) < float(loss(loaded.params, obs, act, nxt))
     learner = KShotLearner(loaded.model, loaded.params, 0.1)
-    info = learner.observe(torch.cat([obs, act], -1), nxt)
+    info = learner.observe(Window(obs, act, nxt))
     assert info.metrics["window_loss_adapted"] < info.metrics["window_loss_prior"]
     for k in adapted:
         torch.testing.assert_close(learner.params()[k], adapted[k])

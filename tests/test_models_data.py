@@ -14,7 +14,7 @@ from metadapt.data import ReplayBuffer
 from metadapt.meta.fit import fit_dynamics
 from metadapt.models import MLPDynamics, Normalizer, make_objective, rollout_returns
 from metadapt.models.mlp import FoldedMLP, fused_linear_available
-from metadapt.types import Transitions
+from metadapt.types import Window
 
 
 def _model(obs=3, act=2, hidden=(16, 16), activation="relu") -> tuple[MLPDynamics, dict]:
@@ -168,8 +168,8 @@ def test_fit_learns_a_linear_system_with_early_stopping():
     m = MLPDynamics(2, 1, (32, 32))
     m.normalizer = Normalizer.from_data(obs, act, nxt)
     p0 = m.init_params(g)
-    train = Transitions(obs[:1600], act[:1600], nxt[:1600], torch.zeros(1600))
-    val = Transitions(obs[1600:], act[1600:], nxt[1600:], torch.zeros(400))
+    train = Window(obs[:1600], act[:1600], nxt[:1600], torch.zeros(1600))
+    val = Window(obs[1600:], act[1600:], nxt[1600:], torch.zeros(400))
     p, state, res = fit_dynamics(m, p0, train, val, epochs=60, batch_size=64, lr=3e-3, patience=3, generator=g)
     assert res.val_loss < 0.01 * float(m.transition_loss(p0, val.obs, val.act, val.next_obs))
     assert 1 <= res.best_epoch <= res.epochs <= 60

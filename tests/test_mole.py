@@ -13,8 +13,15 @@ from metadapt.adapt.mole import MOLeLearner
 from metadapt.adapt.ts import KShotLearner
 from metadapt.experiments.metrics import adjusted_rand_index, away_from_switches, effective_components
 from metadapt.models.mlp import MLPDynamics
+from metadapt.types import Window
 
 K = 16
+
+
+def _win(x: torch.Tensor, y: torch.Tensor) -> Window:
+    """The window of ``x`` (``K x (O + A)``: states, then actions) and ``y`` (``K x O``: the next states)."""
+    o = y.shape[-1]
+    return Window(x[:, :o], x[:, o:], y)
 
 
 def _linear_model(sigma: float = 0.1) -> tuple[MLPDynamics, dict[str, torch.Tensor]]:
@@ -37,7 +44,7 @@ def _stream(learner, steps: int, period: int, seed: int = 0, noise: float = 0.05
         a = float(rng.choice([-1.0, 1.0]))
         hist.append((0.0, a, c * a + noise * rng.normal()))
         win = torch.tensor(hist[-K:], dtype=torch.float32)
-        learner.observe(win[:, :2], win[:, 2:])
+        learner.observe(Window(win[:, :1], win[:, 1:2], win[:, 2:]))
         truth.append(c)
         chosen.append(learner.chosen_id if isinstance(learner, MOLeLearner) else 0)
     return np.array(truth), np.array(chosen)
@@ -81,7 +88,7 @@ def test_posterior_matches_a_hand_computed_value():
     a = torch.tensor([1.0, -1.0, 1.0])
     y = torch.tensor([0.8, -0.6, 0.9])
     x = torch.stack([torch.zeros(3), a], -1)
-    mole.observe(x, y[:, None])
+    mole.observe(_win(x, y[:, None]))
     log_terms = []
     for c, n in ((1.0, 3.0), (-0.5, 1.0)):
         ll = sum(-((yk - c * ak) ** 2) / (2 * sigma**2) - 0.5 * math.log(2 * math.pi * sigma**2)
@@ -118,7 +125,7 @@ def test_no_nan_or_inf_with_huge_log_likelihoods():
     for _ in range(300):
         x = torch.tensor(rng.normal(scale=100, size=(K, 2)), dtype=torch.float32)
         y = torch.tensor(rng.normal(scale=1e4, size=(K, 1)), dtype=torch.float32)  # log-likelihoods ~ -1e13
-        info = mole.observe(x, y)
+        info = mole.observe(_win(x, y))
         assert all(math.isfinite(v) for v in info.metrics.values() if isinstance(v, float))
         assert torch.isfinite(mole.last_posterior).all() and abs(float(mole.last_posterior.sum()) - 1) < 1e-9
         assert all(torch.isfinite(v).all() for v in mole.stack.values())
@@ -139,8 +146,8 @@ def test_gs_keeps_adapting_while_ts_restarts_from_the_prior():
     a = torch.tensor([1.0, -1.0] * 8)
     x, y = torch.stack([torch.zeros(16), a], -1), (0.7 * a)[:, None]
     for _ in range(30):
-        gs.observe(x, y)
-        ts.observe(x, y)
+        gs.observe(_win(x, y))
+        ts.observe(_win(x, y))
     # GS accumulates 30 steps and converges to w = 0.7; TS is always one step from the prior.
     assert float(gs.params()["layers.0.weight"][0, 1]) == pytest.approx(0.7, abs=1e-3)
     assert float(ts.params()["layers.0.weight"][0, 1]) == pytest.approx(0.1 * 2 * 0.7, abs=1e-5)
@@ -235,7 +242,7 @@ def _fused_equals_plain(activation, options, meta_sgd, sliding, gain):
     fused = MOLeLearner(model, prior, lr, alpha=1.0, fused=True, **options)
     created = merged = 0
     for x, y in (_sliding_stream if sliding else _random_stream)(model, 90, seed=2):
-        a, b = plain.observe(x, y).metrics, fused.observe(x, y).metrics
+        a, b = plain.observe(_win(x, y)).metrics, fused.observe(_win(x, y)).metrics
         assert (a["components"], a["chosen"], a["created"], a["merged"]) == (
             b["components"], b["chosen"], b["created"], b["merged"])
         created += int(a["created"])
@@ -272,7 +279,7 @@ def test_window_reuse_gives_the_whole_window_step_and_follows_replaced_component
                 new = {k: v.flip(0) + 0.1 for k, v in on.stack.items()}
                 on.stack, off.stack = new, {k: v.clone() for k, v in new.items()}
             reuses = on.window_reuses
-            a, b = on.observe(x, y).metrics, off.observe(x, y).metrics
+            a, b = on.observe(_win(x, y)).metrics, off.observe(_win(x, y)).metrics
             after_creation += created and on.window_reuses > reuses
             created = bool(a["created"])
             # A slot listed twice would run the whole window twice and count twice against reuse's limit.
@@ -345,7 +352,7 @@ def test_continual_learners_built_from_a_meta_sgd_prior_stay_finite():
     mole = build_learner(load_config(None, ["learner.type=mole"]), prior.params, prior, prior.model)
     assert gs.lr == 0.01 and mole.lr == 0.01 and isinstance(mole.new_lr, dict)
     for x, y in _random_action_windows("metadapt/HalfCheetahMalfunction-v0", 300, "alternating_100"):
-        g, m = gs.observe(x, y).metrics, mole.observe(x, y).metrics
+        g, m = gs.observe(_win(x, y)).metrics, mole.observe(_win(x, y)).metrics
         assert g["window_loss"] < 10 and g["step_refused"] == 0
         assert math.isfinite(m["posterior_chosen"])
     assert all(bool(torch.isfinite(v).all()) for v in {**gs.params(), **mole.params()}.values())
@@ -355,7 +362,7 @@ def test_a_step_to_non_finite_parameters_is_refused_and_a_non_finite_component_i
     model, prior = _linear_model()
     gs = ContinualLearner(model, prior, lr=1e38)
     x, y = torch.tensor([[0.0, 1.0]] * K), torch.full((K, 1), 1e30)
-    info = gs.observe(x, y).metrics
+    info = gs.observe(_win(x, y)).metrics
     assert info["step_refused"] == 1 and all(bool(torch.isfinite(v).all()) for v in gs.params().values())
 
     mole = MOLeLearner(model, prior, lr=0.1, alpha=0.0)
@@ -363,6 +370,6 @@ def test_a_step_to_non_finite_parameters_is_refused_and_a_non_finite_component_i
                   "layers.0.bias": torch.zeros(2, 1)}
     mole.counts = torch.tensor([1.0, 5.0], dtype=torch.float64)
     mole.ids, mole.steps = [0, 1], 1
-    info = mole.observe(torch.tensor([[0.0, 1.0]] * K), torch.ones(K, 1)).metrics
+    info = mole.observe(_win(torch.tensor([[0.0, 1.0]] * K), torch.ones(K, 1))).metrics
     assert info["chosen"] == 0 and info["posterior_chosen"] == 1.0
     assert mole.last_posterior.tolist() == [1.0, 0.0]

@@ -16,7 +16,7 @@ from metadapt.experiments.components import LEARNERS, PLANNERS, TASKS
 from metadapt.experiments.schema import Field
 from metadapt.experiments.supervised import Problem
 from metadapt.planning.base import Planner, PlanResult, WarmStart
-from metadapt.types import TaskBatch
+from metadapt.types import TaskBatch, Window
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["train.iterations=1", "train.steps_per_iteration=80", "train.rollout_length=40", "train.epochs=1",
@@ -33,9 +33,9 @@ class CountingLearner:
     def reset(self) -> None:
         pass
 
-    def observe(self, x: torch.Tensor, y: torch.Tensor) -> StepInfo:
+    def observe(self, window: Window) -> StepInfo:
         CALLS["observe"] += 1
-        return StepInfo({"toy_window": float(x.shape[0])})
+        return StepInfo({"toy_window": float(len(window))})
 
     def params(self):
         return self._params

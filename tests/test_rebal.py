@@ -10,6 +10,7 @@ from metadapt.data.buffer import ReplayBuffer
 from metadapt.meta.rebal import fit_recurrent
 from metadapt.models.normalizer import Normalizer
 from metadapt.models.recurrent import RecurrentDynamics
+from metadapt.types import Window
 
 
 def _buffer(episodes: int = 40, length: int = 40) -> ReplayBuffer:
@@ -43,9 +44,8 @@ def test_context_step_by_step_equals_reading_the_window():
     obs, act, nxt = torch.randn(6, 3, generator=g), torch.randn(6, 2, generator=g), torch.randn(6, 3, generator=g)
     whole = model.context(params, obs, act, nxt)
     learner = RecurrentLearner(model, params)
-    x = torch.cat([obs, act], -1)
     for t in range(6):
-        learner.observe(x[: t + 1], nxt[: t + 1])
+        learner.observe(Window(obs[: t + 1], act[: t + 1], nxt[: t + 1]))
     torch.testing.assert_close(learner.h, whole, rtol=1e-5, atol=1e-6)
     learner.reset()
     assert float(learner.h.abs().sum()) == 0.0

@@ -31,10 +31,11 @@ def test_every_learner_stays_finite_on_a_real_random_action_stream(capsys):
 
 def test_the_check_counts_non_finite_parameters():
     prior = load_prior("builtin:halfcheetah_malfunction")
-    stream, episodes = stability.collect_stream(12, 40, seed=1)
-    assert stream.shape == (12, 2 * prior.model.obs_dim + prior.model.act_dim)
+    stream = stability.collect_stream(12, 40, seed=1)
+    assert len(stream) == 12 and stream.obs.shape == (12, prior.model.obs_dim)
+    assert stream.act.shape == (12, prior.model.act_dim) and stream.step.tolist() == list(range(12))
     broken = {k: torch.full_like(v, math.nan) for k, v in prior.params.items()}
-    res = stability.run_learner(StaticLearner(broken), prior.model, stream, episodes, 16, check_every=5)
+    res = stability.run_learner(StaticLearner(broken), prior.model, stream, 16, check_every=5)
     assert res["non_finite_steps"] == 12
 
 
@@ -45,9 +46,8 @@ def test_gs_stays_accurate_across_a_crawler_command_switch():
     crawler = stability.ENVS["crawler"][0]
     prior = load_prior("builtin:crawler", env_id=crawler, obs_version=observation_version(crawler))
     schedule = {"type": "sequence", "entries": [[0, "normal"], [30, "turn_left"]]}
-    stream, episodes = stability.collect_stream(60, 100, seed=0, env_id=stability.ENVS["crawler"][0],
-                                                schedule=schedule)
+    stream = stability.collect_stream(60, 100, seed=0, env_id=stability.ENVS["crawler"][0], schedule=schedule)
     gs = ContinualLearner(prior.model, prior.params, continual_lr(None, prior.inner_lr))
-    res = stability.run_learner(gs, prior.model, stream, episodes, prior.future, check_every=10)
+    res = stability.run_learner(gs, prior.model, stream, prior.future, check_every=10)
     assert res["non_finite_steps"] == 0 and res["refused_steps"] == 0
     assert res["largest_one_step_error"] < 100.0

@@ -12,7 +12,7 @@ from metadapt.adapt.base import OnlineLearner
 from metadapt.models.mlp import FoldedMLP, MLPDynamics
 from metadapt.models.rollout import compiled_rollout_returns, make_objective, rollout_returns
 from metadapt.planning.base import Planner, PlanResult
-from metadapt.types import Params, RewardFn
+from metadapt.types import Params, RewardFn, Window
 
 
 def _params_key(params: Params) -> tuple[Any, ...]:
@@ -28,7 +28,8 @@ class MPCAgent:
         learner: decides which parameters to plan with, from the stream of windows.
         planner: optimises action sequences against the model's predicted return.
         reward_fn: batched ``(obs, act, next_obs) -> N``.
-        window: K, the number of recent transitions handed to the learner.
+        window: K, the number of recent transitions handed to the learner (a ``Window`` of the episode's K
+            latest steps, from a history of single steps that ``new_episode`` clears).
         dtype: matrix-product dtype of the planning rollout.
         compile: plan through ``torch.compile`` of the rollout (off by default; same returns to float rounding).
     """
@@ -51,7 +52,8 @@ class MPCAgent:
         self._rollout = compiled_rollout_returns() if compile else rollout_returns
         self.device = planner.device
         self.warm_start = planner.make_warm_start()
-        self._history: deque[torch.Tensor] = deque(maxlen=window)
+        self._history: deque[Window] = deque(maxlen=window)  # single steps (windows of length 1), oldest first
+        self._episode, self._step = 0, 0  # of the next observed transition: episode in the trial, step in it
         self._folded: tuple[tuple[Any, ...], int, FoldedMLP] | None = None
         self._plan_params: Params | None = None
         self.last_plan: PlanResult | None = None
@@ -60,11 +62,15 @@ class MPCAgent:
         """Start of a trial: forget the learner's adaptation, the warm start and the window."""
         self.learner.reset()
         self.new_episode()
+        self._episode = 0
 
     def new_episode(self) -> None:
         """Start of an episode within a trial: the learner keeps what it learned."""
         self.warm_start.reset()
+        if self._step:
+            self._episode += 1
         self._history.clear()
+        self._step = 0
 
     def _fold(self, params: Params) -> FoldedMLP:
         key = _params_key(params)
@@ -83,19 +89,25 @@ class MPCAgent:
             self.last_plan = self.planner.plan(objective, self.warm_start)
         return self.last_plan.action.cpu().numpy()
 
-    def observe(self, obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray) -> dict[str, float | str]:
-        """Feed the executed transition to the learner; returns per-step metrics."""
-        o = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        a = torch.as_tensor(act, dtype=torch.float32, device=self.device)
-        o2 = torch.as_tensor(next_obs, dtype=torch.float32, device=self.device)
+    def observe(
+        self, obs: np.ndarray, act: np.ndarray, next_obs: np.ndarray, reward: float = 0.0, done: bool = False
+    ) -> dict[str, float | str]:
+        """Feed the executed transition to the learner; returns per-step metrics.
+
+        The step joins the history of the episode's steps; the learner receives
+        the window of the ``window`` latest (``Window``, oldest first, with the
+        episode and in-episode step indices this agent counts). ``done``: the
+        episode ended with this step.
+        """
+        step = Window.from_step(obs, act, next_obs, reward, done, self._episode, self._step, self.device)
+        self._step += 1
         metrics: dict[str, float | str] = {}
         if self._plan_params is not None:
+            o, a, o2 = step.obs[0], step.act[0], step.next_obs[0]
             with torch.no_grad():
                 err = self.model.predict_normalized_delta(self._plan_params, o, a) - self.model.target(o, o2)
             metrics["model_error"] = float(err.pow(2).mean())
-        self._history.append(torch.cat([o, a, o2]))
-        hist = torch.stack(list(self._history))
-        od = o.shape[0]
-        info = self.learner.observe(hist[:, : hist.shape[1] - od], hist[:, -od:])
+        self._history.append(step)
+        info = self.learner.observe(Window.cat(self._history))
         metrics.update(info.metrics)
         return metrics

@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-import torch
-
-from metadapt.types import Params
+from metadapt.types import Params, Window
 
 
 @dataclass(frozen=True)
@@ -17,24 +15,21 @@ class StepInfo:
     metrics: dict[str, float | str] = field(default_factory=dict)
 
 
-def split_window(x: torch.Tensor, obs_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``K x (O + A)`` window inputs -> (``K x O`` states, ``K x A`` actions)."""
-    return x[:, :obs_dim], x[:, obs_dim:]
-
-
 @runtime_checkable
 class OnlineLearner(Protocol):
     """Adapts parameters from a stream of windows.
 
-    ``observe`` receives the latest window: ``x`` is ``K x (O + A)`` (the K
-    previous states and actions, oldest first) and ``y`` is ``K x O`` (the
-    states that followed them). Early in an episode K may be smaller.
+    ``observe`` receives the latest window (``metadapt.types.Window``): the K
+    latest steps of the episode, oldest first, ``obs`` ``K x O``, ``act``
+    ``K x A`` and ``next_obs`` ``K x O`` (the states that followed), with their
+    rewards, ``done`` marks, episode and in-episode step indices. Early in an
+    episode K may be smaller.
     """
 
     def reset(self) -> None:
         """Forget the trial's adaptation (called at the start of a trial)."""
 
-    def observe(self, x: torch.Tensor, y: torch.Tensor) -> StepInfo:
+    def observe(self, window: Window) -> StepInfo:
         """Update from the latest window."""
 
     def params(self) -> Params:

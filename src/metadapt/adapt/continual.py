@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from metadapt.adapt.base import StepInfo, split_window
+from metadapt.adapt.base import StepInfo
 from metadapt.meta.maml import InnerLR, adapt_with_loss
 from metadapt.models.mlp import MLPDynamics
-from metadapt.types import Params
+from metadapt.types import Params, Window
 
 
 class ContinualLearner:
@@ -35,9 +35,9 @@ class ContinualLearner:
     def reset(self) -> None:
         self._params = self.init
 
-    def observe(self, x: torch.Tensor, y: torch.Tensor) -> StepInfo:
-        """``x``: ``K x (O + A)``, ``y``: ``K x O`` (raw observations)."""
-        obs, act = split_window(x, self.model.obs_dim)
+    def observe(self, window: Window) -> StepInfo:
+        """``steps`` SGD steps on the window's ``obs``, ``act`` and ``next_obs`` (raw observations)."""
+        obs, act, y = window.obs, window.act, window.next_obs
         with torch.no_grad():
             new, before = adapt_with_loss(self.model, self._params, obs, act, y, self.lr, self.steps, first_order=True)
             # A step that leaves non-finite parameters is refused rather than planned with.

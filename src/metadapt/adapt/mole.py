@@ -5,8 +5,9 @@ the data it was responsible for. All components live in one stacked parameter
 dict (``C x ...`` per entry) evaluated with ``torch.func.vmap``, so an E and an M
 step cost one batched call whatever the number of components.
 
-Per time step, with the window ``x_t`` (the K previous states and actions) and
-``y_t`` (the K states that followed):
+Per time step, with the window (``metadapt.types.Window``) of the K latest
+steps: ``x_t``, its states and actions (``obs``, ``act``), and ``y_t``, the
+states that followed (``next_obs``):
 
 1. E step: ``log p_T = log N(y_t; f_theta_T(x_t), sigma^2)`` summed over the
    window, for every component; the CRP prior is the soft count ``n_T`` (the sum
@@ -61,11 +62,11 @@ import math
 import torch
 from torch.func import grad, grad_and_value, vmap
 
-from metadapt.adapt.base import StepInfo, split_window
+from metadapt.adapt.base import StepInfo
 from metadapt.meta.maml import InnerLR, adapt
 from metadapt.models.mlp import MLPDynamics
 from metadapt.models.stacked import FUSED_ACTIVATIONS, StackedMLP, WindowCache
-from metadapt.types import Params
+from metadapt.types import Params, Window
 
 CHOICES = ("likelihood", "posterior")
 IDLE_POSTERIOR = 1e-10
@@ -229,9 +230,9 @@ class MOLeLearner:
         self._keep(keep)
         return keep
 
-    def observe(self, x: torch.Tensor, y: torch.Tensor) -> StepInfo:
-        """One EM step on the window ``x``: ``K x (O + A)``, ``y``: ``K x O`` (raw)."""
-        obs, act = split_window(x, self.model.obs_dim)
+    def observe(self, window: Window) -> StepInfo:
+        """One EM step on the window's ``obs``, ``act`` and ``next_obs`` (``y_t``; raw observations)."""
+        obs, act, y = window.obs, window.act, window.next_obs
         with torch.no_grad():
             created, merged, post = (self._step_fused if self.fused else self._step_plain)(obs, act, y)
             self._prev = (obs, act, y)

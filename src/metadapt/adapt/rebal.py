@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from metadapt.adapt.base import StepInfo, split_window
+from metadapt.adapt.base import StepInfo
 from metadapt.models.recurrent import RecurrentDynamics
-from metadapt.types import Params
+from metadapt.types import Params, Window
 
 
 class RecurrentLearner:
@@ -27,11 +27,11 @@ class RecurrentLearner:
         self.h = torch.zeros(self.model.context_dim, device=next(iter(self.rec_params.values())).device)
         self._params = self.model.planning_params(self.rec_params, self.h)
 
-    def observe(self, x: torch.Tensor, y: torch.Tensor) -> StepInfo:
-        """``x``: ``K x (O + A)``, ``y``: ``K x O``; only the newest transition advances the context."""
-        obs, act = split_window(x[-1:], self.model.obs_dim)
+    def observe(self, window: Window) -> StepInfo:
+        """Only the window's newest transition (``window[-1:]``) advances the context."""
+        newest = window[-1:]
         with torch.no_grad():
-            self.h = self.model.context(self.rec_params, obs, act, y[-1:], self.h)
+            self.h = self.model.context(self.rec_params, newest.obs, newest.act, newest.next_obs, self.h)
             self._params = self.model.planning_params(self.rec_params, self.h)
         return StepInfo({"context_norm": float(self.h.norm())})
 

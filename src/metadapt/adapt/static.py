@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import torch
-
 from metadapt.adapt.base import StepInfo
-from metadapt.types import Params
+from metadapt.types import Params, Window
 
 
 class StaticLearner:
@@ -17,7 +15,7 @@ class StaticLearner:
     def reset(self) -> None:
         pass
 
-    def observe(self, x: torch.Tensor, y: torch.Tensor) -> StepInfo:
+    def observe(self, window: Window) -> StepInfo:
         return StepInfo()
 
     def params(self) -> Params:

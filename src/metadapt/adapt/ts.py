@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from metadapt.adapt.base import StepInfo, split_window
+from metadapt.adapt.base import StepInfo
 from metadapt.meta.maml import InnerLR, adapt_with_loss
 from metadapt.models.mlp import MLPDynamics
-from metadapt.types import Params
+from metadapt.types import Params, Window
 
 
 class KShotLearner:
@@ -35,9 +35,9 @@ class KShotLearner:
         # A fresh trial plans with the prior itself, never with parameters adapted in the last one.
         self._params = self.prior
 
-    def observe(self, x: torch.Tensor, y: torch.Tensor) -> StepInfo:
-        """``x``: ``K x (O + A)``, ``y``: ``K x O`` (raw observations)."""
-        obs, act = split_window(x, self.model.obs_dim)
+    def observe(self, window: Window) -> StepInfo:
+        """Adapt the prior on the window's ``obs``, ``act`` and ``next_obs`` (raw observations)."""
+        obs, act, y = window.obs, window.act, window.next_obs
         with torch.no_grad():  # torch.func.grad still differentiates the inner loss
             self._params, before_t = adapt_with_loss(
                 self.model, self.prior, obs, act, y, self.inner_lr, self.steps, first_order=True

@@ -1,4 +1,9 @@
-"""Ring buffer of raw transitions with episode index, in-episode step and true task id."""
+"""Ring buffer of raw transitions with episode index, in-episode step and true task id.
+
+It stores and returns ``metadapt.types.Window``: ``add(window, task_id=...)``
+appends an episode's steps, ``transitions()`` returns every stored step as one
+window and ``sample_windows`` a batch of ``B x L`` windows of single episodes.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from metadapt.types import Transitions
+from metadapt.types import Window
 
 FIELDS = ("obs", "act", "next_obs", "reward", "episode", "step", "task_id", "val")
 
@@ -16,24 +21,46 @@ FIELDS = ("obs", "act", "next_obs", "reward", "episode", "step", "task_id", "val
 class Windows:
     """Contiguous windows of ``L = M + K`` steps from single episodes.
 
-    ``obs``/``next_obs`` are ``B x L x O``, ``act`` is ``B x L x A``,
-    ``task_id`` is ``B`` (the task at the window's first step). The first
-    ``M`` steps are the adaptation set, the last ``K`` the evaluation set.
+    ``window`` is a batch of ``B`` windows (``Window`` with leading shape
+    ``B x L``): ``obs``/``next_obs`` ``B x L x O``, ``act`` ``B x L x A``, with
+    rewards, ``done`` marks, episodes and in-episode steps ``B x L``;
+    ``task_id`` is ``B`` (the task at the window's first step). The first ``M``
+    steps are the adaptation set, the last ``K`` the evaluation set.
     """
 
-    obs: torch.Tensor
-    act: torch.Tensor
-    next_obs: torch.Tensor
+    window: Window
     task_id: torch.Tensor
     past_len: int
 
+    @property
+    def obs(self) -> torch.Tensor:
+        return self.window.obs
+
+    @property
+    def act(self) -> torch.Tensor:
+        return self.window.act
+
+    @property
+    def next_obs(self) -> torch.Tensor:
+        return self.window.next_obs
+
     def past(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(obs, act, next_obs)`` of the first M steps (``B x M x ...``)."""
         m = self.past_len
         return self.obs[:, :m], self.act[:, :m], self.next_obs[:, :m]
 
     def future(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(obs, act, next_obs)`` of the last K steps (``B x K x ...``)."""
         m = self.past_len
         return self.obs[:, m:], self.act[:, m:], self.next_obs[:, m:]
+
+    def past_window(self) -> Window:
+        """The first M steps as windows (``B x M``)."""
+        return self.window[:, : self.past_len]
+
+    def future_window(self) -> Window:
+        """The last K steps as windows (``B x K``)."""
+        return self.window[:, self.past_len :]
 
 
 class ReplayBuffer:
@@ -41,7 +68,9 @@ class ReplayBuffer:
 
     When full, the oldest transitions are overwritten. Every query returns data
     in chronological order. ``val`` marks transitions held out for validation;
-    the mark is drawn once at insertion so the split never reshuffles.
+    the mark is drawn once at insertion so the split never reshuffles. The
+    buffer stores no ``done`` column: a returned window marks ``done`` on the
+    last stored step of each episode.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, capacity: int = 1_000_000) -> None:
@@ -62,29 +91,43 @@ class ReplayBuffer:
         self._size = 0
         self.total_added = 0
         self._starts_cache: dict[tuple[int, int, str], torch.Tensor] = {}
+        self._done_cache: tuple[int, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return self._size
 
     def add(
         self,
-        obs: np.ndarray | torch.Tensor,
-        act: np.ndarray | torch.Tensor,
-        next_obs: np.ndarray | torch.Tensor,
-        reward: np.ndarray | torch.Tensor,
-        episode: np.ndarray | torch.Tensor,
-        step: np.ndarray | torch.Tensor,
-        task_id: np.ndarray | torch.Tensor,
+        obs: Window | np.ndarray | torch.Tensor,
+        act: np.ndarray | torch.Tensor | None = None,
+        next_obs: np.ndarray | torch.Tensor | None = None,
+        reward: np.ndarray | torch.Tensor | None = None,
+        episode: np.ndarray | torch.Tensor | None = None,
+        step: np.ndarray | torch.Tensor | None = None,
+        task_id: np.ndarray | torch.Tensor | None = None,
         val: np.ndarray | torch.Tensor | None = None,
     ) -> None:
-        """Append ``N`` transitions (every argument has leading dimension ``N``)."""
-        cols = {
-            "obs": obs, "act": act, "next_obs": next_obs, "reward": reward,
-            "episode": episode, "step": step, "task_id": task_id,
-        }
+        """Append ``N`` transitions: a ``Window`` of length ``N`` (``add(window, task_id=..., val=...)``;
+        its ``done`` marks are not stored), or every column, each with leading dimension ``N``.
+
+        ``task_id`` (``N`` or one for all) defaults to 0, ``val`` (``N`` or one for all) to False (training data).
+        """
+        if isinstance(obs, Window):
+            w = obs
+            obs, act, next_obs, reward, episode, step = w.obs, w.act, w.next_obs, w.reward, w.episode, w.step
+        elif act is None or next_obs is None or reward is None or episode is None or step is None:
+            raise TypeError("buffer.add: pass a Window, or obs, act, next_obs, reward, episode and step")
         n = len(obs)
-        cols["val"] = np.zeros(n, dtype=bool) if val is None else val
-        tensors = {k: torch.as_tensor(np.asarray(v), dtype=self._data[k].dtype) for k, v in cols.items()}
+        cols = {
+            "obs": obs, "act": act, "next_obs": next_obs, "reward": reward, "episode": episode, "step": step,
+            "task_id": np.zeros(n, dtype=np.int64) if task_id is None else task_id,
+            "val": np.zeros(n, dtype=bool) if val is None else val,
+        }
+        tensors = {k: torch.as_tensor(v if isinstance(v, torch.Tensor) else np.asarray(v),
+                                      dtype=self._data[k].dtype, device="cpu") for k, v in cols.items()}
+        for k in ("task_id", "val"):  # one task id or mark for every transition
+            if tensors[k].dim() == 0:
+                tensors[k] = tensors[k].expand(n)
         for k, v in tensors.items():
             if v.shape[0] != n:
                 raise ValueError(f"buffer.add: '{k}' has {v.shape[0]} rows, expected {n}")
@@ -113,14 +156,25 @@ class ReplayBuffer:
         """One field in chronological order (``N x ...``)."""
         return self._data[name][self._order()]
 
-    def transitions(self, split: str = "all") -> Transitions:
-        """All transitions, or only the ``"train"`` or ``"val"`` part."""
+    def _done(self) -> torch.Tensor:
+        """``N`` (chronological): the step is the last stored step of its episode."""
+        if self._done_cache is None or self._done_cache[0] != self.total_added:
+            ep = self.column("episode")
+            self._done_cache = (self.total_added, torch.cat([ep[1:] != ep[:-1],
+                                                              torch.ones(min(len(ep), 1), dtype=torch.bool)]))
+        return self._done_cache[1]
+
+    def transitions(self, split: str = "all") -> Window:
+        """All transitions as one window (``N`` steps, chronological), or only the ``"train"`` or ``"val"`` part."""
         order = self._order()
+        done = self._done()
         if split != "all":
             mask = self._data["val"][order]
-            order = order[mask] if split == "val" else order[~mask]
+            keep = mask if split == "val" else ~mask
+            order, done = order[keep], done[keep]
         d = self._data
-        return Transitions(d["obs"][order], d["act"][order], d["next_obs"][order], d["reward"][order])
+        return Window(d["obs"][order], d["act"][order], d["next_obs"][order], d["reward"][order], done,
+                      d["episode"][order], d["step"][order])
 
     def window_starts(self, length: int, split: str = "all") -> torch.Tensor:
         """Chronological indices where ``length`` consecutive steps of one episode begin.
@@ -166,11 +220,14 @@ class ReplayBuffer:
             raise ValueError(f"no {'' if split == 'all' else split + ' '}episode in the buffer has {length} "
                              "consecutive steps")
         pick = starts[torch.randint(starts.numel(), (batch,), generator=generator)]
-        idx = self._order()[pick[:, None] + torch.arange(length)]
+        rows = pick[:, None] + torch.arange(length)  # chronological positions, B x L
+        idx = self._order()[rows]
         d = self._data
-        w = Windows(d["obs"][idx], d["act"][idx], d["next_obs"][idx], d["task_id"][idx[:, 0]], past)
+        window = Window(d["obs"][idx], d["act"][idx], d["next_obs"][idx], d["reward"][idx], self._done()[rows],
+                        d["episode"][idx], d["step"][idx])
+        w = Windows(window, d["task_id"][idx[:, 0]], past)
         if device is not None and torch.device(device) != w.obs.device:
-            w = Windows(w.obs.to(device), w.act.to(device), w.next_obs.to(device), w.task_id.to(device), past)
+            w = Windows(window.to(device), w.task_id.to(device), past)
         return w
 
     def state_dict(self) -> dict[str, torch.Tensor | int]:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from metadapt.envs import make_env
+from metadapt.experiments.rollout import RandomPolicy, Step, rollout
 from metadapt.meta.maml import adapt
 from metadapt.meta.prior import Prior
 from metadapt.models.mlp import MLPDynamics
@@ -43,31 +44,32 @@ class AdaptationErrors:
 
 
 def collect_random(env_id: str, task: str, steps: int, episode_length: int, seed: int) -> list[np.ndarray]:
-    """Random-action trajectories on ``task`` as ``T x (O + A + O)`` arrays (obs, act, next_obs)."""
+    """Random-action trajectories on ``task`` as ``T x (O + A + O)`` arrays (obs, act, next_obs).
+
+    One ``rollout`` of ``RandomPolicy(seed)`` for ``steps`` steps, every episode reset with a seed drawn from
+    ``numpy.random.default_rng(seed)``; an episode ends after ``episode_length`` steps or when the
+    environment ends it.
+    """
     env = make_env(env_id, schedule=task, max_episode_steps=episode_length)
-    env.action_space.seed(seed)
     rng = np.random.default_rng(seed)
-    out, done = [], 0
-    while done < steps:
-        obs, _ = env.reset(seed=int(rng.integers(2**31)))
-        rows = []
-        for _ in range(min(episode_length, steps - done)):
-            act = env.action_space.sample()
-            nxt, _, term, trunc, _ = env.step(act)
-            rows.append(np.concatenate([obs, act, nxt]))
-            obs = nxt
-            if term or trunc:
-                break
-        out.append(np.array(rows, dtype=np.float32))
-        done += len(rows)
+    episodes: list[list[np.ndarray]] = [[]]
+
+    def record(step: Step) -> None:
+        episodes[-1].append(np.concatenate([step.obs, step.action, step.next_obs]))
+        if step.done:
+            episodes.append([])
+
+    rollout(env, RandomPolicy(env.action_space, seed), steps, lambda episode: int(rng.integers(2**31)),
+            episode_length=episode_length, callbacks=[record], reset_each_episode=True)
     env.close()
-    return out
+    return [np.array(rows, dtype=np.float32) for rows in episodes if rows]
 
 
-Window = tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]
+PastFuture = tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]
+"""A window cut in two: ``(past, future)``, each ``(obs, act, next_obs)``."""
 
 
-def sample_windows(trajs: list[np.ndarray], obs_dim: int, m: int, k: int, windows: int, seed: int) -> list[Window]:
+def sample_windows(trajs: list[np.ndarray], obs_dim: int, m: int, k: int, windows: int, seed: int) -> list[PastFuture]:
     """``windows`` random windows of ``T x (O + A + O)`` trajectories, drawn with ``seed``.
 
     Each is ``(past, future)``: ``(M x O, M x A, M x O)`` and ``(K x O, K x A, K x O)`` (obs, act, next_obs).

@@ -11,6 +11,7 @@ import torch
 from metadapt.models.mlp import MLPDynamics
 from metadapt.models.rollout import make_objective
 from metadapt.planning import CEM, MPPI, Planner, RandomShooting
+from metadapt.types import Window
 
 CHEETAH_OBS, CHEETAH_ACT = 18, 6
 # The warm-started CEM that matched random shooting N=1000 at a quarter of its model evaluations
@@ -230,7 +231,7 @@ def bench_speed(
     stream = 4 * repeats + 4 * k
     xs = torch.randn(stream, o + a, generator=gen)
     ys = model.predict(params, xs[:, :o], xs[:, o:]) + 0.1 * torch.randn(stream, o, generator=gen)
-    x, y = xs[:k], ys[:k]
+    transitions = Window(xs[:, :o], xs[:, o:], ys)  # the stream; the learner sees K transitions at a time
     last = f"layers.{len(hidden)}.bias"
 
     def sliding(learner: MOLeLearner) -> Callable[[], object]:
@@ -238,7 +239,7 @@ def bench_speed(
 
         def step() -> object:
             t[0] = t[0] + 1 if t[0] < stream else k
-            return learner.observe(xs[t[0] - k: t[0]], ys[t[0] - k: t[0]])
+            return learner.observe(transitions[t[0] - k: t[0]])
 
         return step
 
@@ -252,7 +253,7 @@ def bench_speed(
         learner.stack = stack
         learner.counts = torch.ones(c, dtype=torch.float64)
         learner.ids, learner.steps = list(range(c)), 1
-        learner.observe(x, y)  # sets the previous window, so the creation test is part of every timed step
+        learner.observe(transitions[:k])  # sets the previous window, so the creation test is part of every timed step
         return learner
 
     moles = {f"mole_{c}": mole(c) for c in components}

@@ -29,6 +29,7 @@ from metadapt.data.buffer import ReplayBuffer
 from metadapt.envs import env_obs_version
 from metadapt.errors import CheckpointError
 from metadapt.experiments.progress import Reporter
+from metadapt.experiments.rollout import Callback, EpisodeEnd, RandomPolicy, Step, rollout
 from metadapt.meta.checkpoint import load_checkpoint, model_state, save_atomic, save_model
 from metadapt.meta.fit import fit_dynamics
 from metadapt.meta.maml import MetaSettings, expand_inner_lrs, fit_meta, initial_inner_lrs
@@ -36,7 +37,7 @@ from metadapt.meta.prior import Prior, save_prior
 from metadapt.models.mlp import MLPDynamics
 from metadapt.models.normalizer import Normalizer
 from metadapt.planning.base import Planner
-from metadapt.types import Params, RewardFn
+from metadapt.types import Params, RewardFn, Window
 
 CHECKPOINT = "checkpoints/latest.pt"
 METRIC_FIELDS = (
@@ -159,6 +160,40 @@ def iteration_seed(seed: int, iteration: int, stream: int = 0) -> int:
     return int(np.random.SeedSequence([seed, iteration, stream]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
+class _Collector(Callback):
+    """Collection's record of every rollout: its steps go to the trainer's buffer as one window per episode,
+    with the next episode index and validation marks drawn from ``rng`` when the episode ends."""
+
+    def __init__(self, trainer: IterativeTrainer, rng: np.random.Generator, by_episode: bool) -> None:
+        self.trainer, self.rng, self.by_episode = trainer, rng, by_episode
+        self.returns: list[float] = []
+        self.ret = 0.0  # the running episode's return, for the progress bar
+        self.steps: list[Window] = []
+        self.task_ids: list[int] = []
+
+    def on_episode_start(self, episode: int, obs: Any, info: dict[str, Any]) -> None:
+        self.ret = 0.0
+
+    def on_step(self, step: Step) -> None:
+        self.steps.append(step.transition())
+        self.task_ids.append(step.info.get("task_id", 0))
+        self.ret += step.reward
+        self.trainer.reporter.advance("collect", ret=self.ret)
+
+    def on_episode_end(self, end: EpisodeEnd) -> None:
+        t, n = self.trainer, end.length
+        if n == 0:
+            return
+        val_fraction = t.settings.val_fraction
+        held_out = np.full(n, self.rng.random() < val_fraction) if self.by_episode else \
+            self.rng.random(n) < val_fraction
+        window = Window.cat(self.steps).replace(episode=torch.full((n,), t._episodes, dtype=torch.long))
+        t.buffer.add(window, task_id=np.asarray(self.task_ids), val=held_out)
+        t._episodes += 1
+        self.steps, self.task_ids = [], []
+        self.returns.append(end.total_return)
+
+
 class IterativeTrainer:
     """Collect -> aggregate -> refit, with a checkpoint after every completed iteration.
 
@@ -278,50 +313,22 @@ class IterativeTrainer:
             return self.replay_iteration(iteration)
         s = self.settings
         rng = np.random.default_rng(iteration_seed(self.seed, iteration, 1))
-        agent = None
+        policy: MPCAgent | RandomPolicy
         if iteration > 0:
             planner = self.make_planner(iteration_seed(self.seed, iteration, 2))
-            agent = MPCAgent(
+            policy = MPCAgent(
                 self.planning_model(), self.collection_learner(), planner, self.reward_fn,
                 self.meta.past if self.meta else s.window, self.dtype,
             )
-        self.env.action_space.seed(iteration_seed(self.seed, iteration, 3))
-        returns: list[float] = []
-        steps = 0
+        else:
+            policy = RandomPolicy(self.env.action_space, iteration_seed(self.seed, iteration, 3))
         self.reporter.start("collect", f"iter {iteration} collect", s.steps_per_iteration)
-        while steps < s.steps_per_iteration:
-            obs, info = self.env.reset(seed=int(rng.integers(2**31)))
-            if agent is not None:
-                agent.reset()
-            rows: dict[str, list[Any]] = {k: [] for k in ("obs", "act", "next_obs", "reward", "task_id")}
-            length = min(s.rollout_length, s.steps_per_iteration - steps)
-            ret = 0.0
-            for _ in range(length):
-                act = agent.act(obs) if agent is not None else self.env.action_space.sample()
-                next_obs, reward, terminated, truncated, info = self.env.step(act)
-                if agent is not None:
-                    agent.observe(obs, act, next_obs)
-                for k, v in (("obs", obs), ("act", act), ("next_obs", next_obs), ("reward", reward),
-                             ("task_id", info.get("task_id", 0))):
-                    rows[k].append(v)
-                ret += float(reward)
-                obs = next_obs
-                self.reporter.advance("collect", ret=ret)
-                if terminated or truncated:
-                    break
-            n = len(rows["obs"])
-            # Meta-learning validates on held-out trajectories (whole windows); MB on held-out steps.
-            by_episode = self.meta is not None or self.per_episode_validation
-            held_out = np.full(n, rng.random() < s.val_fraction) if by_episode else rng.random(n) < s.val_fraction
-            self.buffer.add(
-                np.asarray(rows["obs"]), np.asarray(rows["act"]), np.asarray(rows["next_obs"]),
-                np.asarray(rows["reward"]), np.full(n, self._episodes), np.arange(n),
-                np.asarray(rows["task_id"]), held_out,
-            )
-            self._episodes += 1
-            steps += n
-            returns.append(ret)
-        return returns
+        # Meta-learning validates on held-out trajectories (whole windows); MB on held-out steps.
+        collector = _Collector(self, rng, by_episode=self.meta is not None or self.per_episode_validation)
+        # Every rollout starts from its own seeded reset and a freshly reset agent.
+        rollout(self.env, policy, s.steps_per_iteration, lambda episode: int(rng.integers(2**31)),
+                episode_length=s.rollout_length, callbacks=[collector], reset_each_episode=True)
+        return collector.returns
 
     def replay_iteration(self, iteration: int) -> list[float]:
         """Add the replayed run's ``iteration`` to the buffer; returns its rollouts' returns."""

@@ -37,7 +37,7 @@ from metadapt.experiments.config import dump_config
 from metadapt.experiments.progress import Reporter
 from metadapt.meta.checkpoint import load_checkpoint, save_atomic
 from metadapt.meta.inner import Rates, init_rates, inner_adapt
-from metadapt.meta.outer import MAML, evaluate_adaptation, mean_interval
+from metadapt.meta.outer import MAML, evaluate_adaptation, maml_task_losses, mean_interval
 from metadapt.models.base import FunctionalModel, check_params
 from metadapt.models.regressor import MLPRegressor
 from metadapt.types import Params, TaskBatch, TaskSampler
@@ -57,8 +57,24 @@ class Problem:
     test: TaskSampler
     metric: str  # the name of the held-out number: "mse" (lower is better) or "accuracy"
     score: Any  # score(params, batch) -> the metric of one task (or ``B`` when stacked); the loss for "mse"
-    # extra(generator, tasks) -> {method: {"0": {"mean", "ci95"}}}: baselines that are not a network
+    # extra(generator, tasks, batch) -> {method: {"0": {"mean", "ci95"}}}: baselines that are not a network
     extra: Any = None
+    # how the pretrained baseline trains when it is not the task model on pooled tasks
+    pretrain: Pretrain | None = None
+
+
+@dataclass
+class Pretrain:
+    """A baseline network trained on every training class at once, then given the task model's shape.
+
+    ``sample(size, generator)`` is a batch of ``model.loss``; ``transfer(params)``
+    turns its parameters into the task model's (e.g. the features with a fresh
+    ``N``-way head), which evaluation then fine-tunes like MAML's.
+    """
+
+    model: FunctionalModel
+    sample: Any
+    transfer: Any
 
 
 def sinusoid_problem(cfg: dict[str, Any], device: torch.device) -> Problem:
@@ -89,37 +105,47 @@ def _generator(seed: int, stream: int) -> torch.Generator:
 
 
 class _Trainer:
-    """Adam on the outer loss (MAML) or on the unadapted loss of all tasks (the pretrained baseline)."""
+    """Adam on the outer loss (MAML), or the pretrained baseline: Adam on the unadapted loss of all tasks
+    pooled, or on the problem's own ``Pretrain`` (a network over every training class)."""
 
-    def __init__(self, problem: Problem, params: Params, rates: Rates, cfg: dict[str, Any], pretrain: bool) -> None:
+    def __init__(self, problem: Problem, cfg: dict[str, Any], pretrain: bool, device: torch.device) -> None:
         m, stacked = cfg["meta"], bool(getattr(problem.model, "stacked", False))
-        self.pretrain = pretrain
+        self.problem, self.pretrain, self.stacked = problem, pretrain, stacked
+        self.batch = cfg["baseline"]["batch_size"] if pretrain and problem.pretrain else m["meta_batch"]
+        model = problem.pretrain.model if pretrain and problem.pretrain else problem.model
+        self.model = model
+        params = model.init_params(_generator(cfg["seed"], INIT_STREAM + (1 if model is not problem.model else 0)),
+                                   device)
         if pretrain:
-            self.maml = MAML(problem.model.loss, params, 0.0, steps=1, stacked=stacked, outer_lr=cfg["baseline"]["lr"])
+            self.maml = MAML(model.loss, params, 0.0, steps=1, stacked=stacked, outer_lr=cfg["baseline"]["lr"])
         else:
-            self.maml = MAML(problem.model.loss, params, rates, steps=m["inner_steps"], first_order=m["first_order"],
-                             stacked=stacked, outer_lr=m["outer_lr"], learn_rates=m["learn_inner_lr"])
-        self.stacked = stacked
-        self.loss_fn = problem.model.loss
+            self.maml = MAML(model.loss, params, _initial_rates(cfg, params), steps=m["inner_steps"],
+                             first_order=m["first_order"], stacked=stacked, outer_lr=m["outer_lr"],
+                             learn_rates=m["learn_inner_lr"])
 
-    def step(self, tasks: TaskBatch) -> float:
+    def step(self, gen: torch.Generator) -> float:
         if not self.pretrain:
-            return self.maml.step(tasks)
-        # One network on all tasks: the unadapted loss of support and query together.
-        loss = self._pooled_loss(tasks)
+            return self.maml.step(self.problem.train.sample(self.batch, gen, "train"))
+        if self.problem.pretrain is not None:
+            loss = self.model.loss(self.maml.params, self.problem.pretrain.sample(self.batch, gen))
+        else:  # one network on all tasks: the unadapted loss of support and query together
+            tasks = self.problem.train.sample(self.batch, gen, "train")
+            flipped = TaskBatch(tasks.query, tasks.support)
+            loss = 0.5 * (maml_task_losses(self.model.loss, self.maml.params, tasks, 0.0, 0, stacked=self.stacked)
+                          + maml_task_losses(self.model.loss, self.maml.params, flipped, 0.0, 0,
+                                             stacked=self.stacked)).mean()
         opt = self.maml.optimizer
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return float(loss.detach())
 
-    def _pooled_loss(self, tasks: TaskBatch) -> torch.Tensor:
-        from metadapt.meta.outer import maml_task_losses
-
-        both = TaskBatch(tasks.query, tasks.support)
-        fwd = maml_task_losses(self.loss_fn, self.maml.params, tasks, 0.0, 0, stacked=self.stacked)
-        back = maml_task_losses(self.loss_fn, self.maml.params, both, 0.0, 0, stacked=self.stacked)
-        return 0.5 * (fwd.mean() + back.mean())
+    def result(self) -> tuple[Params, Rates]:
+        """The trained parameters as the task model's (the pretrained network with a fresh head) and rates."""
+        params = {k: v.detach() for k, v in self.maml.params.items()}
+        if self.pretrain and self.problem.pretrain is not None:
+            params = self.problem.pretrain.transfer(params)
+        return params, _detached(self.maml.rates)
 
 
 def _stage_iterations(cfg: dict[str, Any]) -> list[tuple[str, int]]:
@@ -156,7 +182,9 @@ def _load_state(run_dir: Path, problem: Problem, cfg: dict[str, Any]) -> dict[st
         for name, result in state["results"].items():
             check_params(problem.model, result["params"], f"{path}'s {name} parameters")
         if state["trainer"] is not None:
-            check_params(problem.model, state["trainer"]["params"], f"{path}'s parameters")
+            wide = state["stage"] == "pretrained" and problem.pretrain is not None
+            stage_model = problem.pretrain.model if wide else problem.model  # type: ignore[union-attr]
+            check_params(stage_model, state["trainer"]["params"], f"{path}'s parameters")
     except ValueError as exc:
         raise CheckpointError(str(exc)) from exc
     return state
@@ -188,7 +216,7 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
                  "params": _cpu(meta_params), "rates": _cpu(rates) if isinstance(rates, dict) else float(rates),
                  "baseline": _cpu(baseline) if baseline is not None else None}, out)
     summary = evaluate(cfg, problem, meta_params, rates, baseline, reporter)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
     from metadapt.experiments.supervised_report import write_supervised_report
 
     write_supervised_report(run_dir, cfg, problem, meta_params, rates, baseline)
@@ -202,8 +230,6 @@ def _cpu(params: Params) -> Params:
 def _fit(cfg: dict[str, Any], problem: Problem, run_dir: Path, reporter: Reporter,
          resume: bool) -> tuple[Params, Rates, Params | None]:
     device, seed = torch.device(cfg["device"]), cfg["seed"]
-    init = problem.model.init_params(_generator(seed, INIT_STREAM), device)
-    rates = _initial_rates(cfg, init)
     stages = [name for name, _ in _stage_iterations(cfg)] + ["done"]
     totals = dict(_stage_iterations(cfg))
     state = _load_state(run_dir, problem, cfg) if resume else None
@@ -215,7 +241,7 @@ def _fit(cfg: dict[str, Any], problem: Problem, run_dir: Path, reporter: Reporte
     first = stages.index(state["stage"]) if state is not None else 0
     for index in range(first, len(stages) - 1):
         stage, total = stages[index], totals[stages[index]]
-        trainer = _Trainer(problem, init, rates, cfg, pretrain=stage == "pretrained")
+        trainer = _Trainer(problem, cfg, stage == "pretrained", device)
         gen = _generator(seed, TRAIN_STREAM + index)
         start = 0
         if state is not None and state["stage"] == stage:
@@ -224,11 +250,11 @@ def _fit(cfg: dict[str, Any], problem: Problem, run_dir: Path, reporter: Reporte
             start = int(state["iteration"])
         reporter.start(stage, "meta-training" if stage == "meta" else "pretrained baseline", total)
         reporter.advance(stage, start)
-        batch, every, ckpt = cfg["meta"]["meta_batch"], cfg["train"]["log_every"], cfg["train"]["checkpoint_every"]
+        every, ckpt = cfg["train"]["log_every"], cfg["train"]["checkpoint_every"]
         running, count = 0.0, 0
         began = time.perf_counter()
         for it in range(start, total):
-            loss = trainer.step(problem.train.sample(batch, gen, "train"))
+            loss = trainer.step(gen)
             if not math.isfinite(loss):
                 raise MetadaptError(f"{stage} training diverged at iteration {it + 1} (loss {loss}): lower "
                                     f"{'baseline.lr' if stage == 'pretrained' else 'meta.outer_lr or meta.inner_lr'}")
@@ -239,7 +265,7 @@ def _fit(cfg: dict[str, Any], problem: Problem, run_dir: Path, reporter: Reporte
                 running, count = 0.0, 0
             if (it + 1) % ckpt == 0 and it + 1 < total:
                 _save_state(run_dir, cfg, stage, it + 1, trainer.maml.state_dict(), gen, rows, results)
-        results[stage] = ({k: v.detach() for k, v in trainer.maml.params.items()}, _detached(trainer.maml.rates))
+        results[stage] = trainer.result()
         _record_time(run_dir, stage, total - start, time.perf_counter() - began)
         # The next stage starts at its iteration 0 (or the run is done): a kill from here on resumes there.
         _save_state(run_dir, cfg, stages[index + 1], 0, None, None, rows, results)
@@ -340,11 +366,22 @@ def evaluate(cfg: dict[str, Any], problem: Problem, params: Params, rates: Rates
     for name, per in scores.items():
         out["methods"][name] = {}
         for s, chunks in per.items():
-            mean, half = mean_interval(torch.cat(chunks))
-            out["methods"][name][str(s)] = {"mean": mean, "ci95": half}
+            out["methods"][name][str(s)] = summarize(torch.cat(chunks))
     if problem.extra is not None:
         out["methods"].update(problem.extra(_generator(cfg["seed"], EVAL_STREAM), e["tasks"], e["batch"]))
     return out
+
+
+def summarize(values: torch.Tensor) -> dict[str, Any]:
+    """Mean and 95% half-width of per-task scores; tasks whose score is not finite (an adaptation that
+    diverged, e.g. learned one-step rates applied ten times) are counted, and then there is no mean: the
+    summary stays strict JSON (``null``, never ``NaN``)."""
+    finite = torch.isfinite(values)
+    bad = int((~finite).sum())
+    mean, half = mean_interval(values) if bad == 0 else (None, None)
+    if half is not None and math.isnan(half):
+        half = None
+    return {"mean": mean, "ci95": half, "nonfinite": bad}
 
 
 def _scores(problem: Problem, params: Params, rates: Rates, tasks: TaskBatch, steps: list[int],

@@ -23,6 +23,17 @@ def _method_label(cfg: dict[str, Any]) -> str:
     return "first-order MAML" if m["first_order"] else "MAML (second order)"
 
 
+def _cell(r: dict[str, Any] | None, metric: str, tasks: int) -> str:
+    if r is None:
+        return "-"
+    if r["mean"] is None:
+        return f"diverged on {r.get('nonfinite', '?')} of {tasks} tasks"
+    half = r["ci95"] if r["ci95"] is not None else float("nan")
+    if metric == "accuracy":
+        return f"{100 * r['mean']:.2f} ± {100 * half:.2f}%"
+    return f"{r['mean']:.3f} ± {half:.3f}"
+
+
 def results_table(summary: dict[str, Any], label: str) -> list[str]:
     """Markdown rows: one per method, one column per number of inner steps (mean ± 95% half-width)."""
     steps = sorted({int(s) for per in summary["methods"].values() for s in per}, key=int)
@@ -33,9 +44,7 @@ def results_table(summary: dict[str, Any], label: str) -> list[str]:
     for name, per in summary["methods"].items():
         cells = []
         for s in steps:
-            r = per.get(str(s))
-            cells.append("-" if r is None else (f"{100 * r['mean']:.2f} ± {100 * r['ci95']:.2f}%"
-                                                 if metric == "accuracy" else f"{r['mean']:.3f} ± {r['ci95']:.3f}"))
+            cells.append(_cell(per.get(str(s)), metric, summary["tasks"]))
         title = label if name == "maml" else NAMES.get(name, name)
         lines.append(f"| {title} | {' | '.join(cells)} |")
     return lines
@@ -121,4 +130,4 @@ def write_supervised_report(run_dir: Path, cfg: dict[str, Any], problem: Any, pa
 def mean_of(summary: dict[str, Any], method: str, steps: int) -> float:
     """A cell of the summary (``nan`` when missing)."""
     r = summary["methods"].get(method, {}).get(str(steps))
-    return float(r["mean"]) if r else float(np.nan)
+    return float(r["mean"]) if r and r["mean"] is not None else float(np.nan)

@@ -47,6 +47,7 @@ SUPERVISED_SCHEMA: dict[str, Any] = {
         "pretrained": Field("bool", True, doc="also train one network on all tasks and fine-tune it the same way"),
         "iterations": Field("int", None, low=1, nullable=True, doc="its Adam steps (null: meta.iterations)"),
         "lr": Field("float", 1e-3, low=0, low_open=True, doc="its Adam rate"),
+        "batch_size": Field("int", 64, low=1, doc="classification: images per Adam step over all training classes"),
         "finetune_lr": Field("float", None, low=0, low_open=True, nullable=True,
                              doc="its fine-tuning SGD rate (null: meta.inner_lr)"),
     },

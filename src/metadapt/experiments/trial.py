@@ -1,10 +1,9 @@
-"""The online trial loop: an agent acts for T steps and every step is logged."""
+"""The online trial: an agent acts for T steps (``rollout.rollout``) and every step is logged."""
 
 from __future__ import annotations
 
 import csv
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from metadapt.agent import MPCAgent
 from metadapt.errors import MetadaptError
 from metadapt.experiments.metrics import trial_analysis
 from metadapt.experiments.progress import Reporter
+from metadapt.experiments.rollout import Callback, EpisodeEnd, Step, rollout
 from metadapt.experiments.video import TrialVideo
 
 BASE_FIELDS = ("step", "episode", "reward", "return", "task_id", "plan_ms", "learner_ms", "nonfinite")
@@ -60,81 +60,82 @@ def run_trial(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     reporter = reporter or Reporter()
-    agent.reset()
-    obs, info = env.reset(seed=seed)
-    episode, ep_return, total = 0, 0.0, 0.0
-    episode_returns: list[float] = []
-    plan_ms: list[float] = []
-    errors: list[float] = []
-    nonfinite = 0
-    # The columns trial_analysis reads, kept in memory rather than re-read from the CSV.
-    columns: dict[str, list[float]] = {"reward": [], "task_id": [], "chosen": [], "components": [], "created": []}
     tb = _tensorboard_writer(out / "tb") if tensorboard else None
     movie = TrialVideo(out / "trial.mp4") if video else None
     reporter.start(label, label, steps)
-    writer: csv.DictWriter[str] | None = None
-    env_keys: list[str] | None = None
     with open(out / "metrics.csv", "w", newline="") as f:
-        for step in range(steps):
-            t0 = time.perf_counter()
-            action = agent.act(obs)
-            t1 = time.perf_counter()
-            next_obs, reward, terminated, truncated, info = env.step(action)
-            t2 = time.perf_counter()
-            learner_metrics = agent.observe(obs, action, next_obs)
-            t3 = time.perf_counter()
-            plan = agent.last_plan
-            bad = plan.nonfinite if plan is not None else 0
-            nonfinite += bad
-            ep_return += float(reward)
-            total += float(reward)
-            plan_ms.append((t1 - t0) * 1e3)
-            if "model_error" in learner_metrics:
-                errors.append(learner_metrics["model_error"])
-            row: dict[str, Any] = {
-                "step": step, "episode": episode, "reward": float(reward), "return": total,
-                "task_id": int(info.get("task_id", 0)), "plan_ms": plan_ms[-1], "learner_ms": (t3 - t2) * 1e3,
-                "nonfinite": bad, **learner_metrics,
-            }
-            if env_keys is None:
-                env_keys = [k for k, v in info.items() if k != "task_id" and _is_number(v)]
-            # A key missing from a later step's info is left empty rather than failing the trial.
-            row.update({f"env/{k}": float(info[k]) if k in info else "" for k in env_keys})
-            if writer is None:
-                writer = csv.DictWriter(f, fieldnames=list(row), extrasaction="raise")
-                writer.writeheader()
-            writer.writerow(row)
-            if movie is not None:
-                movie.add(env.render(), _caption(step, total, info, learner_metrics))
-            if tb is not None:
-                for key, value in row.items():
-                    if key != "step" and isinstance(value, int | float):
-                        tb.add_scalar(key, value, step)
-            for key, values in columns.items():
-                if key in row:
-                    values.append(float(row[key]))
-            reporter.advance(label, ret=total)
-            obs = next_obs
-            if terminated or truncated:
-                episode_returns.append(ep_return)
-                ep_return = 0.0
-                episode += 1
-                obs, info = env.reset()
-                agent.new_episode()
-        if ep_return != 0.0 or not episode_returns:
-            episode_returns.append(ep_return)
+        log = _TrialLog(f, env, agent, reporter, label, tb, movie)
+        rollout(env, agent, steps, seed, callbacks=[log])
     if tb is not None:
         tb.close()
     if movie is not None:
         movie.close()
-    logged = {k: np.asarray(v) for k, v in columns.items() if len(v) == steps}
+    logged = {k: np.asarray(v) for k, v in log.columns.items() if len(v) == steps}
     result = TrialResult(
-        steps=steps, episodes=len(episode_returns), total_return=total, episode_returns=episode_returns,
-        mean_plan_ms=float(np.mean(plan_ms)), mean_model_error=float(np.mean(errors)) if errors else float("nan"),
-        nonfinite_returns=nonfinite, analysis=trial_analysis(logged, agent.window),
+        steps=steps, episodes=len(log.episode_returns), total_return=log.total, episode_returns=log.episode_returns,
+        mean_plan_ms=float(np.mean(log.plan_ms)),
+        mean_model_error=float(np.mean(log.errors)) if log.errors else float("nan"),
+        nonfinite_returns=log.nonfinite, analysis=trial_analysis(logged, agent.window),
     )
     (out / "summary.json").write_text(json.dumps(asdict(result), indent=2))
     return result
+
+
+class _TrialLog(Callback):
+    """The trial's record of every step: ``metrics.csv`` rows, TensorBoard scalars, video frames, progress."""
+
+    def __init__(self, f: Any, env: gym.Env, agent: MPCAgent, reporter: Reporter, label: str, tb: Any,
+                 movie: TrialVideo | None) -> None:
+        self.f, self.env, self.agent, self.reporter, self.label, self.tb, self.movie = \
+            f, env, agent, reporter, label, tb, movie
+        self.total = 0.0
+        self.episode_returns: list[float] = []
+        self.plan_ms: list[float] = []
+        self.errors: list[float] = []
+        self.nonfinite = 0
+        # The columns trial_analysis reads, kept in memory rather than re-read from the CSV.
+        self.columns: dict[str, list[float]] = {"reward": [], "task_id": [], "chosen": [], "components": [],
+                                                "created": []}
+        self.writer: csv.DictWriter[str] | None = None
+        self.env_keys: list[str] | None = None
+
+    def on_step(self, s: Step) -> None:
+        learner_metrics, info = s.metrics, s.info
+        plan = self.agent.last_plan
+        bad = plan.nonfinite if plan is not None else 0
+        self.nonfinite += bad
+        self.total += s.reward
+        self.plan_ms.append(s.act_seconds * 1e3)
+        if "model_error" in learner_metrics:
+            self.errors.append(learner_metrics["model_error"])
+        row: dict[str, Any] = {
+            "step": s.t, "episode": s.episode, "reward": s.reward, "return": self.total,
+            "task_id": int(info.get("task_id", 0)), "plan_ms": self.plan_ms[-1], "learner_ms": s.observe_seconds * 1e3,
+            "nonfinite": bad, **learner_metrics,
+        }
+        if self.env_keys is None:
+            self.env_keys = [k for k, v in info.items() if k != "task_id" and _is_number(v)]
+        # A key missing from a later step's info is left empty rather than failing the trial.
+        row.update({f"env/{k}": float(info[k]) if k in info else "" for k in self.env_keys})
+        if self.writer is None:
+            self.writer = csv.DictWriter(self.f, fieldnames=list(row), extrasaction="raise")
+            self.writer.writeheader()
+        self.writer.writerow(row)
+        if self.movie is not None:
+            self.movie.add(self.env.render(), _caption(s.t, self.total, info, learner_metrics))
+        if self.tb is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, int | float):
+                    self.tb.add_scalar(key, value, s.t)
+        for key, values in self.columns.items():
+            if key in row:
+                values.append(float(row[key]))
+        self.reporter.advance(self.label, ret=self.total)
+
+    def on_episode_end(self, end: EpisodeEnd) -> None:
+        # An unfinished last episode counts unless its return is exactly 0 after finished ones.
+        if end.done or end.total_return != 0.0 or not self.episode_returns:
+            self.episode_returns.append(end.total_return)
 
 
 def _is_number(value: Any) -> bool:

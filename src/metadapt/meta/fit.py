@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from metadapt.models.mlp import MLPDynamics
-from metadapt.types import Params, Transitions
+from metadapt.types import Params, Window
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class FitResult:
     val_loss: float
 
 
-def evaluate_loss(model: MLPDynamics, params: Params, data: Transitions, batch_size: int = 4096) -> float:
+def evaluate_loss(model: MLPDynamics, params: Params, data: Window, batch_size: int = 4096) -> float:
     """Mean normalized-delta MSE over ``data`` (``nan`` if empty)."""
     if len(data) == 0:
         return math.nan
@@ -39,8 +39,8 @@ def evaluate_loss(model: MLPDynamics, params: Params, data: Transitions, batch_s
 def fit_dynamics(
     model: MLPDynamics,
     params: Params,
-    train: Transitions,
-    val: Transitions,
+    train: Window,
+    val: Window,
     *,
     epochs: int,
     batch_size: int,

@@ -19,10 +19,13 @@ unbatched gradients were right. The convolutions have no bias: batch
 normalisation subtracts the channel mean right after, which cancels any bias
 exactly.
 
-A pure function of its parameter dict, one task at a time (``stacked =
-False``): the MAML outer loop runs one ``torch.func.vmap`` lane per task, and
-the inner ``torch.func.grad`` differentiates through batch norm and pooling
-within each lane.
+A pure function of its parameter dict. Parameters may be stacked (every
+tensor ``B x ...``, one network per task of a meta-batch, ``stacked = True``):
+the ``B`` tasks' images then go through one grouped convolution per block
+(``groups = B``), per-task batch statistics and one ``baddbmm`` head, and
+``loss`` returns ``B`` losses; a meta-batch costs one pass instead of ``B``
+``vmap`` lanes (``metadapt bench maml`` has the sinusoid's version of the
+ratio). With plain parameters it is the usual one-task network.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ class ConvClassifier:
         layers: convolution blocks (MAML: 4); the image must survive ``layers`` halvings.
     """
 
-    stacked = False
+    stacked = True
 
     def __init__(self, n_way: int, in_channels: int = 1, image_size: int = 28, filters: int = 64,
                  layers: int = 4) -> None:
@@ -100,7 +103,10 @@ class ConvClassifier:
         return params
 
     def forward(self, params: Params, images: torch.Tensor) -> torch.Tensor:
-        """``N x C x H x W -> N x n_way`` logits (``N >= 2``: batch norm needs two values per channel)."""
+        """``N x C x H x W -> N x n_way`` logits (``N >= 2``: batch norm needs two values per channel); with
+        stacked parameters ``B x N x C x H x W -> B x N x n_way``."""
+        if params["out.weight"].dim() == 3:
+            return self._forward_stacked(params, images)
         x = images
         for i in range(self.layers):
             x = F.conv2d(x, params[f"conv.{i}.weight"], padding=1)
@@ -108,12 +114,28 @@ class ConvClassifier:
             x = F.max_pool2d(F.relu(x), 2)
         return F.linear(x.flatten(1), params["out.weight"], params["out.bias"])
 
+    def _forward_stacked(self, params: Params, images: torch.Tensor) -> torch.Tensor:
+        b, n = images.shape[:2]
+        # Tasks side by side as channel groups: N x (B C) x H x W, one grouped convolution per block.
+        x = images.transpose(0, 1).reshape(n, b * images.shape[2], *images.shape[3:])
+        for i in range(self.layers):
+            w = params[f"conv.{i}.weight"]
+            x = F.conv2d(x, w.reshape(b * w.shape[1], *w.shape[2:]), padding=1, groups=b)
+            x = batch_norm(x, params[f"norm.{i}.weight"].reshape(-1), params[f"norm.{i}.bias"].reshape(-1))
+            x = F.max_pool2d(F.relu(x), 2)
+        feats = x.reshape(n, b, -1).transpose(0, 1)  # B x N x F, each task's channels in its own block
+        return torch.baddbmm(params["out.bias"].unsqueeze(1), feats, params["out.weight"].transpose(1, 2))
+
     def loss(self, params: Params, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Mean cross-entropy of ``(images N x C x H x W, labels N)``: a scalar."""
+        """Mean cross-entropy of ``(images N x C x H x W, labels N)``: a scalar (``B`` when stacked)."""
         images, labels = batch
-        return F.cross_entropy(self.forward(params, images), labels)
+        logits = self.forward(params, images)
+        if logits.dim() == 3:
+            ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
+            return ce.view(labels.shape).mean(dim=1)
+        return F.cross_entropy(logits, labels)
 
     def accuracy(self, params: Params, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Fraction of ``batch`` whose largest logit is its label: a scalar."""
+        """Fraction of ``batch`` whose largest logit is its label: a scalar (``B`` when stacked)."""
         images, labels = batch
-        return (self.forward(params, images).argmax(dim=-1) == labels).float().mean()
+        return (self.forward(params, images).argmax(dim=-1) == labels).float().mean(dim=-1)
