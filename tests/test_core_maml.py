@@ -341,3 +341,13 @@ def test_diverged_tasks_are_counted_and_the_summary_stays_strict_json():
     json.loads(json.dumps(out, allow_nan=False))
     ok = summarize(torch.tensor([0.1, 0.3]))
     assert ok["nonfinite"] == 0 and ok["mean"] == pytest.approx(0.2)
+
+
+def test_the_dynamics_models_follow_the_agents_protocol():
+    from metadapt.models.base import DynamicsModel
+    from metadapt.models.mlp import MLPDynamics
+    from metadapt.models.recurrent import RecurrentDynamics
+
+    assert isinstance(MLPDynamics(3, 2, (8,)), DynamicsModel)
+    assert isinstance(RecurrentDynamics(3, 2, (8,), 4).planning_model(), DynamicsModel)
+    assert not isinstance(MLPRegressor(), DynamicsModel)  # a functional model, not a dynamics model

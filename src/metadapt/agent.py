@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from metadapt.adapt.base import OnlineLearner
-from metadapt.models.mlp import FoldedMLP, MLPDynamics
+from metadapt.models.base import DynamicsModel
+from metadapt.models.mlp import FoldedMLP
 from metadapt.models.rollout import compiled_rollout_returns, make_objective, rollout_returns
 from metadapt.planning.base import Planner, PlanResult
 from metadapt.types import Params, RewardFn, Window
@@ -36,7 +37,7 @@ class MPCAgent:
 
     def __init__(
         self,
-        model: MLPDynamics,
+        model: DynamicsModel,
         learner: OnlineLearner,
         planner: Planner,
         reward_fn: RewardFn,

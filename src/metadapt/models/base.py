@@ -51,3 +51,33 @@ def check_params(model: FunctionalModel, params: Params, what: str = "parameters
         if tuple(params[name].shape) != tuple(shape):
             raise ValueError(f"{what} do not match the model: '{name}' has shape {tuple(params[name].shape)}, "
                              f"the model needs {tuple(shape)}")
+
+
+@runtime_checkable
+class DynamicsModel(FunctionalModel, Protocol):
+    """What a model-based agent needs of a dynamics model, beside the functional model's loss.
+
+    ``obs_dim`` (``O``) and ``act_dim`` (``A``); ``normalizer`` (model state, refit
+    on the raw data); ``predict_normalized_delta(params, obs, act)`` and
+    ``target(obs, next_obs)`` (``... x O``), whose difference is the one-step
+    model error the agent logs; and ``fold(params, dtype, fused)``, the planning
+    form of ``params``: an object the rollout (``models/rollout.py``) steps for
+    ``N x H x A`` action sequences. ``MLPDynamics.fold`` is the MLP's fast path
+    (normalization folded into the weights, the action block projected once,
+    bfloat16 prepacking); the agent calls it once per parameter change and the
+    planner only ever sees the resulting objective ``N x H x A -> N``.
+    """
+
+    obs_dim: int
+    act_dim: int
+    normalizer: Any
+
+    def predict_normalized_delta(self, params: Params, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        ...
+
+    def target(self, obs: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+        ...
+
+    def fold(self, params: Params, dtype: torch.dtype = torch.float32, fused: bool | None = None,
+             prepack: bool = True) -> Any:
+        ...
