@@ -198,6 +198,9 @@ def test_train_writes_a_run_directory_with_the_papers_comparison(tmp_path):
     assert maml["1"]["mean"] < pre["10"]["mean"] and maml["10"]["mean"] < maml["1"]["mean"] < maml["0"]["mean"]
     report = (out / "report.md").read_text()
     assert "MAML (second order)" in report and "pretrained, fine-tuned" in report
+    (out / "report.md").unlink()
+    res = _cli("report", str(out))  # rewritten from the run's files
+    assert res.returncode == 0 and (out / "report.md").read_text() == report, res.stderr
     # a model.pt evaluates again without training, with the same numbers
     again = tmp_path / "again"
     res = _cli("train", str(CONFIG), *SMALL, f"model.checkpoint={out}", "--out", str(again), "--quiet")
