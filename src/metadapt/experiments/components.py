@@ -125,10 +125,6 @@ def build(registry: Registry, section: dict[str, Any], ctx: BuildContext) -> Any
 
 # -- the built-in types --------------------------------------------------------------------------
 
-def _f(kind: str, default: Any, **kw: Any) -> Field:
-    return Field(kind, default, **kw)
-
-
 def _needs_model(ctx: BuildContext, kind: str) -> tuple[Any, Params]:
     if ctx.model is None or ctx.params is None:
         raise MetadaptError(f"learner '{kind}' needs the model it adapts")
@@ -210,13 +206,13 @@ LEARNERS.register("de", _de, needs="model", doc="the MB model, one gradient step
 LEARNERS.register("ts", _ts, needs="prior", doc="GrBAL at run time: the prior adapted on the last M steps")
 LEARNERS.register("gs", _gs, needs="prior", doc="the prior, one gradient step per time step (learner.lr)")
 LEARNERS.register("mole", _mole, needs="prior", doc="MOLe: an online mixture of adapted priors (seed 000)", fields={
-    "alpha": _f("float", 1.0, low=0, doc="CRP concentration"),
-    "choose": _f("str", "likelihood", choices=("likelihood", "posterior"), doc="the component planned with"),
-    "creation_test": _f("str", "weighted", choices=("weighted", "likelihood"), doc="the new-component test"),
-    "creation_margin": _f("float", 0.0, low=0, doc="nats theta_new must win by (0: Algorithm 1)"),
-    "merge_kl": _f("float", None, low=0, low_open=True, nullable=True,
+    "alpha": Field("float", 1.0, low=0, doc="CRP concentration"),
+    "choose": Field("str", "likelihood", choices=("likelihood", "posterior"), doc="the component planned with"),
+    "creation_test": Field("str", "weighted", choices=("weighted", "likelihood"), doc="the new-component test"),
+    "creation_margin": Field("float", 0.0, low=0, doc="nats theta_new must win by (0: Algorithm 1)"),
+    "merge_kl": Field("float", None, low=0, low_open=True, nullable=True,
                    doc="fold components within this many nats of the chosen one (null: off)"),
-    "max_components": _f("int", None, low=1, nullable=True, doc="cap (null: none, as in the paper)"),
+    "max_components": Field("int", None, low=1, nullable=True, doc="cap (null: none, as in the paper)"),
 })
 LEARNERS.register("rebal", _rebal, needs="recurrent", doc="ReBAL: a recurrent context over the last steps")
 
@@ -252,16 +248,16 @@ def _mppi(own: dict[str, Any], ctx: BuildContext) -> Any:
 
 PLANNERS.register("rs", _rs, doc="random shooting")
 PLANNERS.register("cem", _cem, doc="cross-entropy method, warm-started", fields={
-    "iterations": _f("int", 5, low=1, doc="refits per step"),
-    "num_elites": _f("int", 50, low=1, doc="elites (at most planner.num_samples)"),
-    "momentum": _f("float", 0.1, low=0, high=1, high_open=True, doc="mean/variance momentum"),
-    "init_std": _f("float", 0.25, low=0, high=1, low_open=True, doc="initial std / action range"),
+    "iterations": Field("int", 5, low=1, doc="refits per step"),
+    "num_elites": Field("int", 50, low=1, doc="elites (at most planner.num_samples)"),
+    "momentum": Field("float", 0.1, low=0, high=1, high_open=True, doc="mean/variance momentum"),
+    "init_std": Field("float", 0.25, low=0, high=1, low_open=True, doc="initial std / action range"),
 })
 PLANNERS.register("mppi", _mppi, doc="MPPI with time-correlated noise, warm-started", fields={
-    "iterations": _f("int", 5, low=1, doc="rounds per step"),
-    "temperature": _f("float", 0.1, low=0, low_open=True),
-    "noise_std": _f("float", 0.5, low=0, low_open=True, doc="noise std / half action range"),
-    "noise_beta": _f("float", 0.5, low=0, high=1, high_open=True, doc="time correlation"),
+    "iterations": Field("int", 5, low=1, doc="rounds per step"),
+    "temperature": Field("float", 0.1, low=0, low_open=True),
+    "noise_std": Field("float", 0.5, low=0, low_open=True, doc="noise std / half action range"),
+    "noise_beta": Field("float", 0.5, low=0, high=1, high_open=True, doc="time correlation"),
 })
 
 

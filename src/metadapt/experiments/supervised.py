@@ -331,10 +331,9 @@ def load_supervised(path: str | Path, model: FunctionalModel) -> tuple[Params, R
     return state["params"], _rates_from(state["rates"]), state.get("baseline")
 
 
-def _eval_rates(cfg: dict[str, Any], rates: Rates, baseline: bool) -> Rates:
-    if baseline:
-        return cfg["baseline"]["finetune_lr"] or cfg["meta"]["inner_lr"]
-    return rates
+def finetune_rate(cfg: dict[str, Any]) -> float:
+    """The pretrained baseline's fine-tuning rate: ``baseline.finetune_lr``, else MAML's inner rate."""
+    return cfg["baseline"]["finetune_lr"] or cfg["meta"]["inner_lr"]
 
 
 def evaluate(cfg: dict[str, Any], problem: Problem, params: Params, rates: Rates, baseline: Params | None,
@@ -347,17 +346,18 @@ def evaluate(cfg: dict[str, Any], problem: Problem, params: Params, rates: Rates
     e, device = cfg["eval"], torch.device(cfg["device"])
     gen = _generator(cfg["seed"], EVAL_STREAM)
     stacked = bool(getattr(problem.model, "stacked", False))
-    methods = {"maml": (params, rates)}
+    methods: dict[str, tuple[Params, Rates]] = {"maml": (params, rates)}
     if baseline is not None:
-        methods["pretrained"] = (baseline, _eval_rates(cfg, rates, True))
+        methods["pretrained"] = (baseline, finetune_rate(cfg))
+    # On the device once; every chunk of held-out tasks adapts from the same tensors.
+    methods = {name: (_to_device(p, device), _to_device(r, device) if isinstance(r, dict) else r)
+               for name, (p, r) in methods.items()}
     scores: dict[str, dict[int, list[torch.Tensor]]] = {m: {s: [] for s in e["steps"]} for m in methods}
     reporter.start("eval", "held-out tasks", e["tasks"])
     left = e["tasks"]
     while left > 0:
         tasks = problem.test.sample(min(e["batch"], left), gen, "test")
         for name, (p, r) in methods.items():
-            p = {k: v.to(device) for k, v in p.items()}
-            r = {k: v.to(device) for k, v in r.items()} if isinstance(r, dict) else r
             for s, v in _scores(problem, p, r, tasks, e["steps"], stacked).items():
                 scores[name][s].append(v.cpu())
         left -= tasks.num_tasks

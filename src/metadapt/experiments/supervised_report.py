@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from metadapt.experiments.report import plt, read_csv, save_figure
@@ -104,7 +103,7 @@ def plot_sinusoid_fits(run_dir: Path, cfg: dict[str, Any], model: Any, params: P
 def write_supervised_report(run_dir: Path, cfg: dict[str, Any], problem: Any, params: Params, rates: Rates,
                             baseline: Params | None) -> Path:
     """``report.md`` from ``summary.json``, ``metrics.csv`` and the parameters."""
-    from metadapt.experiments.supervised import _eval_rates
+    from metadapt.experiments.supervised import finetune_rate
 
     summary = json.loads((run_dir / "summary.json").read_text())
     label = _method_label(cfg)
@@ -119,15 +118,10 @@ def write_supervised_report(run_dir: Path, cfg: dict[str, Any], problem: Any, pa
     if (fig := plot_training(run_dir)) is not None:
         lines += [f"![training]({fig.name})", ""]
     if t["type"] == "sinusoid":
-        fig = plot_sinusoid_fits(run_dir, cfg, problem.model, params, rates, baseline, _eval_rates(cfg, rates, True))
+        fig = plot_sinusoid_fits(run_dir, cfg, problem.model, params, rates, baseline, finetune_rate(cfg))
         lines += ["A held-out task: the true curve, the K points adapted on, and each network after 0, 1 and 10 "
                   "gradient steps (the MAML paper's Figure 2).", "", f"![fits]({fig.name})", ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
 
-
-def mean_of(summary: dict[str, Any], method: str, steps: int) -> float:
-    """A cell of the summary (``nan`` when missing)."""
-    r = summary["methods"].get(method, {}).get(str(steps))
-    return float(r["mean"]) if r and r["mean"] is not None else float(np.nan)
