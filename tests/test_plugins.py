@@ -4,6 +4,7 @@ registered at run time and driven through the command line's config path with no
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,14 @@ import yaml
 
 from metadapt.adapt.base import StepInfo
 from metadapt.cli import main
-from metadapt.experiments.components import LEARNERS, PLANNERS, TASKS
+from metadapt.experiments.components import LEARNERS, MODELS, PLANNERS, TASKS
 from metadapt.experiments.schema import Field
 from metadapt.experiments.supervised import Problem
+from metadapt.meta.checkpoint import load_model
+from metadapt.meta.prior import load_prior
+from metadapt.models.base import DynamicsModel, FoldedDynamics
+from metadapt.models.normalizer import Normalizer
+from metadapt.models.registry import register_dynamics, unregister_dynamics
 from metadapt.planning.base import Planner, PlanResult, WarmStart
 from metadapt.types import TaskBatch, Window
 
@@ -88,6 +94,62 @@ class LineTasks:
         return TaskBatch((xs, a * xs + 2), (xq, a * xq + 2), {"slope": a.flatten()})
 
 
+class LinearDynamics:
+    """A dynamics model of one linear layer on the normalized inputs: not an MLP, no fast path."""
+
+    stacked = False
+
+    def __init__(self, obs_dim: int, act_dim: int, sigma: float = 1.0, normalizer: Normalizer | None = None):
+        self.obs_dim, self.act_dim, self.sigma = obs_dim, act_dim, sigma
+        self.normalizer = normalizer or Normalizer.identity(obs_dim, act_dim)
+
+    def param_shapes(self):
+        return {"w": (self.obs_dim, self.obs_dim + self.act_dim), "b": (self.obs_dim,)}
+
+    def init_params(self, generator, device="cpu"):
+        return {k: (0.01 * torch.randn(shape, generator=generator)).to(device)
+                for k, shape in self.param_shapes().items()}
+
+    def predict_normalized_delta(self, params, obs, act):
+        return torch.nn.functional.linear(self.normalizer.normalize_inputs(obs, act), params["w"], params["b"])
+
+    def target(self, obs, next_obs):
+        return self.normalizer.target(obs, next_obs)
+
+    def transition_loss(self, params, obs, act, next_obs):
+        return (self.predict_normalized_delta(params, obs, act) - self.target(obs, next_obs)).pow(2).mean()
+
+    def loss(self, params, batch):
+        return self.transition_loss(params, *batch)
+
+    def log_likelihood(self, params, obs, act, next_obs):
+        err = self.predict_normalized_delta(params, obs, act) - self.target(obs, next_obs)
+        return -0.5 * err.pow(2).sum(-1) / self.sigma**2
+
+    def fold(self, params, dtype=torch.float32, fused=None, prepack=True):
+        return FoldedLinear(self, {k: v.detach() for k, v in params.items()})
+
+    def spec(self):
+        return {"type": "toy_linear", "obs_dim": self.obs_dim, "act_dim": self.act_dim, "sigma": self.sigma,
+                "normalizer": self.normalizer.state_dict()}
+
+    @classmethod
+    def from_spec(cls, spec):
+        return cls(spec["obs_dim"], spec["act_dim"], spec["sigma"], Normalizer.from_state_dict(spec["normalizer"]))
+
+
+class FoldedLinear:
+    def __init__(self, model: LinearDynamics, params) -> None:
+        self.model, self.params = model, params
+
+    def project_actions(self, actions):
+        return actions.transpose(0, 1)
+
+    def step(self, obs, act):
+        n = self.model.normalizer
+        return obs + n.delta_mean + n.delta_gain * self.model.predict_normalized_delta(self.params, obs, act)
+
+
 @pytest.fixture
 def registered():
     LEARNERS.register("toy_scaled", lambda own, ctx: CountingLearner(ctx.params, own["scale"]),
@@ -103,9 +165,14 @@ def registered():
                        model.loss)
 
     TASKS.register("toy_lines", line_problem, doc="a test's task family")
+    MODELS.register("toy_linear", lambda own, ctx: LinearDynamics(ctx.obs_dim, ctx.act_dim, ctx.section["sigma"]),
+                    doc="a test's dynamics model")
+    register_dynamics("toy_linear", LinearDynamics.from_spec)
     yield
-    for registry, name in ((LEARNERS, "toy_scaled"), (PLANNERS, "toy_constant"), (TASKS, "toy_lines")):
+    for registry, name in ((LEARNERS, "toy_scaled"), (PLANNERS, "toy_constant"), (TASKS, "toy_lines"),
+                           (MODELS, "toy_linear")):
         registry.unregister(name)
+    unregister_dynamics("toy_linear")
 
 
 def test_a_registered_learner_and_planner_run_from_the_config(tmp_path, registered):
@@ -150,3 +217,36 @@ def test_a_registered_model_and_task_family_meta_train_from_the_config(tmp_path,
     # the meta-learned start knows the offset 2 (error ~4 without it) and adaptation finds the slope
     assert maml["0"]["mean"] < 0.2 and maml["10"]["mean"] < 0.5 * maml["0"]["mean"] < maml["0"]["mean"]
     assert (out / "report.md").is_file()
+
+
+def test_a_registered_dynamics_model_trains_checkpoints_meta_trains_and_plans(tmp_path, registered):
+    """A model type the package has never seen goes through MB training, its checkpoint, GrBAL meta-training,
+    the prior file and MOLe at run time (the generic path: no MLP fast path to fall back on)."""
+    mb = tmp_path / "mb"
+    assert main(["run", str(ROOT / "configs/mb_small.yaml"), *TINY, "model.type=toy_linear", "--out", str(mb),
+                 "--quiet"]) == 0
+    model, params = load_model(mb / "train" / "model.pt")
+    assert isinstance(model, LinearDynamics) and isinstance(model, DynamicsModel)
+    assert isinstance(model.fold(params), FoldedDynamics)
+    assert model.normalizer.obs_mean.abs().sum() > 0  # fitted on the collected data, stored in the spec
+    mole = tmp_path / "mole"
+    assert main(["run", str(ROOT / "configs/mb_small.yaml"), *TINY, "model.type=toy_linear", "meta.enabled=true",
+                 "meta.past=4", "meta.future=4", "meta.meta_batch=4", "meta.batches_per_epoch=2",
+                 "meta.val_batches=1", "learner.type=mole", "--out", str(mole), "--quiet"]) == 0
+    prior = load_prior(mole / "train")
+    assert isinstance(prior.model, LinearDynamics)
+    summary = json.loads((mole / "summary.json").read_text())
+    assert len(summary["returns"]) == 1 and math.isfinite(summary["mean_return"])
+    rows = (mole / "trial_0" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 26 and "components" in rows[0].split(",")
+
+
+def test_a_checkpoint_of_an_unregistered_model_type_is_refused_in_one_line(tmp_path, registered, capsys):
+    mb = tmp_path / "mb"
+    assert main(["run", str(ROOT / "configs/mb_small.yaml"), *TINY, "model.type=toy_linear", "--out", str(mb),
+                 "--quiet"]) == 0
+    unregister_dynamics("toy_linear")
+    code = main(["run", str(ROOT / "configs/mb_small.yaml"), *TINY, f"model.checkpoint={mb / 'train'}",
+                 "--out", str(tmp_path / "again"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "toy_linear" in err and "not registered" in err and len(err.splitlines()) == 1

@@ -12,7 +12,7 @@ import torch
 
 from metadapt.adapt.base import StepInfo
 from metadapt.meta.maml import InnerLR, adapt_with_loss
-from metadapt.models.mlp import MLPDynamics
+from metadapt.models.base import DynamicsModel
 from metadapt.types import Params, Window
 
 
@@ -26,7 +26,7 @@ class ContinualLearner:
         steps: gradient steps per time step.
     """
 
-    def __init__(self, model: MLPDynamics, init: Params, lr: InnerLR = 0.01, steps: int = 1) -> None:
+    def __init__(self, model: DynamicsModel, init: Params, lr: InnerLR = 0.01, steps: int = 1) -> None:
         self.model, self.steps = model, steps
         self.init = {k: v.detach() for k, v in init.items()}
         self.lr = {k: v.detach() for k, v in lr.items()} if isinstance(lr, dict) else lr

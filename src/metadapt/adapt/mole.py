@@ -64,6 +64,7 @@ from torch.func import grad, grad_and_value, vmap
 
 from metadapt.adapt.base import StepInfo
 from metadapt.meta.maml import InnerLR, adapt
+from metadapt.models.base import DynamicsModel
 from metadapt.models.mlp import MLPDynamics
 from metadapt.models.stacked import FUSED_ACTIVATIONS, StackedMLP, WindowCache
 from metadapt.types import Params, Window
@@ -99,7 +100,7 @@ class MOLeLearner:
 
     def __init__(
         self,
-        model: MLPDynamics,
+        model: DynamicsModel,
         prior: Params,
         lr: InnerLR = 0.01,
         alpha: float = 1.0,
@@ -133,11 +134,12 @@ class MOLeLearner:
         # One batched pass gives every component's window loss (hence its log-likelihood) and gradient.
         self._grad_and_loss = vmap(grad_and_value(model.transition_loss), in_dims=(0, None, None, None))
         self._grad = grad(model.transition_loss)
-        supported = model.activation in FUSED_ACTIVATIONS
+        # The fused step is the MLP's own fast path; any other dynamics model takes the batched vmap one.
+        supported = isinstance(model, MLPDynamics) and model.activation in FUSED_ACTIVATIONS
         if fused and not supported:
-            raise ValueError(f"fused MOLe needs one of the activations {FUSED_ACTIVATIONS}, not {model.activation}")
+            raise ValueError(f"fused MOLe needs an MLP with one of the activations {FUSED_ACTIVATIONS}")
         self.fused = supported if fused is None else fused
-        self._stacked = StackedMLP(model) if self.fused else None
+        self._stacked = StackedMLP(model) if self.fused and isinstance(model, MLPDynamics) else None
         # The prior as the fused slots store it (a fresh candidate is a copy of it), and the step sizes in
         # the same layout, converted once rather than transposed on every step.
         self._prior_stored = self._stacked.to_storage(self.prior) if self._stacked else self.prior

@@ -11,7 +11,7 @@ import torch
 
 from metadapt.adapt.base import StepInfo
 from metadapt.meta.maml import InnerLR, adapt_with_loss
-from metadapt.models.mlp import MLPDynamics
+from metadapt.models.base import DynamicsModel
 from metadapt.types import Params, Window
 
 
@@ -25,7 +25,7 @@ class KShotLearner:
         steps: gradient steps per adaptation.
     """
 
-    def __init__(self, model: MLPDynamics, prior: Params, inner_lr: InnerLR, steps: int = 1) -> None:
+    def __init__(self, model: DynamicsModel, prior: Params, inner_lr: InnerLR, steps: int = 1) -> None:
         self.model, self.steps = model, steps
         self.prior = {k: v.detach() for k, v in prior.items()}
         self.inner_lr = {k: v.detach() for k, v in inner_lr.items()} if isinstance(inner_lr, dict) else inner_lr

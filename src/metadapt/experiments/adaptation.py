@@ -23,7 +23,7 @@ from metadapt.envs import make_env
 from metadapt.experiments.rollout import RandomPolicy, Step, rollout
 from metadapt.meta.maml import adapt
 from metadapt.meta.prior import Prior
-from metadapt.models.mlp import MLPDynamics
+from metadapt.models.base import DynamicsModel
 from metadapt.types import Params
 
 
@@ -88,7 +88,7 @@ def sample_windows(trajs: list[np.ndarray], obs_dim: int, m: int, k: int, window
     return out
 
 
-def window_error(scorer: MLPDynamics, predictor: MLPDynamics, params: Params, f: tuple[torch.Tensor, ...]) -> float:
+def window_error(scorer: DynamicsModel, predictor: DynamicsModel, params: Params, f: tuple[torch.Tensor, ...]) -> float:
     """K-step error of ``predictor`` scored in ``scorer``'s normalization."""
     obs, act, nxt = f
     with torch.no_grad():
@@ -98,7 +98,7 @@ def window_error(scorer: MLPDynamics, predictor: MLPDynamics, params: Params, f:
 
 
 def adaptation_errors(
-    env_id: str, task: str, mb: tuple[MLPDynamics, Params], prior: Prior, *, steps: int = 4000,
+    env_id: str, task: str, mb: tuple[DynamicsModel, Params], prior: Prior, *, steps: int = 4000,
     episode_length: int = 500, windows: int = 400, de_lr: float = 0.01, seed: int = 0,
 ) -> AdaptationErrors:
     """Mean K-step error over ``windows`` random windows of held-out-task trajectories."""

@@ -13,14 +13,14 @@ from metadapt.adapt.base import OnlineLearner
 from metadapt.envs import env_obs_version, get_reward_fn, make_env
 from metadapt.errors import ConfigError, MetadaptError
 from metadapt.experiments import components
-from metadapt.experiments.components import LEARNERS, PLANNERS, BuildContext
+from metadapt.experiments.components import LEARNERS, MODELS, PLANNERS, BuildContext
 from metadapt.experiments.iterate import IterationSettings
 from metadapt.experiments.rebal_training import RecurrentSettings
 from metadapt.meta.checkpoint import load_model
 from metadapt.meta.maml import MetaSettings
 from metadapt.meta.prior import Prior, load_prior
 from metadapt.meta.rebal import load_recurrent
-from metadapt.models.mlp import MLPDynamics
+from metadapt.models.base import DynamicsModel
 from metadapt.models.recurrent import RecurrentDynamics
 from metadapt.planning import Planner
 from metadapt.types import Params, RewardFn
@@ -47,12 +47,13 @@ def dims(env: gym.Env) -> tuple[int, int]:
     return int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
 
 
-def build_model(cfg: dict[str, Any], env: gym.Env) -> MLPDynamics:
-    m = cfg["model"]
-    return MLPDynamics(*dims(env), m["hidden"], m["activation"], m["sigma"], action_gain=m["action_gain"])
+def build_model(cfg: dict[str, Any], env: gym.Env) -> DynamicsModel:
+    """The dynamics model of ``model.type`` (any registered type) for ``env``'s spaces."""
+    ctx = BuildContext(*dims(env), seed=cfg["seed"], device=cfg["device"])
+    return components.build(MODELS, cfg["model"], ctx)
 
 
-def load_trained(cfg: dict[str, Any], env: gym.Env) -> tuple[MLPDynamics, Params]:
+def load_trained(cfg: dict[str, Any], env: gym.Env) -> tuple[DynamicsModel, Params]:
     """The model named by ``model.checkpoint`` (a ``model.pt`` or a run directory holding one)."""
     path = Path(cfg["model"]["checkpoint"])
     if path.is_dir():
@@ -100,7 +101,7 @@ def planner_compile(cfg: dict[str, Any]) -> bool:
 
 
 def build_learner(
-    cfg: dict[str, Any], params: Params | None, prior: Prior | None = None, model: MLPDynamics | None = None,
+    cfg: dict[str, Any], params: Params | None, prior: Prior | None = None, model: DynamicsModel | None = None,
     recurrent: tuple[RecurrentDynamics, Params] | None = None,
 ) -> OnlineLearner:
     """The online learner of ``learner.type`` (any registered type): mb/de from an MB model's ``params``,

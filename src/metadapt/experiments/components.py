@@ -1,4 +1,4 @@
-"""Registries of the parts a model-based run is assembled from: online learners, planners, dynamics models.
+"""Registries of the parts a run is assembled from: online learners, planners, dynamics models, task families.
 
 Each registered type brings its own typed config section: ``learner.<type>``
 (``learner.mole.alpha``), ``planner.<type>`` (``planner.cem.num_elites``). The
@@ -112,6 +112,10 @@ class Registry:
 
 LEARNERS = Registry("learner")
 PLANNERS = Registry("planner")
+# dynamics models of model-based runs (``model.type``): build(own, ctx) -> a ``models.base.DynamicsModel``
+# of ``ctx.obs_dim`` / ``ctx.act_dim``; ``ctx.section`` holds the common keys (hidden, activation, sigma, ...).
+# A type whose checkpoints should load also registers its ``from_spec`` in ``models.registry``.
+MODELS = Registry("model")
 # few-shot supervised task families (``system: supervised``, ``task.type``): build(cfg, device) -> Problem
 TASKS = Registry("task")
 
@@ -259,6 +263,17 @@ PLANNERS.register("mppi", _mppi, doc="MPPI with time-correlated noise, warm-star
     "noise_std": Field("float", 0.5, low=0, low_open=True, doc="noise std / half action range"),
     "noise_beta": Field("float", 0.5, low=0, high=1, high_open=True, doc="time correlation"),
 })
+
+
+def _mlp(own: dict[str, Any], ctx: BuildContext) -> Any:
+    from metadapt.models.mlp import MLPDynamics
+
+    m = ctx.section
+    return MLPDynamics(ctx.obs_dim, ctx.act_dim, m["hidden"], m["activation"], m["sigma"],
+                       action_gain=m["action_gain"])
+
+
+MODELS.register("mlp", _mlp, doc="deterministic MLP of the normalized state change, Gaussian likelihood")
 
 
 def _lazy(entry: str) -> Callable[..., Any]:

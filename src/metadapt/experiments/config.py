@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from metadapt.errors import ConfigError
-from metadapt.experiments.components import LEARNERS, PLANNERS, TASKS, Registry
+from metadapt.experiments.components import LEARNERS, MODELS, PLANNERS, TASKS, Registry
 from metadapt.experiments.schema import Field, validate_section
 from metadapt.experiments.schema import defaults as schema_defaults
 from metadapt.experiments.supervised_schema import SUPERVISED_SCHEMA, check_supervised
@@ -31,7 +31,7 @@ SCHEMA: dict[str, Any] = {
         "id": _f("str", "metadapt/HalfCheetah-v0", doc="registered Gymnasium id"),
         "kwargs": _f("mapping", {}, doc="keyword arguments for gym.make"),
     },
-    "model": {
+    "model": {  # + "type" and one section per registered model type (experiments.components.MODELS)
         "hidden": _f("ints", [500, 500, 500]),
         "activation": _f("str", "relu", choices=("relu", "tanh", "silu", "elu", "gelu")),
         "sigma": _f("float", 1.0, low=0, low_open=True, doc="std of the Gaussian likelihood (normalized)"),
@@ -134,7 +134,7 @@ DEFAULT_SYSTEM = "mbrl"
 
 # system -> section -> (registry, default type): the sections whose types are registered parts
 TYPED_SECTIONS: dict[str, dict[str, tuple[Registry, str]]] = {
-    "mbrl": {"learner": (LEARNERS, "mb"), "planner": (PLANNERS, "rs")},
+    "mbrl": {"model": (MODELS, "mlp"), "learner": (LEARNERS, "mb"), "planner": (PLANNERS, "rs")},
     "supervised": {"task": (TASKS, "sinusoid")},
 }
 

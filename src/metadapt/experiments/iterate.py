@@ -30,11 +30,11 @@ from metadapt.envs import env_obs_version
 from metadapt.errors import CheckpointError
 from metadapt.experiments.progress import Reporter
 from metadapt.experiments.rollout import Callback, EpisodeEnd, RandomPolicy, Step, rollout
-from metadapt.meta.checkpoint import load_checkpoint, model_state, save_atomic, save_model
+from metadapt.meta.checkpoint import load_checkpoint, model_from_state, model_state, save_atomic, save_model
 from metadapt.meta.fit import fit_dynamics
 from metadapt.meta.maml import MetaSettings, expand_inner_lrs, fit_meta, initial_inner_lrs
 from metadapt.meta.prior import Prior, save_prior
-from metadapt.models.mlp import MLPDynamics
+from metadapt.models.base import DynamicsModel
 from metadapt.models.normalizer import Normalizer
 from metadapt.planning.base import Planner
 from metadapt.types import Params, RewardFn, Window
@@ -222,7 +222,7 @@ class IterativeTrainer:
         self,
         env: gym.Env,
         reward_fn: RewardFn,
-        model: MLPDynamics,
+        model: DynamicsModel,
         make_planner: Callable[[int], Planner],
         settings: IterationSettings,
         seed: int,
@@ -287,9 +287,7 @@ class IterativeTrainer:
                                   f"environment's is now {now}: start a new run")
         try:
             self.buffer = ReplayBuffer.from_state_dict(state["buffer"])
-            self.model.normalizer = Normalizer.from_state_dict(state["model"]["normalizer"]).to(self.device)
-            self.check_model_state(state["model"], path)
-            self.params = {k: v.float().to(self.device) for k, v in state["model"]["params"].items()}
+            self.restore_model(state["model"], path)
         except (KeyError, TypeError, ValueError, AssertionError) as exc:
             raise CheckpointError(f"{path} is incomplete: {exc}") from exc
         if {k: tuple(v.shape) for k, v in self.params.items()} != self.model.param_shapes():
@@ -366,7 +364,7 @@ class IterativeTrainer:
                 "epochs": res.epochs, "best_epoch": res.best_epoch}
 
     # -- hooks a trainer of another model kind overrides (ReBAL's RecurrentTrainer) ------------------
-    def planning_model(self) -> MLPDynamics:
+    def planning_model(self) -> DynamicsModel:
         """The MLP the agent plans with during collection."""
         return self.model
 
@@ -377,8 +375,18 @@ class IterativeTrainer:
     def model_state(self) -> dict[str, Any]:
         return model_state(self.model, self.params, self.env_id, self.obs_version)
 
-    def check_model_state(self, state: dict[str, Any], path: Path) -> None:
-        """Refuse a checkpoint of another model kind (a hook: MLP checkpoints need no extra check)."""
+    def restore_model(self, state: dict[str, Any], path: Path) -> None:
+        """The normalizer and parameters of a training checkpoint's ``model_state``, refused when the
+        checkpoint's model is not the configured one (an edited ``model.activation`` would otherwise continue
+        weights trained under one activation under another)."""
+        model, params = model_from_state(state, str(path))
+        found, want = _architecture(model.spec()), _architecture(self.model.spec())
+        if found != want:
+            diff = ", ".join(f"{k} {found.get(k)!r} (config: {want.get(k)!r})"
+                             for k in sorted(set(found) | set(want)) if found.get(k) != want.get(k))
+            raise CheckpointError(f"{path} holds a model with {diff}: resume with the config it was trained with")
+        self.model.normalizer = model.normalizer.to(self.device)
+        self.params = {k: v.to(self.device) for k, v in params.items()}
 
     def save_artifacts(self) -> None:
         """``model.pt`` (and ``prior.pt`` when meta-training) after every iteration."""
@@ -442,3 +450,8 @@ class IterativeTrainer:
             w.writeheader()
             w.writerows(self.history)
         tmp.replace(path)
+
+
+def _architecture(spec: dict[str, Any]) -> dict[str, Any]:
+    """A model spec without its data statistics: what must match for trained weights to mean the same."""
+    return {k: v for k, v in spec.items() if k != "normalizer"}

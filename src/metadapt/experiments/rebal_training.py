@@ -19,7 +19,7 @@ from metadapt.errors import CheckpointError
 from metadapt.experiments.iterate import IterativeTrainer, iteration_seed
 from metadapt.meta.checkpoint import save_atomic
 from metadapt.meta.rebal import RECURRENT_FORMAT, fit_recurrent, recurrent_state
-from metadapt.models.mlp import MLPDynamics
+from metadapt.models.base import DynamicsModel
 from metadapt.models.normalizer import Normalizer
 from metadapt.models.recurrent import RecurrentDynamics
 
@@ -48,7 +48,7 @@ class RecurrentTrainer(IterativeTrainer):
         self.recurrent = recurrent
         self.per_episode_validation = True
 
-    def planning_model(self) -> MLPDynamics:
+    def planning_model(self) -> DynamicsModel:
         return self.model.planning_model()
 
     def collection_learner(self) -> OnlineLearner:
@@ -57,9 +57,16 @@ class RecurrentTrainer(IterativeTrainer):
     def model_state(self) -> dict[str, Any]:
         return recurrent_state(self.model, self.params, self.env_id, self.obs_version)
 
-    def check_model_state(self, state: dict[str, Any], path: Path) -> None:
+    def restore_model(self, state: dict[str, Any], path: Path) -> None:
         if state.get("format") != RECURRENT_FORMAT:
             raise CheckpointError(f"{path} is not a ReBAL training checkpoint")
+        m = self.model
+        want = {"hidden": list(m.hidden), "context": m.context_dim, "activation": m.activation, "sigma": m.sigma}
+        if diff := [f"{k} {state.get(k)!r} (config: {v!r})" for k, v in want.items() if state.get(k) != v]:
+            raise CheckpointError(f"{path} holds a model with {', '.join(diff)}: resume with the config it was "
+                                  "trained with")
+        self.model.normalizer = Normalizer.from_state_dict(state["normalizer"]).to(self.device)
+        self.params = {k: v.float().to(self.device) for k, v in state["params"].items()}
 
     def save_artifacts(self) -> None:
         save_atomic(self.model_state(), self.run_dir / "rebal.pt")

@@ -21,7 +21,7 @@ from metadapt.experiments.progress import Reporter
 from metadapt.experiments.rebal_training import RecurrentTrainer
 from metadapt.experiments.report import write_report
 from metadapt.experiments.trial import TrialResult, run_trial
-from metadapt.models.mlp import MLPDynamics
+from metadapt.models.base import DynamicsModel
 from metadapt.types import Params
 
 
@@ -58,7 +58,7 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool = False) -> tuple[MLPDynamics, Params]:
+def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool = False) -> tuple[DynamicsModel, Params]:
     """Iterative model training (MB) into ``run_dir``; resumes from its checkpoint if asked."""
     seed_everything(cfg["seed"])
     device = _device(cfg)
@@ -109,7 +109,7 @@ def _to(value: Any, device: torch.device) -> Any:
     return {k: v.to(device) for k, v in value.items()} if isinstance(value, dict) else value
 
 
-def resume_train(run_dir: Path, reporter: Reporter) -> tuple[MLPDynamics, Params]:
+def resume_train(run_dir: Path, reporter: Reporter) -> tuple[DynamicsModel, Params]:
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir} is not a training run directory (no config.yaml)")
     cfg = load_config(run_dir / "config.yaml")

@@ -16,11 +16,12 @@ from typing import Any
 import torch
 
 from metadapt.errors import CheckpointError
-from metadapt.models.mlp import MLPDynamics
-from metadapt.models.normalizer import Normalizer
+from metadapt.models.base import DynamicsModel, check_params
+from metadapt.models.registry import dynamics_from_spec
 from metadapt.types import Params
 
-MODEL_FORMAT = "metadapt.mlp_dynamics.v1"
+MODEL_FORMAT = "metadapt.dynamics.v2"  # {"spec": model.spec(), "params": ...}, any registered model type
+MLP_FORMAT_V1 = "metadapt.mlp_dynamics.v1"  # still read: the MLP's fields at the top level
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
@@ -65,49 +66,49 @@ def check_origin(state: dict[str, Any], path: str | Path, env_id: str | None, ob
                               f"is now {obs_version}: retrain it")
 
 
-def model_state(model: MLPDynamics, params: Params, env_id: str | None = None, obs_version: int = 1) -> dict[str, Any]:
-    """Everything needed to rebuild ``model`` with ``params``, and the environment it was trained on."""
+def model_state(model: DynamicsModel, params: Params, env_id: str | None = None,
+                obs_version: int = 1) -> dict[str, Any]:
+    """Everything needed to rebuild ``model`` (any registered type) with ``params``, and its environment."""
     return {
         "format": MODEL_FORMAT,
         "env_id": env_id,
         "obs_version": obs_version,
-        "obs_dim": model.obs_dim,
-        "act_dim": model.act_dim,
-        "hidden": list(model.hidden),
-        "activation": model.activation,
-        "sigma": model.sigma,
-        "action_gain": model.action_gain,
-        "normalizer": {k: v.cpu() for k, v in model.normalizer.state_dict().items()},
+        "spec": model.spec(),
         "params": {k: v.detach().cpu().clone() for k, v in params.items()},
     }
 
 
 def save_model(
-    model: MLPDynamics, params: Params, path: str | Path, env_id: str | None = None, obs_version: int = 1
+    model: DynamicsModel, params: Params, path: str | Path, env_id: str | None = None, obs_version: int = 1
 ) -> None:
     save_atomic(model_state(model, params, env_id, obs_version), path)
 
 
-def model_from_state(state: dict[str, Any], source: str = "checkpoint") -> tuple[MLPDynamics, Params]:
-    if state.get("format") != MODEL_FORMAT:
-        raise CheckpointError(f"{source} is not a metadapt dynamics model (format {state.get('format')!r})")
+def _spec_of(state: dict[str, Any], source: str) -> dict[str, Any]:
+    fmt = state.get("format")
+    if fmt == MODEL_FORMAT:
+        return state.get("spec")  # type: ignore[return-value]
+    if fmt == MLP_FORMAT_V1:  # the first format, MLP only: its fields at the top level
+        keys = ("obs_dim", "act_dim", "hidden", "activation", "sigma", "action_gain", "normalizer")
+        return {"type": "mlp", **{k: state[k] for k in keys if k in state}}
+    raise CheckpointError(f"{source} is not a metadapt dynamics model (format {fmt!r})")
+
+
+def model_from_state(state: dict[str, Any], source: str = "checkpoint") -> tuple[DynamicsModel, Params]:
+    """The model and parameters of ``model_state``'s dict (or the first, MLP-only format)."""
     try:
-        model = MLPDynamics(
-            int(state["obs_dim"]), int(state["act_dim"]), tuple(state["hidden"]),
-            str(state["activation"]), float(state["sigma"]),
-            Normalizer.from_state_dict(state["normalizer"]), bool(state.get("action_gain", False)),
-        )
+        model = dynamics_from_spec(_spec_of(state, source))
         params = {k: v.float() for k, v in state["params"].items()}
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{source} is incomplete: {exc}") from exc
-    expected = model.param_shapes()
-    got = {k: tuple(v.shape) for k, v in params.items()}
-    if got != expected:
-        raise CheckpointError(f"{source} parameters do not match the model architecture")
+    try:
+        check_params(model, params)
+    except ValueError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
     return model, params
 
 
-def load_model(path: str | Path, env_id: str | None = None, obs_version: int = 1) -> tuple[MLPDynamics, Params]:
+def load_model(path: str | Path, env_id: str | None = None, obs_version: int = 1) -> tuple[DynamicsModel, Params]:
     """Rebuild a model and its parameters from ``save_model``'s file (checked against ``env_id``'s layout)."""
     state = load_checkpoint(path, ("format",))
     out = model_from_state(state, str(path))

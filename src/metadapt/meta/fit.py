@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from metadapt.models.mlp import MLPDynamics
+from metadapt.models.base import DynamicsModel
 from metadapt.types import Params, Window
 
 
@@ -23,7 +23,7 @@ class FitResult:
     val_loss: float
 
 
-def evaluate_loss(model: MLPDynamics, params: Params, data: Window, batch_size: int = 4096) -> float:
+def evaluate_loss(model: DynamicsModel, params: Params, data: Window, batch_size: int = 4096) -> float:
     """Mean normalized-delta MSE over ``data`` (``nan`` if empty)."""
     if len(data) == 0:
         return math.nan
@@ -37,7 +37,7 @@ def evaluate_loss(model: MLPDynamics, params: Params, data: Window, batch_size: 
 
 
 def fit_dynamics(
-    model: MLPDynamics,
+    model: DynamicsModel,
     params: Params,
     train: Window,
     val: Window,

@@ -45,7 +45,8 @@ from metadapt.data.buffer import ReplayBuffer
 from metadapt.errors import MetadaptError
 from metadapt.meta.inner import inner_adapt_with_loss
 from metadapt.meta.outer import maml_loss
-from metadapt.models.mlp import ACTION_GAIN, MLPDynamics
+from metadapt.models.base import DynamicsModel
+from metadapt.models.mlp import ACTION_GAIN
 from metadapt.types import Params, TaskBatch
 
 InnerLR = float | Params
@@ -125,7 +126,7 @@ def expand_inner_lrs(lrs: Params, params: Params) -> Params:
 
 
 def adapt(
-    model: MLPDynamics,
+    model: DynamicsModel,
     params: Params,
     obs: torch.Tensor,
     act: torch.Tensor,
@@ -144,7 +145,7 @@ def adapt(
 
 
 def adapt_with_loss(
-    model: MLPDynamics,
+    model: DynamicsModel,
     params: Params,
     obs: torch.Tensor,
     act: torch.Tensor,
@@ -158,7 +159,7 @@ def adapt_with_loss(
 
 
 def adapted_loss(
-    model: MLPDynamics,
+    model: DynamicsModel,
     params: Params,
     past: WindowBatch,
     future: WindowBatch,
@@ -176,7 +177,7 @@ def adapted_loss(
 
 
 def meta_loss(
-    model: MLPDynamics, params: Params, past: WindowBatch, future: WindowBatch, lr: InnerLR, settings: MetaSettings
+    model: DynamicsModel, params: Params, past: WindowBatch, future: WindowBatch, lr: InnerLR, settings: MetaSettings
 ) -> torch.Tensor:
     """The outer loss: ``adapted_loss`` plus ``settings.prior_weight`` times the prior's own loss on ``future``.
 
@@ -207,7 +208,7 @@ class MetaFitResult:
     val_prior: float
 
 
-def _evaluate(model: MLPDynamics, params: Params, lr: InnerLR, s: MetaSettings, buffer: ReplayBuffer,
+def _evaluate(model: DynamicsModel, params: Params, lr: InnerLR, s: MetaSettings, buffer: ReplayBuffer,
               gen_seed: int, steps: int) -> float:
     gen = torch.Generator().manual_seed(gen_seed)  # the same validation windows every epoch
     total = 0.0
@@ -221,7 +222,7 @@ def _evaluate(model: MLPDynamics, params: Params, lr: InnerLR, s: MetaSettings, 
 
 
 def fit_meta(
-    model: MLPDynamics,
+    model: DynamicsModel,
     params: Params,
     buffer: ReplayBuffer,
     settings: MetaSettings,

@@ -16,7 +16,7 @@ import torch
 from metadapt.errors import CheckpointError
 from metadapt.meta.checkpoint import check_origin, load_checkpoint, model_from_state, model_state, save_atomic
 from metadapt.meta.maml import InnerLR, adapt
-from metadapt.models.mlp import MLPDynamics
+from metadapt.models.base import DynamicsModel
 from metadapt.types import Params
 
 PRIOR_FORMAT = "metadapt.prior.v1"
@@ -26,7 +26,7 @@ PRIOR_FORMAT = "metadapt.prior.v1"
 class Prior:
     """``theta*`` with what adapting it needs. ``inner_lr`` is a float or per-entry tensors (Meta-SGD)."""
 
-    model: MLPDynamics
+    model: DynamicsModel
     params: Params
     inner_lr: InnerLR
     inner_steps: int

@@ -70,6 +70,7 @@ class DynamicsModel(FunctionalModel, Protocol):
 
     obs_dim: int
     act_dim: int
+    sigma: float
     normalizer: Any
 
     def predict_normalized_delta(self, params: Params, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
@@ -78,6 +79,37 @@ class DynamicsModel(FunctionalModel, Protocol):
     def target(self, obs: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
         ...
 
+    def transition_loss(self, params: Params, obs: torch.Tensor, act: torch.Tensor,
+                        next_obs: torch.Tensor) -> torch.Tensor:
+        """Mean squared one-step error of ``N x O``, ``N x A``, ``N x O`` transitions (a scalar)."""
+        ...
+
+    def log_likelihood(self, params: Params, obs: torch.Tensor, act: torch.Tensor,
+                       next_obs: torch.Tensor) -> torch.Tensor:
+        """Log-density of each transition (``... x O`` inputs -> ``...``), what MOLe's posterior weighs."""
+        ...
+
     def fold(self, params: Params, dtype: torch.dtype = torch.float32, fused: bool | None = None,
-             prepack: bool = True) -> Any:
+             prepack: bool = True) -> FoldedDynamics:
+        ...
+
+    def spec(self) -> dict[str, Any]:
+        """Everything but the parameters that rebuilds this model: ``{"type": <registered name>, ...}`` of
+        plain values and tensors (a checkpoint stores it; ``models.registry.dynamics_from_spec`` reads it)."""
+        ...
+
+
+@runtime_checkable
+class FoldedDynamics(Protocol):
+    """A dynamics model with fixed parameters, in the form the planning rollout steps.
+
+    ``project_actions`` prepares a whole ``N x H x A`` action tensor once
+    (``H x N x C``, ``C`` the model's choice); ``step`` maps an ``N x O``
+    float32 state and one prepared ``N x C`` slice to the ``N x O`` next state.
+    """
+
+    def project_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        ...
+
+    def step(self, obs: torch.Tensor, act_proj: torch.Tensor) -> torch.Tensor:
         ...

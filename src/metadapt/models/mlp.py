@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +100,21 @@ class MLPDynamics:
         self.action_gain = bool(action_gain)
         self.net = _MLP((obs_dim + act_dim, *self.hidden, obs_dim), activation)
         self.normalizer = normalizer or Normalizer.identity(obs_dim, act_dim)
+
+    def spec(self) -> dict[str, Any]:
+        """The model protocol's spec: type ``"mlp"``, sizes, widths, likelihood and normalizer statistics."""
+        return {
+            "type": "mlp", "obs_dim": self.obs_dim, "act_dim": self.act_dim, "hidden": list(self.hidden),
+            "activation": self.activation, "sigma": self.sigma, "action_gain": self.action_gain,
+            "normalizer": {k: v.detach().cpu() for k, v in self.normalizer.state_dict().items()},
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> MLPDynamics:
+        """The model ``spec()`` describes (``KeyError``/``ValueError`` on an incomplete one)."""
+        return cls(int(spec["obs_dim"]), int(spec["act_dim"]), tuple(int(h) for h in spec["hidden"]),
+                   str(spec["activation"]), float(spec["sigma"]), Normalizer.from_state_dict(spec["normalizer"]),
+                   bool(spec.get("action_gain", False)))
 
     # -- parameters ---------------------------------------------------------
     def init_params(self, generator: torch.Generator, device: torch.device | str = "cpu") -> Params:
