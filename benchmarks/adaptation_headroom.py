@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from metadapt.cli import positive_int
 from metadapt.envs import make_env, observation_version
 from metadapt.errors import MetadaptError
-from metadapt.experiments.adaptation import PastFuture, collect_random, sample_windows, window_error
+from metadapt.experiments.benchmarks.adaptation import PastFuture, collect_random, sample_windows, window_error
 from metadapt.meta.fit import fit_dynamics
 from metadapt.meta.maml import InnerLR, adapt
 from metadapt.meta.prior import Prior, load_prior

@@ -21,7 +21,7 @@ import torch
 from metadapt.adapt.static import StaticLearner
 from metadapt.agent import MPCAgent
 from metadapt.envs import get_reward_fn, make_env
-from metadapt.experiments.rollout import rollout
+from metadapt.experiments.jobs.rollout import rollout
 from metadapt.meta.checkpoint import load_model
 from metadapt.models.rollout import rollout_returns
 from metadapt.planning import RandomShooting

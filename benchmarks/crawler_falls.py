@@ -28,7 +28,7 @@ import numpy as np
 
 from metadapt.envs import make_env
 from metadapt.errors import MetadaptError
-from metadapt.experiments.rollout import Callback, Step, rollout
+from metadapt.experiments.jobs.rollout import Callback, Step, rollout
 
 
 def _env(gear: float):

@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 
 from metadapt.envs import make_env
-from metadapt.experiments.rollout import Callback, rollout
+from metadapt.experiments.jobs.rollout import Callback, rollout
 
 # env id, its schedule for timing, its unperturbed robot (id, kwargs)
 CASES = [

@@ -25,9 +25,9 @@ import torch
 from metadapt.adapt.mole import MOLeLearner
 from metadapt.agent import MPCAgent
 from metadapt.envs import make_env
-from metadapt.experiments.bench import WARM_CEM_ELITES, WARM_CEM_ITERATIONS, WARM_CEM_SAMPLES
-from metadapt.experiments.components import continual_lr
-from metadapt.experiments.rollout import rollout
+from metadapt.experiments.benchmarks.bench import WARM_CEM_ELITES, WARM_CEM_ITERATIONS, WARM_CEM_SAMPLES
+from metadapt.experiments.configuration.components import continual_lr
+from metadapt.experiments.jobs.rollout import rollout
 from metadapt.meta.prior import load_prior
 from metadapt.planning.cem import CEM
 from metadapt.types import Params, Window

@@ -43,8 +43,8 @@ from metadapt.adapt.mole import MOLeLearner
 from metadapt.adapt.static import StaticLearner
 from metadapt.adapt.ts import KShotLearner
 from metadapt.envs import make_env, observation_version
-from metadapt.experiments.components import continual_lr
-from metadapt.experiments.rollout import RandomPolicy, rollout
+from metadapt.experiments.configuration.components import continual_lr
+from metadapt.experiments.jobs.rollout import RandomPolicy, rollout
 from metadapt.meta.checkpoint import load_model
 from metadapt.meta.prior import load_prior
 from metadapt.models.mlp import MLPDynamics

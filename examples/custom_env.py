@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from metadapt import MLPDynamics, MPCAgent, RandomShooting, StaticLearner
-from metadapt.experiments.iterate import IterationSettings, IterativeTrainer
-from metadapt.experiments.trial import run_trial
+from metadapt.experiments.jobs.iterate import IterationSettings, IterativeTrainer
+from metadapt.experiments.jobs.trial import run_trial
 
 
 class PointMass(gym.Env):

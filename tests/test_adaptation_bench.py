@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from metadapt.experiments.adaptation import AdaptationErrors, adaptation_errors, collect_random, format_table
+from metadapt.experiments.benchmarks.adaptation import AdaptationErrors, adaptation_errors, collect_random, format_table
 from metadapt.meta.checkpoint import save_model
 from metadapt.meta.maml import adapt
 from metadapt.meta.prior import Prior, save_prior

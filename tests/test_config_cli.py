@@ -12,7 +12,7 @@ import yaml
 
 from metadapt.cli import main
 from metadapt.errors import ConfigError
-from metadapt.experiments.config import apply_overrides, defaults, load_config
+from metadapt.experiments.configuration.config import apply_overrides, defaults, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -198,7 +198,7 @@ def test_run_writes_resolved_config_metrics_and_report(tmp_path, capsys):
 
 
 def test_planner_dtype_auto_resolves_to_what_the_machine_runs_fast():
-    from metadapt.experiments.config import load_config
+    from metadapt.experiments.configuration.config import load_config
     from metadapt.models.mlp import fast_bfloat16
 
     cfg = load_config(None)
@@ -224,7 +224,7 @@ def test_tensorboard_logging_writes_every_step(tmp_path):
 
 
 def test_every_shipped_sweep_expands_into_valid_configs():
-    from metadapt.experiments.sweep import load_sweep
+    from metadapt.experiments.jobs.sweep import load_sweep
 
     sweeps = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
     assert sweeps

@@ -283,7 +283,7 @@ def test_checkpoint_of_another_architecture_and_an_edited_resume_are_refused(tmp
 
 def test_bench_maml_times_every_variant_on_the_same_meta_gradient():
     pytest.importorskip("higher")
-    from metadapt.experiments.bench_maml import bench_maml
+    from metadapt.experiments.benchmarks.bench_maml import bench_maml
 
     lines: list[str] = []
     out = bench_maml(repeats=1, iterations=2, meta_batch=4, shots=3, hidden=(8,), print_fn=lines.append)
@@ -337,7 +337,7 @@ def test_classification_trains_from_the_command_line_with_its_baselines(tmp_path
 
 
 def test_diverged_tasks_are_counted_and_the_summary_stays_strict_json():
-    from metadapt.experiments.supervised import summarize
+    from metadapt.experiments.jobs.supervised import summarize
 
     out = summarize(torch.tensor([0.1, float("nan"), float("inf"), 0.3]))
     assert out == {"mean": None, "ci95": None, "nonfinite": 2}

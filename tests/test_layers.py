@@ -42,7 +42,7 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
     shutil.copytree(ROOT / "src" / "metadapt", tmp_path / "metadapt",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pt", "*.xml", "*.md"))
     with open(tmp_path / "metadapt" / "models" / "mlp.py", "a") as f:
-        f.write("\nfrom metadapt.experiments import report  # noqa: E402\n")
+        f.write("\nfrom metadapt.experiments.reporting import report  # noqa: E402\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     proc = _run(tmp_path, env)
     assert proc.returncode != 0, proc.stdout + proc.stderr

@@ -337,7 +337,7 @@ def test_shipped_cheetah_prior_loads_and_adapts():
     prior = load_prior("builtin:halfcheetah_malfunction", 18, 6)
     assert prior.env_id == "metadapt/HalfCheetahMalfunction-v0" and isinstance(prior.inner_lr, dict)
     # On a window of the held-out "sign negative" task, one adaptation step lowers the window's error.
-    from metadapt.experiments.adaptation import collect_random
+    from metadapt.experiments.benchmarks.adaptation import collect_random
 
     traj = torch.from_numpy(collect_random("metadapt/HalfCheetahMalfunction-v0", "sign_negative", 60, 60, 0)[0])
     obs, act, nxt = traj[:16, :18], traj[:16, 18:24], traj[:16, 24:]

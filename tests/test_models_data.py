@@ -250,7 +250,7 @@ def test_compiled_rollout_gives_the_eager_returns():
 
 def test_report_smoothing_keeps_the_length_of_short_and_non_finite_series():
     """Regression: a 12-step trial's model-error figure got a 25-long curve and the report raised."""
-    from metadapt.experiments.report import smooth
+    from metadapt.experiments.reporting.report import smooth
 
     for x in (np.arange(12.0), np.array([np.nan, 1.0, np.inf]), np.array([np.nan] * 4), np.arange(100.0)):
         out = smooth(x)

@@ -11,7 +11,7 @@ import torch
 from metadapt.adapt.continual import ContinualLearner
 from metadapt.adapt.mole import MOLeLearner
 from metadapt.adapt.ts import KShotLearner
-from metadapt.experiments.metrics import adjusted_rand_index, away_from_switches, effective_components
+from metadapt.experiments.reporting.metrics import adjusted_rand_index, away_from_switches, effective_components
 from metadapt.models.mlp import MLPDynamics
 from metadapt.types import Window
 
@@ -303,7 +303,7 @@ def test_fused_is_refused_for_an_unsupported_activation():
 
 
 def test_trial_analysis_counts_segments_recovery_components_and_forgetting():
-    from metadapt.experiments.metrics import mean_analysis, trial_analysis
+    from metadapt.experiments.reporting.metrics import mean_analysis, trial_analysis
 
     tasks = np.repeat([0, 1, 0, 1], 500)
     chosen = np.where(tasks == 0, 3, 7)
@@ -342,8 +342,8 @@ def _random_action_windows(env_id: str, steps: int, schedule: str):
 def test_continual_learners_built_from_a_meta_sgd_prior_stay_finite():
     """Regression: GS stepped with the prior's learned Meta-SGD rates every step diverged (inf at step 47 here,
     NaN plans in the first demo). Built from config, GS and MOLe's M step use seed 000's 0.01 instead."""
-    from metadapt.experiments.build import build_learner
-    from metadapt.experiments.config import load_config
+    from metadapt.experiments.configuration.config import load_config
+    from metadapt.experiments.jobs.build import build_learner
     from metadapt.meta.prior import load_prior
 
     prior = load_prior("builtin:halfcheetah_malfunction", 18, 6)

@@ -134,7 +134,7 @@ def test_bad_planner_arguments_are_rejected():
 
 def test_speed_benchmark_runs_every_case_on_a_small_network():
     """`metadapt bench speed`'s code path at toy size: every row is measured and the last line is the ratio."""
-    from metadapt.experiments.bench import bench_speed
+    from metadapt.experiments.benchmarks.bench import bench_speed
 
     lines: list[str] = []
     out = bench_speed(repeats=1, num_samples=32, horizon=3, hidden=(16, 16), components=(1, 10), print_fn=lines.append)

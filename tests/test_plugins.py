@@ -13,9 +13,9 @@ import yaml
 
 from metadapt.adapt.base import StepInfo
 from metadapt.cli import main
-from metadapt.experiments.components import LEARNERS, MODELS, PLANNERS, TASKS
-from metadapt.experiments.schema import Field
-from metadapt.experiments.supervised import Problem
+from metadapt.experiments.configuration.components import LEARNERS, MODELS, PLANNERS, TASKS
+from metadapt.experiments.configuration.schema import Field
+from metadapt.experiments.jobs.supervised import Problem
 from metadapt.meta.checkpoint import load_model
 from metadapt.meta.prior import load_prior
 from metadapt.models.base import DynamicsModel, FoldedDynamics

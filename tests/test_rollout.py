@@ -10,7 +10,7 @@ import torch
 from metadapt.adapt.base import OnlineLearner, StepInfo
 from metadapt.agent import MPCAgent
 from metadapt.data.buffer import ReplayBuffer
-from metadapt.experiments.rollout import Callback, EpisodeEnd, RandomPolicy, Step, rollout
+from metadapt.experiments.jobs.rollout import Callback, EpisodeEnd, RandomPolicy, Step, rollout
 from metadapt.models.mlp import MLPDynamics
 from metadapt.planning import RandomShooting
 from metadapt.types import Transitions, Window

@@ -11,7 +11,7 @@ import torch
 from metadapt.adapt.continual import ContinualLearner
 from metadapt.adapt.static import StaticLearner
 from metadapt.envs import observation_version
-from metadapt.experiments.components import continual_lr
+from metadapt.experiments.configuration.components import continual_lr
 from metadapt.meta.prior import load_prior
 
 _spec = importlib.util.spec_from_file_location(

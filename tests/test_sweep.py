@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from metadapt.experiments.sweep import aggregate, load_sweep, mean_ci
+from metadapt.experiments.jobs.sweep import aggregate, load_sweep, mean_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -170,7 +170,7 @@ def test_preload_imports_what_runs_would_import_lazily():
     import subprocess
     import sys
 
-    code = ("import sys; from metadapt.experiments.runner import preload; "
+    code = ("import sys; from metadapt.experiments.jobs.runner import preload; "
             "lazy = ('mujoco', 'torch._dynamo', 'metadapt.envs.crawler'); "
             "assert not any(m in sys.modules for m in lazy), [m for m in lazy if m in sys.modules]; "
             "preload(); assert all(m in sys.modules for m in lazy)")

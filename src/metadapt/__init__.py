@@ -16,9 +16,9 @@ from metadapt.data.glyphs import generate_glyphs
 from metadapt.data.omniglot import ImageClasses, load_omniglot
 from metadapt.data.sinusoid import SinusoidTasks
 from metadapt.envs import get_reward_fn, make_env
-from metadapt.experiments.components import LEARNERS, PLANNERS, TASKS, BuildContext
-from metadapt.experiments.iterate import IterationSettings, IterativeTrainer
-from metadapt.experiments.trial import run_trial
+from metadapt.experiments.configuration.components import LEARNERS, PLANNERS, TASKS, BuildContext
+from metadapt.experiments.jobs.iterate import IterationSettings, IterativeTrainer
+from metadapt.experiments.jobs.trial import run_trial
 from metadapt.meta.checkpoint import load_model, save_model
 from metadapt.meta.inner import init_rates, inner_adapt, inner_adapt_with_loss
 from metadapt.meta.maml import MetaSettings, fit_meta

@@ -2,7 +2,7 @@
 
 ``fit_recurrent`` fits one model; ``rebal.pt`` holds the model (format
 ``metadapt.recurrent_dynamics.v1``). The iterative loop of seed 000 Table 1
-with it is ``metadapt.experiments.rebal_training.RecurrentTrainer``.
+with it is ``metadapt.experiments.jobs.rebal_training.RecurrentTrainer``.
 """
 
 from __future__ import annotations

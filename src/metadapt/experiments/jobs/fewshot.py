@@ -27,7 +27,7 @@ from metadapt.data.episodes import NWayKShot, nearest_neighbour_accuracy
 from metadapt.data.glyphs import generate_glyphs
 from metadapt.data.omniglot import ImageClasses, load_omniglot
 from metadapt.errors import MetadaptError
-from metadapt.experiments.supervised import Pretrain, Problem, summarize
+from metadapt.experiments.jobs.supervised import Pretrain, Problem, summarize
 from metadapt.models.classifier import ConvClassifier
 from metadapt.types import Params
 

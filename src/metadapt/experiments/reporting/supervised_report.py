@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from metadapt.experiments.report import plt, read_csv, save_figure
+from metadapt.experiments.reporting.report import plt, read_csv, save_figure
 from metadapt.meta.inner import Rates
 from metadapt.types import Params
 
@@ -70,7 +70,7 @@ def plot_sinusoid_fits(run_dir: Path, cfg: dict[str, Any], model: Any, params: P
                        baseline: Params | None, baseline_rates: Rates) -> Path:
     """The MAML paper's Figure 2: a held-out task, its K points, and the fits after 0, 1 and 10 steps."""
     from metadapt.data.sinusoid import SinusoidTasks
-    from metadapt.experiments.supervised import EVAL_STREAM, adapt_one
+    from metadapt.experiments.jobs.supervised import EVAL_STREAM, adapt_one
 
     gen = torch.Generator().manual_seed(cfg["seed"] + EVAL_STREAM + 1)
     task = SinusoidTasks(cfg["task"]["shots"], 1).sample(1, gen)
@@ -103,7 +103,7 @@ def plot_sinusoid_fits(run_dir: Path, cfg: dict[str, Any], model: Any, params: P
 def write_supervised_report(run_dir: Path, cfg: dict[str, Any], problem: Any, params: Params, rates: Rates,
                             baseline: Params | None) -> Path:
     """``report.md`` from ``summary.json``, ``metrics.csv`` and the parameters."""
-    from metadapt.experiments.supervised import finetune_rate
+    from metadapt.experiments.jobs.supervised import finetune_rate
 
     summary = json.loads((run_dir / "summary.json").read_text())
     label = _method_label(cfg)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from metadapt.envs import make_env
-from metadapt.experiments.rollout import RandomPolicy, Step, rollout
+from metadapt.experiments.jobs.rollout import RandomPolicy, Step, rollout
 from metadapt.meta.maml import adapt
 from metadapt.meta.prior import Prior
 from metadapt.models.base import DynamicsModel

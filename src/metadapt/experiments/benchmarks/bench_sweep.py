@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from metadapt.experiments.sweep import load_sweep, run_sweep
+from metadapt.experiments.jobs.sweep import load_sweep, run_sweep
 
 ROOT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "mb_halfcheetah.yaml"
 SMALL = {
@@ -19,7 +19,7 @@ SMALL = {
 
 def bench_sweep(runs: int = 8, workers: tuple[int, ...] = (1, 2)) -> float:
     """Wall time of ``runs`` equal small runs (distinct seeds) per worker count; prints the speedup."""
-    from metadapt.experiments.runner import preload
+    from metadapt.experiments.jobs.runner import preload
 
     preload()  # before timing, so that no case pays for the imports
 

@@ -13,10 +13,10 @@ import numpy as np
 
 from metadapt.agent import MPCAgent
 from metadapt.errors import MetadaptError
-from metadapt.experiments.metrics import trial_analysis
-from metadapt.experiments.progress import Reporter
-from metadapt.experiments.rollout import Callback, EpisodeEnd, Step, rollout
-from metadapt.experiments.video import TrialVideo
+from metadapt.experiments.jobs.rollout import Callback, EpisodeEnd, Step, rollout
+from metadapt.experiments.reporting.metrics import trial_analysis
+from metadapt.experiments.reporting.progress import Reporter
+from metadapt.experiments.reporting.video import TrialVideo
 
 BASE_FIELDS = ("step", "episode", "reward", "return", "task_id", "plan_ms", "learner_ms", "nonfinite")
 

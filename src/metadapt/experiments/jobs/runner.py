@@ -13,14 +13,14 @@ import torch
 from metadapt.adapt.static import StaticLearner
 from metadapt.agent import MPCAgent
 from metadapt.errors import CheckpointError, ConfigError
-from metadapt.experiments import build
-from metadapt.experiments.config import dump_config, load_config
-from metadapt.experiments.iterate import IterativeTrainer, ReplayedData, iteration_seed
-from metadapt.experiments.metrics import mean_analysis
-from metadapt.experiments.progress import Reporter
-from metadapt.experiments.rebal_training import RecurrentTrainer
-from metadapt.experiments.report import write_report
-from metadapt.experiments.trial import TrialResult, run_trial
+from metadapt.experiments.configuration.config import dump_config, load_config
+from metadapt.experiments.jobs import build
+from metadapt.experiments.jobs.iterate import IterativeTrainer, ReplayedData, iteration_seed
+from metadapt.experiments.jobs.rebal_training import RecurrentTrainer
+from metadapt.experiments.jobs.trial import TrialResult, run_trial
+from metadapt.experiments.reporting.metrics import mean_analysis
+from metadapt.experiments.reporting.progress import Reporter
+from metadapt.experiments.reporting.report import write_report
 from metadapt.models.base import DynamicsModel
 from metadapt.types import Params
 

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from metadapt.errors import CheckpointError
-from metadapt.experiments.config import load_config, system_of
-from metadapt.experiments.progress import Reporter
+from metadapt.experiments.configuration.config import load_config, system_of
+from metadapt.experiments.reporting.progress import Reporter
 
 # system -> (train(cfg, run_dir, reporter, resume), report(run_dir) or None for the default report)
 JOBS: dict[str, tuple[str, str | None]] = {
-    "mbrl": ("metadapt.experiments.runner:train", None),
-    "supervised": ("metadapt.experiments.supervised:train", "metadapt.experiments.supervised:report_run"),
+    "mbrl": ("metadapt.experiments.jobs.runner:train", None),
+    "supervised": ("metadapt.experiments.jobs.supervised:train", "metadapt.experiments.jobs.supervised:report_run"),
 }
 
 

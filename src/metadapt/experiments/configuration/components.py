@@ -16,7 +16,7 @@ the other types changes. A type registered from outside the package (a user's
 module, a test) is used by ``metadapt run`` and ``metadapt train`` exactly as
 the built-in ones::
 
-    from metadapt.experiments.components import LEARNERS
+    from metadapt.experiments.configuration.components import LEARNERS
     LEARNERS.register("mine", build_mine, fields={"rate": Field("float", 0.1, low=0)}, needs="model")
 
 Builders take the type's resolved section (a dict) and a ``BuildContext`` and
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from metadapt.errors import ConfigError, MetadaptError
-from metadapt.experiments.schema import Field
+from metadapt.experiments.configuration.schema import Field
 from metadapt.types import Params
 
 NEEDS = ("model", "prior", "recurrent")
@@ -288,7 +288,7 @@ def _lazy(entry: str) -> Callable[..., Any]:
     return build_lazily
 
 
-TASKS.register("sinusoid", _lazy("metadapt.experiments.supervised:sinusoid_problem"),
+TASKS.register("sinusoid", _lazy("metadapt.experiments.jobs.supervised:sinusoid_problem"),
                doc="sinusoid regression (MAML paper, Sec. 5.1)")
-TASKS.register("omniglot", _lazy("metadapt.experiments.fewshot:omniglot_problem"),
+TASKS.register("omniglot", _lazy("metadapt.experiments.jobs.fewshot:omniglot_problem"),
                doc="N-way K-shot classification of an Omniglot-layout folder (or the generated glyph set)")

@@ -28,8 +28,8 @@ from metadapt.data.buffer import FIELDS as BUFFER_FIELDS
 from metadapt.data.buffer import ReplayBuffer
 from metadapt.envs import env_obs_version
 from metadapt.errors import CheckpointError
-from metadapt.experiments.progress import Reporter
-from metadapt.experiments.rollout import Callback, EpisodeEnd, RandomPolicy, Step, rollout
+from metadapt.experiments.jobs.rollout import Callback, EpisodeEnd, RandomPolicy, Step, rollout
+from metadapt.experiments.reporting.progress import Reporter
 from metadapt.meta.checkpoint import load_checkpoint, model_from_state, model_state, save_atomic, save_model
 from metadapt.meta.fit import fit_dynamics
 from metadapt.meta.maml import MetaSettings, expand_inner_lrs, fit_meta, initial_inner_lrs

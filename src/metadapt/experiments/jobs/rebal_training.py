@@ -16,7 +16,7 @@ import torch
 from metadapt.adapt.base import OnlineLearner
 from metadapt.adapt.rebal import RecurrentLearner
 from metadapt.errors import CheckpointError
-from metadapt.experiments.iterate import IterativeTrainer, iteration_seed
+from metadapt.experiments.jobs.iterate import IterativeTrainer, iteration_seed
 from metadapt.meta.checkpoint import save_atomic
 from metadapt.meta.rebal import RECURRENT_FORMAT, fit_recurrent, recurrent_state
 from metadapt.models.base import DynamicsModel

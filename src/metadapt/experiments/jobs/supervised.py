@@ -32,9 +32,9 @@ import torch
 
 from metadapt.data.sinusoid import SinusoidTasks
 from metadapt.errors import CheckpointError, MetadaptError
-from metadapt.experiments.components import TASKS
-from metadapt.experiments.config import dump_config
-from metadapt.experiments.progress import Reporter
+from metadapt.experiments.configuration.components import TASKS
+from metadapt.experiments.configuration.config import dump_config
+from metadapt.experiments.reporting.progress import Reporter
 from metadapt.meta.checkpoint import load_checkpoint, save_atomic
 from metadapt.meta.inner import Rates, init_rates, inner_adapt
 from metadapt.meta.outer import MAML, evaluate_adaptation, maml_task_losses, mean_interval
@@ -217,7 +217,7 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
                  "baseline": _cpu(baseline) if baseline is not None else None}, out)
     summary = evaluate(cfg, problem, meta_params, rates, baseline, reporter)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
-    from metadapt.experiments.supervised_report import write_supervised_report
+    from metadapt.experiments.reporting.supervised_report import write_supervised_report
 
     write_supervised_report(run_dir, cfg, problem, meta_params, rates, baseline)
     return out
@@ -399,8 +399,8 @@ def adapt_one(model: FunctionalModel, params: Params, support: Any, rates: Rates
 
 def report_run(run_dir: Path) -> Path:
     """Rewrite ``report.md`` of a finished run from its files (``metadapt report RUN_DIR``)."""
-    from metadapt.experiments.config import load_config
-    from metadapt.experiments.supervised_report import write_supervised_report
+    from metadapt.experiments.configuration.config import load_config
+    from metadapt.experiments.reporting.supervised_report import write_supervised_report
 
     cfg = load_config(run_dir / "config.yaml")
     if not (run_dir / "summary.json").is_file():

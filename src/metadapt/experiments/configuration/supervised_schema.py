@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from metadapt.errors import ConfigError
-from metadapt.experiments.schema import Field
+from metadapt.experiments.configuration.schema import Field
 
 SUPERVISED_SCHEMA: dict[str, Any] = {
     "name": Field("str", "maml", doc="run name, used for the run directory"),

@@ -44,8 +44,8 @@ import numpy as np
 import yaml
 
 from metadapt.errors import ConfigError, MetadaptError
-from metadapt.experiments.config import dump_config, load_config
-from metadapt.experiments.metrics import ANALYSIS_FIELDS, mean_analysis
+from metadapt.experiments.configuration.config import dump_config, load_config
+from metadapt.experiments.reporting.metrics import ANALYSIS_FIELDS, mean_analysis
 
 RESULT_FIELDS = ("run", "status", "mean_return", "std_return", "trials", "seconds")
 _KEYS = {"name", "base", "command", "set", "methods", "grid", "resources"}
@@ -145,8 +145,8 @@ def execute_point(command: str, config: dict[str, Any], run_dir: str, threads: i
     """Run one grid point in this process; never raises (failures are recorded in the run directory)."""
     import torch
 
-    from metadapt.experiments import runner
-    from metadapt.experiments.progress import Reporter
+    from metadapt.experiments.jobs import runner
+    from metadapt.experiments.reporting.progress import Reporter
 
     torch.set_num_threads(max(1, threads))
     out = Path(run_dir)
@@ -247,7 +247,7 @@ def run_sweep(
         ctx = multiprocessing.get_context("fork") if sys.platform == "linux" else None
         if todo:
             try:
-                from metadapt.experiments.runner import preload
+                from metadapt.experiments.jobs.runner import preload
 
                 preload()
             except Exception:  # a run that cannot import fails alone, with its traceback in its directory
@@ -369,7 +369,7 @@ def aggregate(rows: list[dict[str, str]], group_keys: list[str]) -> list[dict[st
 
 def _curve_figures(out: Path, rows: list[dict[str, str]], group_keys: list[str]) -> list[str]:
     """Cumulative reward per group (mean over seeds, first trial) and one MOLe run's task probabilities."""
-    from metadapt.experiments.report import plot_task_probabilities, plt, read_csv, save_figure, smooth
+    from metadapt.experiments.reporting.report import plot_task_probabilities, plt, read_csv, save_figure, smooth
 
     curves: dict[str, list[np.ndarray]] = {}
     errors: dict[str, list[np.ndarray]] = {}
@@ -413,7 +413,7 @@ def _curve_figures(out: Path, rows: list[dict[str, str]], group_keys: list[str])
 
 def write_sweep_report(out_dir: str | Path) -> Path:
     """``report.md`` of a sweep directory: the aggregated table and a figure of returns per group."""
-    from metadapt.experiments.report import plt, save_figure
+    from metadapt.experiments.reporting.report import plt, save_figure
 
     out = Path(out_dir)
     with open(out / "results.csv", newline="") as f:

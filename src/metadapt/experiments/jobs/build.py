@@ -12,10 +12,10 @@ import torch
 from metadapt.adapt.base import OnlineLearner
 from metadapt.envs import env_obs_version, get_reward_fn, make_env
 from metadapt.errors import ConfigError, MetadaptError
-from metadapt.experiments import components
-from metadapt.experiments.components import LEARNERS, MODELS, PLANNERS, BuildContext
-from metadapt.experiments.iterate import IterationSettings
-from metadapt.experiments.rebal_training import RecurrentSettings
+from metadapt.experiments.configuration import components
+from metadapt.experiments.configuration.components import LEARNERS, MODELS, PLANNERS, BuildContext
+from metadapt.experiments.jobs.iterate import IterationSettings
+from metadapt.experiments.jobs.rebal_training import RecurrentSettings
 from metadapt.meta.checkpoint import load_model
 from metadapt.meta.maml import MetaSettings
 from metadapt.meta.prior import Prior, load_prior

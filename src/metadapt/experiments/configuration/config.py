@@ -13,10 +13,11 @@ from typing import Any
 import yaml
 
 from metadapt.errors import ConfigError
-from metadapt.experiments.components import LEARNERS, MODELS, PLANNERS, TASKS, Registry
-from metadapt.experiments.schema import Field, validate_section
-from metadapt.experiments.schema import defaults as schema_defaults
-from metadapt.experiments.supervised_schema import SUPERVISED_SCHEMA, check_supervised
+from metadapt.experiments.configuration.components import LEARNERS, MODELS, PLANNERS, TASKS, Registry
+from metadapt.experiments.configuration.files import parse_yaml, read_yaml_file
+from metadapt.experiments.configuration.schema import Field, validate_section
+from metadapt.experiments.configuration.schema import defaults as schema_defaults
+from metadapt.experiments.configuration.supervised_schema import SUPERVISED_SCHEMA, check_supervised
 
 
 def _f(kind: str, default: Any, **kw: Any) -> Field:
@@ -24,7 +25,7 @@ def _f(kind: str, default: Any, **kw: Any) -> Field:
 
 
 SCHEMA: dict[str, Any] = {
-    "name": _f("str", "run", doc="run name, used for the run directory"),
+    "name": _f("name", "run", doc="run name, used for the run directory"),
     "seed": _f("int", 0, low=0, doc="seeds every generator of the run"),
     "device": _f("str", "cpu", choices=("cpu", "cuda")),
     "env": {
@@ -82,7 +83,8 @@ SCHEMA: dict[str, Any] = {
         "epochs": _f("int", 50, low=1),
         "batch_size": _f("int", 512, low=1),
         "lr": _f("float", 1e-3, low=0, low_open=True),
-        "val_fraction": _f("float", 0.1, low=0, high=1, high_open=True),
+        "val_fraction": _f("float", 0.1, low=0, high=1, low_open=True, high_open=True,
+                           doc="share of the collected data held out for validation (early stopping needs some)"),
         "patience": _f("int", 5, low=1),
         "buffer_capacity": _f("int", 1_000_000, low=1),
         "data": _f("str", None, nullable=True,
@@ -196,10 +198,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = [p for p in key.strip().split(".")]
     if not all(path):
         raise ConfigError(f"override '{text}' has an empty key part")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override '{text}': value is not valid YAML ({exc.__class__.__name__})") from exc
+    parsed = parse_yaml(value, f"override '{key}'") if value.strip() else ""
     return path, parsed
 
 
@@ -224,14 +223,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"config file {p} is not valid YAML{where}") from exc
+        loaded = read_yaml_file(p, "config file")
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

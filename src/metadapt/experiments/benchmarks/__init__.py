@@ -1,0 +1,1 @@
+"""Benchmarks: measurements printed as ratios taken side by side in one run."""

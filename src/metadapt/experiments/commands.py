@@ -1,0 +1,218 @@
+"""What each ``metadapt`` command does, given its parsed arguments; ``cli.py`` only parses and dispatches.
+
+Every function takes the ``argparse.Namespace`` of its sub-command and returns
+the exit code; problems are ``MetadaptError``s, which the command line prints
+as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from metadapt.errors import ConfigError, MetadaptError
+
+DEMO_SWEEP = "sweeps/demo.yaml"
+
+
+def _configs_dir() -> Path:
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "configs" / DEMO_SWEEP).is_file():
+            return parent / "configs"
+    return Path("configs")
+
+
+def _reporter(quiet: bool):
+    from metadapt.experiments.reporting.progress import Reporter, RichReporter
+
+    return Reporter() if quiet else RichReporter()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from metadapt.experiments import jobs
+    from metadapt.experiments.configuration.config import load_config
+    from metadapt.experiments.jobs import runner
+
+    with _reporter(args.quiet) as rep:
+        if args.resume:
+            run_dir = Path(args.resume)
+            if args.config or args.overrides:
+                raise MetadaptError("--resume takes the run directory only (its config.yaml is reused)")
+            jobs.resume(run_dir, rep)
+        else:
+            if not args.config:
+                raise MetadaptError("train needs a CONFIG file (or --resume RUN_DIR)")
+            cfg = load_config(args.config, args.overrides)
+            run_dir = Path(args.out) if args.out else runner.unique_dir(Path("runs") / cfg["name"])
+            if (run_dir / "checkpoints").exists():
+                raise MetadaptError(f"{run_dir} already holds a training run: use --resume {run_dir}")
+            jobs.train(cfg, run_dir, rep)
+    print(f"model: {run_dir / 'model.pt'}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from metadapt.experiments.configuration.config import load_config
+    from metadapt.experiments.jobs import runner
+
+    cfg = load_config(args.config, args.overrides)
+    if args.video:
+        from metadapt.experiments.reporting.video import check_video_writer, gl_backend
+
+        check_video_writer()
+        gl_backend()  # before anything imports mujoco; one line when there is no OpenGL
+    out = Path(args.out) if args.out else runner.unique_dir(Path("runs") / cfg["name"])
+    with _reporter(args.quiet) as rep:
+        runner.run(cfg, out, rep, video=args.video)
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    args.sweep = str(_configs_dir() / DEMO_SWEEP)
+    args.out = args.out or str(Path("runs") / "demo")
+    args.workers, args.backend, args.ray_address, args.threads = None, "local", None, None
+    return cmd_sweep(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from metadapt.experiments import jobs
+    from metadapt.experiments.reporting.report import write_report
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise MetadaptError(f"run directory not found: {run_dir}")
+    if (own := jobs.report(run_dir)) is not None:
+        print(f"report: {own}")
+        return 0
+    if (run_dir / "results.csv").is_file():
+        from metadapt.experiments.jobs.sweep import write_sweep_report
+
+        print(f"report: {write_sweep_report(run_dir)}")
+        return 0
+    print(f"report: {write_report(run_dir)}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+    import time
+
+    from metadapt.experiments.jobs.sweep import load_sweep, run_sweep, write_sweep_report
+
+    sweep = load_sweep(args.sweep)
+    out = Path(args.out) if args.out else Path("runs") / "sweeps" / sweep.name
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(args.sweep, out / "sweep.yaml")
+    counts = {"skip": 0, "done": 0, "failed": 0, "start": 0}
+    total = len(sweep.points)
+
+    with _reporter(args.quiet) as rep:
+        rep.start("sweep", f"sweep {sweep.name}", total)
+
+        began = time.perf_counter()
+        state = {"running": 0, "finished": 0}
+
+        def on_event(kind: str, point: Any, result: dict[str, Any] | None) -> None:
+            counts[kind] += 1
+            if kind == "start":
+                state["running"] += 1
+                rep.advance("sweep", 0, running=state["running"], failed=counts["failed"])
+                return
+            labels = " ".join(f"{k}={v}" for k, v in point.labels.items())
+            if kind == "skip":
+                rep.log(f"skip {point.run_id} ({labels}): already done")
+            else:
+                if point.config is not None:
+                    state["running"] -= 1
+                    state["finished"] += 1
+                if kind == "done":
+                    rep.log(f"done {point.run_id} ({labels}): return {result['mean_return']:.1f} "
+                            f"in {result['seconds']:.0f} s")
+                else:
+                    rep.log(f"FAILED {point.run_id} ({labels}): {result.get('error', '')}")
+            left = total - counts["skip"] - counts["done"] - counts["failed"]
+            per_run = (time.perf_counter() - began) / max(1, state["finished"])
+            eta = f"{per_run * left / max(1, args.workers or os.cpu_count() or 1) / 60:.1f}min" if left else "0"
+            rep.advance("sweep", 1, running=state["running"], failed=counts["failed"], eta=eta)
+
+        results = run_sweep(sweep, out, args.workers, args.backend, args.ray_address, on_event, args.threads)
+    failed = sum(r["status"] != "done" for r in results)
+    print(f"sweep {sweep.name}: {total} runs, {counts['skip']} skipped (already done), "
+          f"{total - failed} done, {failed} failed; results: {out / 'results.csv'}")
+    print(f"report: {write_sweep_report(out)}")
+    return 0
+
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    from metadapt.envs import registered
+    from metadapt.envs.describe import markdown_table, show
+
+    if args.show:
+        print(show(args.show))
+    elif args.markdown:
+        print(markdown_table())
+    else:
+        for env_id, doc in registered().items():
+            print(f"{env_id:<36} {doc}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.which == "adaptation":
+        return _bench_adaptation(args)
+    if args.which == "maml":
+        from metadapt.experiments.benchmarks.bench_maml import bench_maml
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        bench_maml(repeats=args.repeats)
+        return 0
+    if args.which == "sweep":
+        from metadapt.experiments.benchmarks.bench_sweep import bench_sweep
+
+        bench_sweep(runs=args.runs)
+        return 0
+    if args.which == "speed":
+        from metadapt.experiments.benchmarks.bench import bench_speed
+
+        bench_speed(repeats=args.repeats, num_samples=args.num_samples, horizon=args.horizon)
+        return 0
+    from metadapt.experiments.benchmarks.bench import bench_planner
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    bench_planner(args.num_samples, args.horizon, repeats=args.repeats, dtype=dtype)
+    return 0
+
+
+def _bench_adaptation(args: argparse.Namespace) -> int:
+    from metadapt.envs import env_class, make_env, observation_version
+    from metadapt.errors import CheckpointError
+    from metadapt.experiments.benchmarks.adaptation import adaptation_errors, format_table
+    from metadapt.meta.checkpoint import load_model
+    from metadapt.meta.prior import load_prior
+
+    if not args.case:
+        raise ConfigError("bench adaptation needs at least one --case ENV_ID TASK MB_MODEL PRIOR")
+    rows = []
+    for env_id, task, mb_path, prior_path in args.case:
+        env_class(env_id)  # one clear line for an unknown id
+        probe = make_env(env_id)
+        obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
+        probe.close()
+        mb_file = Path(mb_path) / "model.pt" if Path(mb_path).is_dir() else Path(mb_path)
+        mb = load_model(mb_file, env_id, observation_version(env_id))
+        if (mb[0].obs_dim, mb[0].act_dim) != (obs_dim, act_dim):
+            raise CheckpointError(f"{mb_file} is a model for obs/action sizes {mb[0].obs_dim}/{mb[0].act_dim}, "
+                                  f"{env_id} has {obs_dim}/{act_dim}")
+        prior = load_prior(prior_path, obs_dim, act_dim, env_id, observation_version(env_id))
+        rows.append(adaptation_errors(env_id, task, mb, prior, steps=args.steps, windows=args.windows,
+                                      episode_length=args.episode_length, seed=args.seed))
+        print(format_table(rows[-1:]).splitlines()[1], flush=True)
+    print(format_table(rows))
+    return 0

@@ -1,0 +1,1 @@
+"""Configuration: the schema, parsing and validation, and the registries of configurable parts."""

@@ -1,0 +1,1 @@
+"""Reporting: metrics, reports, figures, videos and progress output of runs."""
