@@ -10,8 +10,13 @@ from gymnasium.utils.env_checker import check_env
 from metadapt.envs import get_reward_fn, make_env, registered
 from metadapt.errors import MetadaptError
 
+# Their rewards read a task hidden from the observation (goal, velocity, direction), so one reward_fn call cannot
+# score a rollout whose task changes; tests/test_rl_envs.py checks them task by task.
+TASK_REWARD_IDS = {"metadapt/PointNav-v0", "metadapt/HalfCheetahVel-v0", "metadapt/HalfCheetahDir-v0",
+                   "metadapt/AntDir-v0"}
 
-@pytest.mark.parametrize("env_id", sorted(registered()))
+
+@pytest.mark.parametrize("env_id", sorted(set(registered()) - TASK_REWARD_IDS))
 def test_batched_reward_reproduces_step_rewards(env_id):
     # Tasks switch every 30-80 steps, so the rewards of every kind of task (and of the switches) are checked.
     env = make_env(env_id, schedule={"type": "random", "min_len": 30, "max_len": 80})

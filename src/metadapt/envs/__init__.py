@@ -19,6 +19,16 @@ REGISTRY: dict[str, tuple[str, int]] = {
     "metadapt/HalfCheetahPier-v0": ("metadapt.envs.halfcheetah_pier:HalfCheetahPierEnv", 1000),
     "metadapt/AntCrippled-v0": ("metadapt.envs.ant_crippled:AntCrippledEnv", 1000),
     "metadapt/Crawler-v0": ("metadapt.envs.crawler:CrawlerEnv", 1000),
+    "metadapt/PointNav-v0": ("metadapt.envs.point_nav:PointNavEnv", 100),
+    "metadapt/HalfCheetahVel-v0": ("metadapt.envs.goal_locomotion:HalfCheetahVelEnv", 200),
+    "metadapt/HalfCheetahDir-v0": ("metadapt.envs.goal_locomotion:HalfCheetahDirEnv", 200),
+    "metadapt/AntDir-v0": ("metadapt.envs.goal_locomotion:AntDirEnv", 200),
+}
+
+
+# id -> its own batched vector env (``gym.make_vec(id, n, vectorization_mode="vector_entry_point")``)
+VECTOR_ENTRY: dict[str, str] = {
+    "metadapt/PointNav-v0": "metadapt.envs.point_nav:PointNavVectorEnv",
 }
 
 
@@ -26,7 +36,8 @@ def register_all() -> None:
     """Register every metadapt environment with Gymnasium (idempotent)."""
     for env_id, (entry, steps) in REGISTRY.items():
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point=entry, max_episode_steps=steps)
+            gym.register(id=env_id, entry_point=entry, max_episode_steps=steps,
+                         vector_entry_point=VECTOR_ENTRY.get(env_id))
 
 
 def env_class(env_id: str) -> type:

@@ -63,6 +63,8 @@ class TaskEnv:
         )
         self._task: Task | None = None
         self._step_in_episode = 0
+        self._next_task: Task | None = None
+        self._episode_task: Task | None = None  # the next_task this episode began with, if any
 
     # ---- tasks -----------------------------------------------------------------------------------------------
     @classmethod
@@ -86,6 +88,34 @@ class TaskEnv:
                 return Task(list(self.CATALOG)[index], index, params)
             return Task(key, parametric_id(key), params)
         raise ConfigError(f"a task is a name or a mapping of parameters, got {spec!r}")
+
+    # ---- one task for every episode, set from outside (a meta-RL sampler, a vector env's set_attr) ------------
+    @property
+    def next_task(self) -> Task | None:
+        """The task every episode from the next reset on runs with; ``None``: the schedule decides.
+
+        Set it with a task spec (a catalog name or a parameter mapping, or a
+        ``Task``): it is validated at once (one ``ConfigError`` line) and takes
+        effect at the next ``reset`` and every later one until set again. The
+        episode then runs with that one task from its first step to its last
+        (the schedule is not consulted and draws nothing from the generator, so
+        the episode is the one ``schedule=<that task>`` gives). Setting ``None``
+        hands the following episodes back to the schedule. From a Gymnasium
+        vector env: ``envs.set_attr("next_task", [spec_0, ..., spec_n-1])``.
+        """
+        # getattr, not the attribute: hasattr() through Gymnasium's set_wrapper_attr must see the property even
+        # before _init_tasks, or the outermost wrapper would silently take the value instead of this env.
+        return getattr(self, "_next_task", None)
+
+    @next_task.setter
+    def next_task(self, spec: TaskSpec | Task | None) -> None:
+        if spec is None:
+            self._next_task = None
+            return
+        try:
+            self._next_task = self.resolve_task(spec.params if isinstance(spec, Task) else spec)
+        except ConfigError as exc:
+            raise ConfigError(f"next_task: {exc}") from None
 
     def _uniform(self, names: tuple[str, ...], rng: np.random.Generator) -> Task:
         return self.resolve_task(names[int(rng.integers(len(names)))])
@@ -114,14 +144,19 @@ class TaskEnv:
 
     def _begin_episode(self, rng: np.random.Generator) -> None:
         """Call at the start of ``reset_model``, before the robot's pose is set."""
-        self.schedule.reset(rng, self._sample)
+        self._episode_task = self.next_task
+        if self._episode_task is None:
+            self.schedule.reset(rng, self._sample)
         self._step_in_episode = 0
         self._task = None
-        self._set_task(self.schedule.task_at(0))
+        self._set_task(self._task_at(0))
+
+    def _task_at(self, step: int) -> Task:
+        return self._episode_task if self._episode_task is not None else self.schedule.task_at(step)
 
     def _begin_step(self) -> None:
         """Call at the start of ``step``: switch to this step's task; the simulator state is untouched."""
-        self._set_task(self.schedule.task_at(self._step_in_episode))
+        self._set_task(self._task_at(self._step_in_episode))
         self._step_in_episode += 1
 
     def task_info(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import yaml
 from metadapt.errors import ConfigError
 from metadapt.experiments.configuration.components import LEARNERS, MODELS, PLANNERS, TASKS, Registry
 from metadapt.experiments.configuration.files import parse_yaml, read_yaml_file
+from metadapt.experiments.configuration.rl_schema import RL_SCHEMA, check_rl
 from metadapt.experiments.configuration.schema import Field, validate_section
 from metadapt.experiments.configuration.schema import defaults as schema_defaults
 from metadapt.experiments.configuration.supervised_schema import SUPERVISED_SCHEMA, check_supervised
@@ -78,7 +79,8 @@ SCHEMA: dict[str, Any] = {
     },
     "train": {
         "iterations": _f("int", 12, low=1),
-        "steps_per_iteration": _f("int", 3000, low=1),
+        # >= 2: the data normalizer, refit before every fit, needs two transitions to have a spread
+        "steps_per_iteration": _f("int", 3000, low=2),
         "rollout_length": _f("int", 1000, low=1),
         "epochs": _f("int", 50, low=1),
         "batch_size": _f("int", 512, low=1),
@@ -86,7 +88,7 @@ SCHEMA: dict[str, Any] = {
         "val_fraction": _f("float", 0.1, low=0, high=1, low_open=True, high_open=True,
                            doc="share of the collected data held out for validation (early stopping needs some)"),
         "patience": _f("int", 5, low=1),
-        "buffer_capacity": _f("int", 1_000_000, low=1),
+        "buffer_capacity": _f("int", 1_000_000, low=2),
         "data": _f("str", None, nullable=True,
                    doc="a training run directory whose collected data is refit iteration by iteration instead of "
                        "collecting (MB on exactly the data a prior was meta-trained on)"),
@@ -130,6 +132,7 @@ def _resolve_mbrl(cfg: dict[str, Any]) -> None:
 SYSTEMS: dict[str, tuple[dict[str, Any], Any]] = {
     "mbrl": (SCHEMA, _resolve_mbrl),
     "supervised": (SUPERVISED_SCHEMA, check_supervised),
+    "rl": (RL_SCHEMA, check_rl),
 }
 DEFAULT_SYSTEM = "mbrl"
 
@@ -234,3 +237,14 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def dump_config(cfg: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two resolved configs (sorted; a section present in one
+    only counts as each of its keys)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]

@@ -18,6 +18,15 @@ from metadapt.experiments.reporting.progress import Reporter
 JOBS: dict[str, tuple[str, str | None]] = {
     "mbrl": ("metadapt.experiments.jobs.runner:train", None),
     "supervised": ("metadapt.experiments.jobs.supervised:train", "metadapt.experiments.jobs.supervised:report_run"),
+    "rl": ("metadapt.experiments.jobs.rl:train", "metadapt.experiments.jobs.rl:report_run"),
+}
+
+
+# system -> check(cfg): what ``metadapt check`` verifies beyond the schema without running anything (checkpoints,
+# environments, memory). A system without an entry is checked by its schema alone.
+CHECKS: dict[str, str] = {
+    "mbrl": "metadapt.experiments.jobs.runner:check",
+    "supervised": "metadapt.experiments.jobs.supervised:check",
 }
 
 
@@ -29,6 +38,13 @@ def _resolve(entry: str) -> Any:
 def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool = False) -> Any:
     """Run ``cfg``'s system's training job into ``run_dir``."""
     return _resolve(JOBS[system_of(cfg)][0])(cfg, run_dir, reporter, resume=resume)
+
+
+def check(cfg: dict[str, Any]) -> None:
+    """Refuse, as ``train`` or ``run`` would before starting, anything wrong with a resolved config."""
+    entry = CHECKS.get(system_of(cfg))
+    if entry is not None:
+        _resolve(entry)(cfg)
 
 
 def run_config(run_dir: Path) -> dict[str, Any]:

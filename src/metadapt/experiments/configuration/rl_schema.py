@@ -1,0 +1,80 @@
+"""The config schema of model-free meta-RL (``system: rl``): MAML-RL with a TRPO or PPO outer step.
+
+Defaults are the original's 2D navigation run (Finn et al. 2017, Sec. 5.3 and
+Appendix A.2: 100-100 ReLU policy, inner rate 0.1, one inner step, 20 episodes
+per task, meta-batch 20, TRPO with a KL bound of 0.01).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metadapt.errors import ConfigError
+from metadapt.experiments.configuration.schema import Field
+
+RL_SCHEMA: dict[str, Any] = {
+    "name": Field("str", "maml_rl", doc="run name, used for the run directory"),
+    "seed": Field("int", 0, low=0, doc="seeds initialisation, the task stream, the episodes and the held-out tasks"),
+    "device": Field("str", "cpu", choices=("cpu", "cuda")),
+    "threads": Field("int", None, low=1, nullable=True, doc="torch threads (null: PyTorch's default)"),
+    "env": {
+        "id": Field("str", "metadapt/PointNav-v0", doc="a task family: a registered metadapt environment id"),
+        "kwargs": Field("mapping", {}, doc="keyword arguments for gym.make"),
+        "horizon": Field("int", None, low=1, nullable=True, doc="steps per episode (null: the id's time limit)"),
+        "vector": Field("str", "auto", choices=("auto", "sync", "async"),
+                        doc="auto: the env's own batched vector env when it has one, else sync; "
+                            "sync/async: gymnasium.vector over gym.make"),
+        "num_envs": Field("int", None, low=1, nullable=True,
+                          doc="sub-environments (null: meta_batch x episodes for a batched env, else episodes)"),
+    },
+    "policy": {
+        "hidden": Field("ints", [100, 100], doc="hidden widths"),
+        "activation": Field("str", "relu", choices=("relu", "tanh", "silu", "elu", "gelu")),
+        "init_std": Field("float", 1.0, low=0, low_open=True, doc="Gaussian policies: initial action std"),
+        "checkpoint": Field("str", None, nullable=True,
+                            doc="a run's model.pt (or its directory) to evaluate instead of training"),
+    },
+    "meta": {
+        "inner_lr": Field("float", 0.1, low=0, low_open=True, doc="inner policy-gradient step size (alpha)"),
+        "inner_steps": Field("int", 1, low=1, doc="inner steps in meta-training (each on fresh episodes)"),
+        "first_order": Field("bool", False, doc="first-order MAML (no second derivatives through the inner step)"),
+        "learn_inner_lr": Field("bool", False, doc="learn one inner rate per parameter entry (Meta-SGD)"),
+        "meta_batch": Field("int", 20, low=1, doc="tasks per meta-iteration"),
+        "episodes": Field("int", 20, low=1, doc="episodes per task and inner step"),
+        "iterations": Field("int", 100, low=1, doc="meta-iterations"),
+        "gamma": Field("float", 0.99, low=0, high=1, low_open=True),
+        "gae_lambda": Field("float", 1.0, low=0, high=1),
+        "outer": Field("str", "trpo", choices=("trpo", "ppo"), doc="the outer step"),
+        "max_kl": Field("float", 0.01, low=0, low_open=True, doc="trpo: KL bound of the outer step"),
+        "cg_iterations": Field("int", 10, low=1, doc="trpo: conjugate-gradient iterations"),
+        "cg_damping": Field("float", 1e-5, low=0, doc="trpo: damping added to the Fisher-vector products"),
+        "ppo_clip": Field("float", 0.2, low=0, low_open=True, doc="ppo: ratio clip"),
+        "ppo_epochs": Field("int", 5, low=1, doc="ppo: Adam epochs per meta-iteration"),
+        "ppo_lr": Field("float", 1e-3, low=0, low_open=True, doc="ppo: Adam's rate"),
+    },
+    "baselines": {
+        "pretrained": Field("bool", True, doc="a policy trained on all tasks (no inner step), then fine-tuned"),
+        "oracle": Field("bool", True, doc="a policy trained with the task in its observation (task_in_obs)"),
+        "random": Field("bool", True, doc="a randomly initialised policy fine-tuned the same way"),
+        "iterations": Field("int", None, low=1, nullable=True, doc="their iterations (null: meta.iterations)"),
+    },
+    "train": {
+        "checkpoint_every": Field("int", 10, low=1, doc="iterations between resumable checkpoints"),
+    },
+    "eval": {
+        "tasks": Field("int", 40, low=1, doc="held-out tasks (the original: 40)"),
+        "steps": Field("int", 3, low=0, doc="inner steps evaluated: returns after 0 .. steps"),
+        "episodes": Field("int", 20, low=1, doc="episodes per task and step"),
+    },
+}
+
+
+def check_rl(cfg: dict[str, Any]) -> None:
+    """Checks across keys of a resolved ``system: rl`` config."""
+    kwargs = cfg["env"]["kwargs"]
+    if "task_in_obs" in kwargs:
+        raise ConfigError("config key 'env.kwargs.task_in_obs': the oracle baseline sets it itself "
+                          "(allowed: leave it out; baselines.oracle=true trains the oracle)")
+    if "schedule" in kwargs or "task_sampler" in kwargs:
+        raise ConfigError("config key 'env.kwargs': meta-RL gives every episode its task itself "
+                          "(allowed: no schedule or task_sampler)")

@@ -1,0 +1,202 @@
+"""Sampling episodes of many tasks at once through a Gymnasium vector environment.
+
+One call collects ``E`` episodes of ``H`` steps for each of ``B`` tasks
+(``B x E x H`` tensors, ``Episodes``). The environments are any
+``gymnasium.vector.VectorEnv``: a native batched one (2D navigation steps all
+its points as one array operation), or MuJoCo tasks through
+``gymnasium.vector.SyncVectorEnv`` / ``AsyncVectorEnv`` (``make_vector_env``).
+No process pool of our own: Gymnasium's async vector env is the parallel path.
+
+Each sub-environment is given its task with ``envs.set_attr("next_task", ...)``
+(``metadapt.envs.base.TaskEnv.next_task``: the task of every later reset), then
+all are reset with consecutive seeds. Per-task policy parameters (a stacked
+dict, ``B x ...``) act on their own task's sub-environments in one batched
+forward pass: the ``B * E`` episodes are laid out task-major over the vector
+env in rounds, whole tasks per round when the vector env holds a multiple of
+``E`` sub-environments, one task's episodes per round when ``E`` is a multiple
+of its size.
+
+Actions are sampled from the policy and clipped to a Box action space before
+``step`` (the policy's log-probabilities are of the unclipped action, as in
+rllab). An episode that terminates early has ``mask`` 0 after its last step;
+whatever the vector env does after that (auto-reset) is never recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from metadapt.models.policy import Policy
+from metadapt.types import Params
+
+VECTOR_MODES = ("auto", "sync", "async")
+
+
+@dataclass
+class Episodes:
+    """``B`` tasks x ``E`` episodes x ``H`` steps of experience.
+
+    ``obs``: ``B x E x H x O`` (the state each action was taken in); ``act``:
+    ``B x E x H x A`` (continuous, unclipped) or ``B x E x H`` (discrete
+    indices); ``reward`` and ``mask``: ``B x E x H`` (mask 1 on steps taken).
+    ``tasks``: the ``B`` task specs.
+    """
+
+    obs: torch.Tensor
+    act: torch.Tensor
+    reward: torch.Tensor
+    mask: torch.Tensor
+    tasks: list[Any]
+
+    @property
+    def num_tasks(self) -> int:
+        return int(self.obs.shape[0])
+
+    def returns(self) -> torch.Tensor:
+        """``B x E`` undiscounted episode returns."""
+        return (self.reward * self.mask).sum(-1)
+
+    def mean_return(self) -> float:
+        return float(self.returns().mean())
+
+    def steps(self) -> int:
+        return int(self.mask.sum())
+
+
+def make_vector_env(env_id: str, num_envs: int, mode: str = "auto", kwargs: Mapping[str, Any] | None = None,
+                    ) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of ``env_id`` as one vector env.
+
+    ``mode``: ``"sync"`` or ``"async"`` (Gymnasium's vector envs over
+    ``gym.make``), or ``"auto"``: the environment's own batched vector env
+    when it registers one (``vector_entry_point``), else sync.
+    """
+    if mode not in VECTOR_MODES:
+        raise ValueError(f"vector mode must be one of {', '.join(VECTOR_MODES)}, got {mode!r}")
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    kwargs = dict(kwargs or {})
+    if mode == "auto":
+        spec = gym.spec(env_id)
+        mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
+    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, **kwargs)
+
+
+def _rounds(num_tasks: int, per_task: int, num_envs: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(task index, episode index) of each sub-environment, round by round (``n`` each; the last round's
+    spare sub-environments repeat its last episode and are discarded)."""
+    total = num_tasks * per_task
+    flat = np.arange(total)
+    out = []
+    for start in range(0, total, num_envs):
+        ids = flat[start:start + num_envs]
+        ids = np.concatenate([ids, np.full(num_envs - len(ids), ids[-1])])
+        out.append((ids // per_task, ids % per_task))
+    return out
+
+
+def _policy_view(params: Params, tasks: np.ndarray, per_task: int) -> tuple[Params, tuple[int, ...]]:
+    """The parameters acting on one round's sub-environments, and how to shape their observations.
+
+    Returns (params, lead shape) such that ``obs.reshape(*lead, O)`` lines
+    the sub-environments up with the parameters: stacked ``b x ...`` with
+    ``b x k`` observations when the round holds whole tasks, one task's
+    parameters for one task's episodes, or one row per sub-environment.
+    """
+    if not _stacked(params):
+        return params, (len(tasks),)
+    n = len(tasks)
+    first = int(tasks[0])
+    if np.all(tasks == first):
+        return {k: v[first] for k, v in params.items()}, (n,)
+    if n % per_task == 0 and np.array_equal(tasks, np.repeat(tasks[::per_task], per_task)):
+        idx = torch.as_tensor(tasks[::per_task].copy())
+        return {k: v[idx] for k, v in params.items()}, (n // per_task, per_task)
+    idx = torch.as_tensor(tasks.copy())
+    return {k: v[idx] for k, v in params.items()}, (n, 1)
+
+
+def _stacked(params: Params) -> bool:
+    return params["layers.0.weight"].dim() == 3
+
+
+def sample_episodes(
+    envs: gym.vector.VectorEnv,
+    policy: Policy,
+    params: Params,
+    tasks: Sequence[Any],
+    episodes_per_task: int,
+    horizon: int,
+    seed: int,
+    deterministic: bool = False,
+) -> Episodes:
+    """``E`` episodes of ``H`` steps of each task (``B x E x H``, see ``Episodes``).
+
+    Args:
+        envs: the vector env (any size; see the module docstring for the layout).
+        policy: acts with ``params``: one dict for every task, or stacked
+            ``B x ...`` (task ``b`` acts with row ``b``, e.g. adapted parameters).
+        tasks: ``B`` task specs (catalog names or parameter mappings).
+        episodes_per_task: ``E``.
+        horizon: ``H``, steps per episode (episodes ending earlier are masked).
+        seed: sub-environment resets use consecutive seeds from here, and the
+            policy's action noise a generator seeded with it.
+        deterministic: act with the policy's mode instead of sampling.
+    """
+    if episodes_per_task < 1 or horizon < 1:
+        raise ValueError(f"episodes_per_task and horizon must be >= 1, got {episodes_per_task}, {horizon}")
+    num_tasks, n = len(tasks), envs.num_envs
+    if _stacked(params) and (rows := next(iter(params.values())).shape[0]) != num_tasks:
+        raise ValueError(f"stacked parameters for {rows} tasks, {num_tasks} tasks given")
+    space = envs.single_action_space
+    discrete = isinstance(space, gym.spaces.Discrete)
+    low = high = None
+    if isinstance(space, gym.spaces.Box):
+        low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    device = next(iter(params.values())).device
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    shape = (num_tasks, episodes_per_task, horizon)
+    obs_out = torch.zeros(*shape, obs_dim)
+    act_out = torch.zeros(shape, dtype=torch.long) if discrete else torch.zeros(*shape, policy.act_dim)
+    rew_out, mask_out = torch.zeros(shape), torch.zeros(shape)
+    for r, (task_idx, ep_idx) in enumerate(_rounds(num_tasks, episodes_per_task, n)):
+        envs.set_attr("next_task", [tasks[int(b)] for b in task_idx])
+        obs, _ = envs.reset(seed=int(seed) + r * n)
+        view, lead = _policy_view(params, task_idx, episodes_per_task)
+        alive = np.ones(n, dtype=bool)
+        keep = np.ones(n, dtype=bool)
+        keep[min(n, num_tasks * episodes_per_task - r * n):] = False  # the last round's spare envs
+        ti, ei = torch.as_tensor(task_idx[keep]), torch.as_tensor(ep_idx[keep])
+        for t in range(horizon):
+            o = torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(n, obs_dim), device=device)
+            with torch.no_grad():
+                shaped = o.reshape(*lead, obs_dim)
+                a = policy.mode(view, shaped) if deterministic else policy.sample(view, shaped, gen)
+                a = a.reshape(n) if discrete else a.reshape(n, -1)
+            act_np = a.cpu().numpy()
+            if low is not None:
+                act_np = np.clip(act_np, low, high)
+            obs, reward, terminated, truncated, _ = envs.step(act_np)
+            live = torch.as_tensor(alive[keep], dtype=torch.float32)
+            obs_out[ti, ei, t] = o.cpu()[keep]
+            act_out[ti, ei, t] = a.cpu()[keep]
+            rew_out[ti, ei, t] = torch.as_tensor(np.asarray(reward, dtype=np.float32))[keep] * live
+            mask_out[ti, ei, t] = live
+            alive &= ~(np.asarray(terminated) | np.asarray(truncated))
+            if not alive.any():
+                break
+    return Episodes(obs_out.to(device), act_out.to(device), rew_out.to(device), mask_out.to(device), list(tasks))
+
+
+def sample_tasks(env: gym.Env, num: int, rng: np.random.Generator, split: str = "train") -> list[Mapping[str, Any]]:
+    """``num`` task parameter mappings from a metadapt environment's train or test distribution."""
+    base = env.unwrapped
+    draw = base.sample_train_task if split == "train" else base.sample_test_task
+    return [dict(draw(rng).params) for _ in range(num)]

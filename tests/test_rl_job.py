@@ -1,0 +1,148 @@
+"""``system: rl`` through the command line: a tiny MAML-RL run with its baselines, its report, evaluation of a
+saved run, SIGKILL then resume, and bad input as one line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from metadapt.envs import make_env
+from metadapt.models.policy import GaussianMLPPolicy
+from metadapt.rl.maml_rl import MAMLRL, MAMLRLSettings, evaluate_adaptation
+from metadapt.rl.sampler import make_vector_env, sample_episodes, sample_tasks
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "maml_rl_navigation.yaml"
+SMALL = ["meta.iterations=4", "meta.meta_batch=4", "meta.episodes=5", "policy.hidden=[16]", "eval.tasks=6",
+         "eval.episodes=4", "eval.steps=2", "train.checkpoint_every=2"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "metadapt.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
+
+
+def test_a_small_run_trains_every_method_reports_and_evaluates_again(tmp_path):
+    out = tmp_path / "run"
+    res = _cli("train", str(CONFIG), *SMALL, "--out", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["methods"]) == {"maml", "pretrained", "random", "oracle"}
+    for per in summary["methods"].values():
+        assert set(per) == {"0", "1", "2"} and all(len(per[s]["per_task"]) == 6 for s in per)
+        assert all(np.isfinite(per[s]["mean"]) and per[s]["mean"] < 0 for s in per)  # minus a distance
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 * 4  # three trained stages of 4 iterations
+    report = (out / "report.md").read_text()
+    assert "MAML-RL (second order, TRPO outer step)" in report and "oracle" in report
+    assert (out / "adaptation.png").is_file() and (out / "learning.png").is_file()
+    (out / "report.md").unlink()
+    assert _cli("report", str(out)).returncode == 0 and (out / "report.md").read_text() == report
+    again = tmp_path / "again"
+    res = _cli("train", str(CONFIG), *SMALL, f"policy.checkpoint={out}", "--out", str(again), "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((again / "summary.json").read_text()) == summary
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    args = [*SMALL, "meta.iterations=30", "baselines.oracle=false", "baselines.random=false", "eval.tasks=3"]
+    whole = tmp_path / "whole"
+    assert _cli("train", str(CONFIG), *args, "--out", str(whole), "--quiet").returncode == 0
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "metadapt.cli", "train", str(CONFIG), *args, "--out", str(cut),
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    state = cut / "checkpoints" / "state.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file():
+            try:
+                s = torch.load(state, weights_only=True)
+            except (RuntimeError, EOFError):
+                s = None
+            if s is not None and s["stage"] == "maml" and s["iteration"] >= 6:
+                break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "summary.json").exists()
+    res = _cli("train", "--resume", str(cut), "--quiet")
+    assert res.returncode == 0, res.stderr
+    a, b = torch.load(whole / "model.pt", weights_only=True), torch.load(cut / "model.pt", weights_only=True)
+    for method in a["methods"]:
+        for k, v in a["methods"][method]["params"].items():
+            assert torch.equal(v, b["methods"][method]["params"][k]), (method, k)
+    strip = [",".join(r.split(",")[:-2]) for r in (whole / "metrics.csv").read_text().splitlines()]  # no timings
+    assert strip == [",".join(r.split(",")[:-2]) for r in (cut / "metrics.csv").read_text().splitlines()]
+    assert (whole / "summary.json").read_text() == (cut / "summary.json").read_text()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["env.id=metadapt/Nowhere-v0"], "Nowhere"),
+    (["env.id=CartPole-v1", "env.vector=sync"], "not a task family"),
+    (["env.id=metadapt/HalfCheetah-v0", "env.vector=sync"], "baselines.oracle"),
+    (["eval.steps=-1"], "eval.steps"),
+    (["meta.max_kl=0"], "meta.max_kl"),
+    (["meta.inner_lr=-0.1"], "meta.inner_lr"),
+    (["meta.outer=sgd"], "meta.outer"),
+    (["env.kwargs={task_in_obs: true}"], "task_in_obs"),
+])
+def test_bad_rl_config_is_one_line_and_exit_2(tmp_path, extra, message):
+    res = _cli("train", str(CONFIG), *SMALL, *extra, "--out", str(tmp_path / "x"), "--quiet")
+    assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_a_policy_checkpoint_for_another_observation_size_is_refused(tmp_path):
+    out = tmp_path / "run"
+    assert _cli("train", str(CONFIG), *SMALL, "baselines.oracle=false", "--out", str(out), "--quiet").returncode == 0
+    res = _cli("train", str(CONFIG), *SMALL, f"policy.checkpoint={out}", "env.id=metadapt/HalfCheetahDir-v0",
+               "env.vector=sync", "--out", str(tmp_path / "y"), "--quiet")
+    assert res.returncode == 2 and "observation size" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_stacked_sampling_equals_sampling_each_task_alone():
+    """Per-task parameters acting in one vector env give each task the episodes it gets on its own."""
+    envs = make_vector_env("metadapt/PointNav-v0", 6, "sync")
+    probe = make_env("metadapt/PointNav-v0")
+    policy = GaussianMLPPolicy(2, 2, hidden=(8,))
+    gen = torch.Generator().manual_seed(0)
+    ps = [policy.init_params(gen) for _ in range(2)]
+    stacked = {k: torch.stack([p[k] for p in ps]) for k in ps[0]}
+    tasks = sample_tasks(probe, 2, np.random.default_rng(0))
+    both = sample_episodes(envs, policy, stacked, tasks, 3, 10, seed=5, deterministic=True)
+    for b in range(2):
+        alone = sample_episodes(envs, policy, ps[b], [tasks[b]], 3, 10, seed=5, deterministic=True)
+        torch.testing.assert_close(both.reward[b], alone.reward[0])
+    assert both.mask.all() and both.obs.shape == (2, 3, 10, 2)
+    envs.close()
+    probe.close()
+
+
+def test_one_inner_step_of_a_meta_trained_navigation_policy_beats_its_start():
+    """A few MAML-RL iterations on navigation already make one policy-gradient step pay on held-out goals."""
+    envs = make_vector_env("metadapt/PointNav-v0", 100, "auto")
+    probe = make_env("metadapt/PointNav-v0")
+    policy = GaussianMLPPolicy(2, 2, hidden=(32, 32))
+    learner = MAMLRL(policy, policy.init_params(torch.Generator().manual_seed(0)), MAMLRLSettings())
+
+    def sample(params, tasks, seed):
+        return sample_episodes(envs, policy, params, tasks, 10, 100, seed)
+
+    for it in range(15):
+        tasks = sample_tasks(probe, 10, np.random.default_rng(it))
+        info = learner.outer_step(learner.sample(sample, tasks, 1000 + it))
+        assert info["kl"] <= 0.01 * 1.0001
+    held_out = sample_tasks(probe, 10, np.random.default_rng(999), "test")
+    returns = evaluate_adaptation(policy, learner.params, learner.rates, learner.settings, sample, held_out, 1, 7)
+    assert returns[1].mean() > returns[0].mean()
+    envs.close()
+    probe.close()
