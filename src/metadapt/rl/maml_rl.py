@@ -157,11 +157,13 @@ class MAMLRL:
     def adapt_step(self, params: Params, episodes: Episodes, adv: torch.Tensor, first_order: bool) -> Params:
         return policy_gradient_step(self.policy, params, episodes, adv, self.rates, first_order)
 
-    def adapted(self, rollouts: Rollouts) -> Params:
-        """``theta'(theta)``, differentiable through every inner step (first order: identity)."""
-        p: Params = self.params
+    def adapted(self, rollouts: Rollouts, differentiable: bool = True) -> Params:
+        """``theta'(theta)``, differentiable through every inner step (first order: identity); without
+        ``differentiable`` only its value (the same numbers, no second-order graph)."""
+        p: Params = self.params if differentiable else {k: v.detach() for k, v in self.params.items()}
+        first_order = self.settings.first_order or not differentiable
         for episodes, adv in zip(rollouts.inner, rollouts.inner_adv, strict=True):
-            p = self.adapt_step(p, episodes, adv, self.settings.first_order)
+            p = self.adapt_step(p, episodes, adv, first_order)
         if p["layers.0.weight"].dim() == 2:
             p = stack_params(p, rollouts.post.num_tasks)
         return p
@@ -185,10 +187,10 @@ class MAMLRL:
         return Rollouts(inner, inner_adv, episodes, self.advantages(episodes), p)
 
     # -- the outer step ---------------------------------------------------------------------------------------
-    def surrogate(self, rollouts: Rollouts, adapted: Params | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def surrogate(self, rollouts: Rollouts, differentiable: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(surrogate loss, mean KL from the sampling policies) of the post-adaptation episodes."""
         post = rollouts.post
-        a = self.adapted(rollouts) if adapted is None else adapted
+        a = self.adapted(rollouts, differentiable)
         lp = self.policy.log_prob(a, post.obs, post.act)
         old = self.policy.log_prob(rollouts.sampled_with, post.obs, post.act).detach()
         loss = -_masked_task_mean(torch.exp(lp - old) * rollouts.post_adv, post.mask)
@@ -200,7 +202,7 @@ class MAMLRL:
         s = self.settings
         if s.outer == "trpo":
             info: TRPOInfo = trpo_step(
-                self.trainable(), lambda: self.surrogate(rollouts)[0], lambda: self.surrogate(rollouts)[1],
+                self.trainable(), lambda differentiable: self.surrogate(rollouts, differentiable),
                 s.max_kl, s.cg_damping, s.cg_iterations, s.backtrack_ratio, s.max_backtracks,
             )
             return {"loss_before": info.loss_before, "loss_after": info.loss_after, "kl": info.kl,
@@ -217,7 +219,7 @@ class MAMLRL:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-        after, kl = (float(t.detach()) for t in self.surrogate(rollouts))
+        after, kl = (float(t.detach()) for t in self.surrogate(rollouts, differentiable=False))
         return {"loss_before": before, "loss_after": after, "kl": kl, "step_fraction": 1.0}
 
     # -- checkpoints ------------------------------------------------------------------------------------------

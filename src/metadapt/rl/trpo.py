@@ -64,8 +64,7 @@ class TRPOInfo:
 
 def trpo_step(
     params: Sequence[torch.Tensor],
-    loss_fn: Callable[[], torch.Tensor],
-    kl_fn: Callable[[], torch.Tensor],
+    objective: Callable[[bool], tuple[torch.Tensor, torch.Tensor]],
     max_kl: float = 0.01,
     damping: float = 1e-5,
     cg_iterations: int = 10,
@@ -74,18 +73,18 @@ def trpo_step(
 ) -> TRPOInfo:
     """One TRPO update of ``params`` (leaf tensors that require grad), in place.
 
-    ``loss_fn()`` is the surrogate loss to minimise and ``kl_fn()`` the mean KL
-    from the policy the data was sampled with; both are recomputed from the
-    current values of ``params``. Raises ``ValueError`` for a ``max_kl`` that is
-    not positive.
+    ``objective(differentiable)`` returns the surrogate loss to minimise and
+    the mean KL from the policy the data was sampled with, recomputed from the
+    current values of ``params``; with ``differentiable=False`` (the line
+    search) only their values are needed and it may skip building graphs.
+    Raises ``ValueError`` for a ``max_kl`` that is not positive.
     """
     if not max_kl > 0:
         raise ValueError(f"max_kl must be > 0, got {max_kl}")
     params = list(params)
-    loss = loss_fn()
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    loss, kl = objective(True)
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
     g = flat([torch.zeros_like(p) if gr is None else gr for p, gr in zip(params, grads, strict=True)]).detach()
-    kl = kl_fn()
     kl_grads = torch.autograd.grad(kl, params, create_graph=True, allow_unused=True)
     kl_flat = flat([torch.zeros_like(p) if gr is None else gr for p, gr in zip(params, kl_grads, strict=True)])
 
@@ -106,7 +105,7 @@ def trpo_step(
         for i in range(max_backtracks):
             assign(params, old + fraction * full)
             with torch.enable_grad():  # the inner adaptation differentiates even here
-                new_loss, new_kl = float(loss_fn().detach()), float(kl_fn().detach())
+                new_loss, new_kl = (float(t.detach()) for t in objective(False))
             if math.isfinite(new_loss) and new_loss < before and new_kl <= max_kl:
                 return TRPOInfo(before, new_loss, new_kl, fraction, i)
             fraction *= backtrack_ratio
