@@ -146,3 +146,19 @@ def test_one_inner_step_of_a_meta_trained_navigation_policy_beats_its_start():
     assert returns[1].mean() > returns[0].mean()
     envs.close()
     probe.close()
+
+
+def test_the_adapted_policy_is_rendered_after_each_step(tmp_path):
+    pytest.importorskip("imageio_ffmpeg")
+    import imageio.v2 as imageio
+
+    from metadapt.experiments.configuration.config import load_config
+    from metadapt.experiments.jobs.rl import load_policies, write_adaptation_video
+
+    out = tmp_path / "run"
+    assert _cli("train", str(CONFIG), *SMALL, "baselines.oracle=false", "baselines.pretrained=false", "--out",
+                str(out), "--quiet").returncode == 0
+    cfg = load_config(out / "config.yaml")
+    path = write_adaptation_video(cfg, load_policies(out, 2, cfg["env"]["id"]), tmp_path / "a.mp4")
+    frames = imageio.get_reader(str(path)).count_frames()
+    assert frames == 100 * (cfg["eval"]["steps"] + 1)  # one 100-step episode after each of 0 .. steps

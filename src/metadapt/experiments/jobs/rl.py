@@ -39,7 +39,13 @@ from metadapt.meta.checkpoint import load_checkpoint, save_atomic
 from metadapt.meta.inner import Rates
 from metadapt.models.base import check_params
 from metadapt.models.policy import CategoricalMLPPolicy, GaussianMLPPolicy, Policy
-from metadapt.rl.maml_rl import MAMLRL, MAMLRLSettings, evaluate_adaptation
+from metadapt.rl.maml_rl import (
+    MAMLRL,
+    MAMLRLSettings,
+    episode_advantages,
+    evaluate_adaptation,
+    policy_gradient_step,
+)
 from metadapt.rl.sampler import make_vector_env, sample_episodes, sample_tasks
 from metadapt.types import Params
 
@@ -309,8 +315,56 @@ def _evaluate_one(cfg: dict[str, Any], family: TaskFamily, policy: Policy, param
             for k in range(returns.shape[0])}
 
 
+# -- video ----------------------------------------------------------------------------------------------------
+def write_adaptation_video(cfg: dict[str, Any], results: dict[str, dict[str, Any]], path: Path) -> Path:
+    """``adaptation.mp4``: the MAML-RL policy on one held-out task, one rendered episode after each of
+    0 .. ``eval.steps`` policy-gradient steps (each step on ``eval.episodes`` fresh episodes, as evaluated).
+    The actions are the policy's mean; the caption gives the step count, the true task and the return."""
+    from metadapt.experiments.reporting.video import TrialVideo
+
+    ev, seed = cfg["eval"], cfg["seed"]
+    s = settings(cfg)
+    family = TaskFamily(cfg)
+    try:
+        task = sample_tasks(family.probe, 1, np.random.default_rng(derive_seed(seed, EVAL_TASKS)), "test")
+        policy = build_policy(cfg, family.obs_dim, family.action_space)
+        params: Params = {k: v.detach() for k, v in results["maml"]["params"].items()}
+        rates = results["maml"]["rates"]
+        env = make_env(cfg["env"]["id"], render_mode="rgb_array", **cfg["env"]["kwargs"])
+        env.unwrapped.next_task = task[0]
+        video = TrialVideo(path, fps=int(env.metadata.get("render_fps", 20)))
+        seeds = np.random.SeedSequence(derive_seed(seed, EVAL_EPISODES)).generate_state(ev["steps"] + 1)
+        for k in range(ev["steps"] + 1):
+            obs, info = env.reset(seed=int(seeds[k]))
+            total = 0.0
+            for _ in range(family.horizon):
+                with torch.no_grad():
+                    act = policy.mode(params, torch.as_tensor(np.asarray(obs, dtype=np.float32)))
+                a = act.numpy()
+                if isinstance(family.action_space, gym.spaces.Box):
+                    a = np.clip(a, family.action_space.low, family.action_space.high)
+                obs, reward, terminated, truncated, info = env.step(a)
+                total += float(reward)
+                video.add(env.render(), [f"MAML-RL after {k} step{'s' if k != 1 else ''}",
+                                         f"task {info.get('task', '?')}", f"return {total:.1f}"])
+                if terminated or truncated:
+                    break
+            if k < ev["steps"]:
+                episodes = sample_episodes(family.envs, policy, params, task, ev["episodes"], family.horizon,
+                                           int(seeds[k]))
+                adv = episode_advantages(episodes, s)
+                step = policy_gradient_step(policy, params, episodes, adv, rates, True)
+                params = {name: v[0].detach() for name, v in step.items()}
+        video.close()
+        env.close()
+    finally:
+        family.close()
+    return path
+
+
 # -- the job ----------------------------------------------------------------------------------------------------
-def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool = False) -> Path:
+def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool = False,
+          video: bool = False) -> Path:
     """Meta-train, train the baselines, evaluate and report into ``run_dir``; returns ``model.pt``."""
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
@@ -332,6 +386,8 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
     from metadapt.experiments.reporting.rl_report import write_rl_report
 
+    if video:
+        reporter.log(f"video: {write_adaptation_video(cfg, results, run_dir / 'adaptation.mp4')}")
     write_rl_report(run_dir)
     return out
 
