@@ -198,3 +198,37 @@ def test_settings_refuse_bad_values():
     for bad in ({"inner_lr": 0}, {"inner_steps": -1}, {"outer": "sgd"}, {"max_kl": -1.0}, {"gamma": 1.5}):
         with pytest.raises(ValueError):
             MAMLRLSettings(**bad)
+
+
+def _rollouts(learner, gen):
+    pre, post = _episodes(gen, torch.float32), _episodes(gen, torch.float32)
+    adv_pre = torch.randn(B, E, H, generator=gen) * pre.mask
+    adv_post = torch.randn(B, E, H, generator=gen) * post.mask
+    with torch.no_grad():
+        sampled = learner.adapt_step({k: v.detach() for k, v in learner.params.items()}, pre, adv_pre, True)
+    return Rollouts([pre], [adv_pre], post, adv_post, {k: v.detach() for k, v in sampled.items()})
+
+
+def test_learned_inner_rates_are_stepped_by_the_outer_update_within_the_kl_bound():
+    gen = torch.Generator().manual_seed(9)
+    pol = GaussianMLPPolicy(O, A, hidden=(8,))
+    learner = MAMLRL(pol, pol.init_params(gen), MAMLRLSettings(learn_inner_lr=True, max_kl=0.01))
+    assert isinstance(learner.rates, dict) and all(r.requires_grad for r in learner.rates.values())
+    before = {k: v.detach().clone() for k, v in learner.rates.items()}
+    info = learner.outer_step(_rollouts(learner, gen))
+    assert info["step_fraction"] > 0 and info["loss_after"] < info["loss_before"] and info["kl"] <= 0.01
+    assert any(not torch.equal(before[k], v) for k, v in learner.rates.items())
+
+
+def test_a_ppo_outer_step_lowers_the_clipped_surrogate():
+    gen = torch.Generator().manual_seed(10)
+    pol = GaussianMLPPolicy(O, A, hidden=(8,))
+    learner = MAMLRL(pol, pol.init_params(gen), MAMLRLSettings(outer="ppo", ppo_epochs=10, ppo_lr=1e-2))
+    rollouts = _rollouts(learner, gen)
+    info = learner.outer_step(rollouts)
+    assert info["loss_after"] < info["loss_before"]
+    state = learner.state_dict()
+    again = MAMLRL(pol, pol.init_params(gen), MAMLRLSettings(outer="ppo"))
+    again.load_state_dict(state)
+    for k, v in learner.params.items():
+        assert torch.equal(v.detach(), again.params[k].detach())
