@@ -27,7 +27,40 @@ SHORTEN = 0.5
 _FOOT_GEOMS = ("left_ankle_geom", "right_ankle_geom", "third_ankle_geom", "fourth_ankle_geom")
 
 
-class AntCrippledEnv(TaskEnv, _GymAnt):
+class AntSteps:
+    """What the metadapt ants share over Ant-v5: the model loaded through ``load_model``, the torso's mean x
+    velocity over each step (``_last_velocity``, which the observation ends with and the reward uses), and the
+    task switch at the start of every step and episode (``TaskEnv``)."""
+
+    def _initialize_simulation(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
+        model = load_model(self.fullpath, self.width, self.height)
+        return model, mujoco.MjData(model)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        self._begin_step()
+        x_before = float(self.data.body(self._main_body).xpos[0])
+        self.do_simulation(action, self.frame_skip)
+        self._last_velocity = (float(self.data.body(self._main_body).xpos[0]) - x_before) / self.dt
+        obs = self._get_obs()
+        reward, reward_info = self._get_rew(self._last_velocity, action)
+        terminated = (not self.is_healthy) and self._terminate_when_unhealthy
+        info = {"x_position": self.data.qpos[0], "x_velocity": self._last_velocity, **reward_info, **self.task_info()}
+        if self.render_mode == "human":
+            self.render()
+        return obs, float(reward), bool(terminated), False, info
+
+    def reset_model(self) -> np.ndarray:
+        self._begin_episode(self.np_random)
+        self._last_velocity = 0.0
+        super().reset_model()
+        self._last_velocity = float(self.data.qvel[0])
+        return self._get_obs()
+
+    def _get_reset_info(self) -> dict[str, Any]:
+        return {"x_position": self.data.qpos[0], **self.task_info()}
+
+
+class AntCrippledEnv(AntSteps, TaskEnv, _GymAnt):
     """Ant-v5 with a crippled leg; task parameter ``leg`` (0-3 or ``None``).
 
     Observation (28): ``qpos[2:]``, ``qvel`` (as Ant-v5 without contact forces),
@@ -77,10 +110,6 @@ class AntCrippledEnv(TaskEnv, _GymAnt):
         self._limbs = LimbEdits(m, [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, g) for g in _FOOT_GEOMS], SHORTEN)
         self._init_tasks(schedule, sampler)
 
-    def _initialize_simulation(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
-        model = load_model(self.fullpath, self.width, self.height)
-        return model, mujoco.MjData(model)
-
     @classmethod
     def canonical(cls, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         leg = optional_index(params, "leg", N_LEGS, "crippled-ant")
@@ -92,29 +121,6 @@ class AntCrippledEnv(TaskEnv, _GymAnt):
 
     def _get_obs(self) -> np.ndarray:
         return np.concatenate((self.data.qpos[2:], self.data.qvel, [self._last_velocity]))
-
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        self._begin_step()
-        x_before = float(self.data.body(self._main_body).xpos[0])
-        self.do_simulation(action, self.frame_skip)
-        self._last_velocity = (float(self.data.body(self._main_body).xpos[0]) - x_before) / self.dt
-        obs = self._get_obs()
-        reward, reward_info = self._get_rew(self._last_velocity, action)
-        terminated = (not self.is_healthy) and self._terminate_when_unhealthy
-        info = {"x_position": self.data.qpos[0], "x_velocity": self._last_velocity, **reward_info, **self.task_info()}
-        if self.render_mode == "human":
-            self.render()
-        return obs, float(reward), bool(terminated), False, info
-
-    def reset_model(self) -> np.ndarray:
-        self._begin_episode(self.np_random)
-        self._last_velocity = 0.0
-        super().reset_model()
-        self._last_velocity = float(self.data.qvel[0])
-        return self._get_obs()
-
-    def _get_reset_info(self) -> dict[str, Any]:
-        return {"x_position": self.data.qpos[0], **self.task_info()}
 
     def reward_fn(self, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
         """Batched reward: ``N x 28, N x 8, N x 28 -> N``; equals ``env.step``'s reward."""

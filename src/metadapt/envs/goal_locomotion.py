@@ -18,15 +18,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import mujoco
 import numpy as np
 import torch
 from gymnasium.envs.mujoco.ant_v5 import AntEnv as _GymAnt
 from gymnasium.spaces import Box
 
+from metadapt.envs.ant_crippled import AntSteps
 from metadapt.envs.base import EnvInfo, split_task_kwargs
 from metadapt.envs.halfcheetah import HalfCheetahEnv
-from metadapt.envs.mujoco_model import load_model
 from metadapt.envs.point_nav import DECIMALS, ParametricTasks, finite_number
 from metadapt.envs.tasks import Task
 from metadapt.errors import ConfigError
@@ -176,7 +175,7 @@ class HalfCheetahDirEnv(_GoalCheetah):
         return self._forward_reward_weight * task_param * x_velocity
 
 
-class AntDirEnv(_TaskObservation, ParametricTasks, _GymAnt):
+class AntDirEnv(AntSteps, _TaskObservation, ParametricTasks, _GymAnt):
     """Ant running forward or backward along x (MAML-RL); task parameter ``direction`` (+1 or -1).
 
     Ant-v5 (same XML, physics, dt 0.05 s, reset noise, termination when the torso
@@ -224,10 +223,6 @@ class AntDirEnv(_TaskObservation, ParametricTasks, _GymAnt):
         self.observation_space = Box(-np.inf, np.inf, shape=(ANT_OBS + self.task_in_obs,), dtype=np.float64)
         self._init_tasks(schedule, sampler)
 
-    def _initialize_simulation(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
-        model = load_model(self.fullpath, self.width, self.height)
-        return model, mujoco.MjData(model)
-
     @classmethod
     def canonical(cls, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         return _direction(params, "ant-direction")
@@ -242,29 +237,6 @@ class AntDirEnv(_TaskObservation, ParametricTasks, _GymAnt):
         ctrl, contact = float(self.control_cost(action)), float(self.contact_cost)
         info = {"reward_forward": forward, "reward_ctrl": -ctrl, "reward_contact": -contact, "reward_survive": healthy}
         return forward + healthy - ctrl - contact, info
-
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        self._begin_step()
-        x_before = float(self.data.body(self._main_body).xpos[0])
-        self.do_simulation(action, self.frame_skip)
-        self._last_velocity = (float(self.data.body(self._main_body).xpos[0]) - x_before) / self.dt
-        obs = self._get_obs()
-        reward, reward_info = self._get_rew(self._last_velocity, action)
-        terminated = (not self.is_healthy) and self._terminate_when_unhealthy
-        info = {"x_position": self.data.qpos[0], "x_velocity": self._last_velocity, **reward_info, **self.task_info()}
-        if self.render_mode == "human":
-            self.render()
-        return obs, float(reward), bool(terminated), False, info
-
-    def reset_model(self) -> np.ndarray:
-        self._begin_episode(self.np_random)
-        self._last_velocity = 0.0
-        super().reset_model()
-        self._last_velocity = float(self.data.qvel[0])
-        return self._get_obs()
-
-    def _get_reset_info(self) -> dict[str, Any]:
-        return {"x_position": self.data.qpos[0], **self.task_info()}
 
     def reward_fn(self, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
         """Batched reward: ``N x D, N x 8, N x D -> N`` (D = 106, or 107 with ``task_in_obs``); equals ``env.step``'s.
