@@ -61,7 +61,7 @@ class MAMLRLSettings:
     max_kl: float = 0.01
     cg_iterations: int = 10
     cg_damping: float = 1e-5
-    backtrack_ratio: float = 0.5
+    backtrack_ratio: float = 0.8  # rllab's ConjugateGradientOptimizer, which the original used
     max_backtracks: int = 15
     ppo_clip: float = 0.2
     ppo_epochs: int = 5

@@ -68,7 +68,7 @@ def trpo_step(
     max_kl: float = 0.01,
     damping: float = 1e-5,
     cg_iterations: int = 10,
-    backtrack_ratio: float = 0.5,
+    backtrack_ratio: float = 0.8,
     max_backtracks: int = 15,
 ) -> TRPOInfo:
     """One TRPO update of ``params`` (leaf tensors that require grad), in place.

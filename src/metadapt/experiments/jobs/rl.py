@@ -112,7 +112,8 @@ def settings(cfg: dict[str, Any], inner_steps: int | None = None) -> MAMLRLSetti
         inner_lr=m["inner_lr"], inner_steps=m["inner_steps"] if inner_steps is None else inner_steps,
         first_order=m["first_order"], learn_inner_lr=m["learn_inner_lr"] and inner_steps is None,
         gamma=m["gamma"], gae_lambda=m["gae_lambda"], outer=m["outer"], max_kl=m["max_kl"],
-        cg_iterations=m["cg_iterations"], cg_damping=m["cg_damping"], ppo_clip=m["ppo_clip"],
+        cg_iterations=m["cg_iterations"], cg_damping=m["cg_damping"], backtrack_ratio=m["backtrack_ratio"],
+        max_backtracks=m["max_backtracks"], ppo_clip=m["ppo_clip"],
         ppo_epochs=m["ppo_epochs"], ppo_lr=m["ppo_lr"],
     )
 
