@@ -232,3 +232,25 @@ def test_a_ppo_outer_step_lowers_the_clipped_surrogate():
     again.load_state_dict(state)
     for k, v in learner.params.items():
         assert torch.equal(v.detach(), again.params[k].detach())
+
+
+@pytest.mark.parametrize("outer", ["trpo", "ppo"])
+def test_with_no_inner_step_the_outer_step_is_plain_trpo_or_ppo_and_moves_the_policy(outer):
+    """Regression: with zero inner steps the sampling policy aliased theta, so every TRPO step was refused."""
+    from metadapt.rl.sampler import make_vector_env, sample_episodes, sample_tasks
+    from metadapt.envs import make_env
+
+    envs = make_vector_env("metadapt/PointNav-v0", 20, "auto")
+    probe = make_env("metadapt/PointNav-v0")
+    pol = GaussianMLPPolicy(2, 2, hidden=(16,))
+    learner = MAMLRL(pol, pol.init_params(torch.Generator().manual_seed(0)), MAMLRLSettings(inner_steps=0,
+                                                                                          outer=outer))
+    tasks = sample_tasks(probe, 4, np.random.default_rng(0))
+    rollouts = learner.sample(lambda p, t, s: sample_episodes(envs, pol, p, t, 5, 20, s), tasks, 0)
+    before = {k: v.detach().clone() for k, v in learner.params.items()}
+    info = learner.outer_step(rollouts)
+    assert info["loss_after"] < info["loss_before"] and info["kl"] > 0
+    assert outer == "ppo" or info["kl"] <= 0.01 * (1 + 1e-6)  # TRPO's bound; PPO bounds the ratio instead
+    assert any(not torch.equal(before[k], v.detach()) for k, v in learner.params.items())
+    envs.close()
+    probe.close()

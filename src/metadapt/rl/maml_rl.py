@@ -183,8 +183,11 @@ class MAMLRL:
             p = {k: v.detach() for k, v in self.adapt_step(p, episodes, adv, first_order=True).items()}
             episodes = sample(p, tasks, int(seeds[i + 1]))
         if p["layers.0.weight"].dim() == 2:
-            p = {k: v.detach() for k, v in stack_params(p, len(tasks)).items()}
-        return Rollouts(inner, inner_adv, episodes, self.advantages(episodes), p)
+            p = stack_params(p, len(tasks))
+        # A copy: with no inner step these would be views of theta, which the outer step changes in place,
+        # and the ratio to the sampling policy would stay 1 (the step never accepted).
+        sampled_with = {k: v.detach().clone() for k, v in p.items()}
+        return Rollouts(inner, inner_adv, episodes, self.advantages(episodes), sampled_with)
 
     # -- the outer step ---------------------------------------------------------------------------------------
     def surrogate(self, rollouts: Rollouts, differentiable: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
