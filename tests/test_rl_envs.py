@@ -350,3 +350,38 @@ def test_bad_next_task_through_a_vector_env_is_one_line():
     native = PointNavVectorEnv(2)
     with pytest.raises(ConfigError, match=r"^next_task: "):
         native.set_attr("next_task", [{"goal": [0.1, 0.2]}, {"goal": "here"}])
+
+
+@pytest.mark.parametrize("mode", list(AutoresetMode))
+def test_goal_tolerance_ends_episodes_as_mamls_code_and_the_vector_env_agrees(mode):
+    """With goal_tolerance=0.01 an episode ends when the point is within 0.01 of the goal on both axes."""
+    env = make_env(NAV, goal_tolerance=0.01)
+    env.reset(seed=0)
+    env.unwrapped.next_task = {"goal": [0.05, -0.02]}
+    env.reset(seed=0)
+    _, _, terminated, _, _ = env.step(np.array([0.03, -0.02], dtype=np.float32))
+    assert not terminated  # x is 0.02 off
+    _, _, terminated, _, _ = env.step(np.array([0.015, 0.0], dtype=np.float32))
+    assert terminated  # 0.005 off in x, 0 in y
+    n = 6
+    sync = gym.vector.SyncVectorEnv([lambda: make_env(NAV, goal_tolerance=0.05) for _ in range(n)],
+                                    autoreset_mode=mode)
+    native = PointNavVectorEnv(n, autoreset_mode=mode, goal_tolerance=0.05)
+    a, b = sync.reset(seed=3), native.reset(seed=3)
+    rng = np.random.default_rng(1)
+    ends = 0
+    for _ in range(300):
+        # head for the goal with noise, so episodes end at different steps
+        goal = np.array([t.params["goal"] for t in sync.get_attr("task")], dtype=np.float32)
+        actions = (goal - a[0][:, :2]) + rng.normal(0, 0.05, (n, 2)).astype(np.float32)
+        a, b = sync.step(actions), native.step(actions)
+        for x, y in zip(a[:4], b[:4], strict=True):
+            np.testing.assert_array_equal(x, y)
+        ends += int(a[2].sum())
+        if mode is AutoresetMode.DISABLED and (a[2] | a[3]).any():
+            mask = (a[2] | a[3]).copy()
+            a, b = sync.reset(options={"reset_mask": mask}), native.reset(options={"reset_mask": mask})
+            np.testing.assert_array_equal(a[0], b[0])
+    assert ends > 0
+    with pytest.raises(Exception, match="goal_tolerance"):
+        make_env(NAV, goal_tolerance=-1)

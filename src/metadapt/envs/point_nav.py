@@ -68,6 +68,13 @@ def _distance(position: np.ndarray, goal: np.ndarray) -> np.ndarray:
     return np.sqrt(d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1])
 
 
+def _at_goal(position: np.ndarray, goal: np.ndarray, tolerance: float | None) -> np.ndarray:
+    """``... x 2`` positions within ``tolerance`` of the goal on both axes (MAML's end of an episode)."""
+    if tolerance is None:
+        return np.zeros(position.shape[:-1], dtype=bool)
+    return np.all(np.abs(position.astype(np.float64) - goal) < tolerance, axis=-1)
+
+
 def _move(position: np.ndarray, action: np.ndarray) -> np.ndarray:
     """Positions after a step: ``... x 2`` float32 positions and raw actions -> ``... x 2`` float32."""
     return (position + np.clip(np.asarray(action, dtype=np.float64), -MAX_STEP, MAX_STEP)).astype(np.float32)
@@ -81,9 +88,11 @@ class PointNavEnv(ParametricTasks, gym.Env):
     (2): a displacement, clipped to ``[-0.1, 0.1]`` per axis. Reward: minus the
     distance from the position *after* the move to the goal (MAML's point env).
 
-    Episodes never terminate: MAML's code ends one when the point is within 0.01
-    of the goal on both axes, but fixed-length episodes (100 steps, the
+    By default episodes never terminate: fixed-length episodes (100 steps, the
     registry's time limit) make returns comparable across tasks and policies.
+    ``goal_tolerance=0.01`` ends an episode as MAML's code does, when the point
+    is within 0.01 of the goal on both axes (the later steps then count 0, which
+    the original's returns include: its numbers need it).
 
     Tasks: ``{"goal": [gx, gy]}``, any two finite numbers (kept to 4 decimals);
     training and test goals are uniform in ``[-0.5, 0.5]^2``. Keyword arguments
@@ -115,7 +124,11 @@ class PointNavEnv(ParametricTasks, gym.Env):
         render_mode: str | None = None,
         width: int = 480,
         height: int = 480,
+        goal_tolerance: float | None = None,
     ) -> None:
+        if goal_tolerance is not None and not (isinstance(goal_tolerance, int | float) and goal_tolerance > 0):
+            raise ConfigError(f"goal_tolerance must be a positive number or null, got {goal_tolerance!r}")
+        self.goal_tolerance = None if goal_tolerance is None else float(goal_tolerance)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         self.task_in_obs = bool(task_in_obs)
@@ -165,7 +178,8 @@ class PointNavEnv(ParametricTasks, gym.Env):
         self._begin_step()
         self._position = _move(self._position, action)
         reward = -float(_distance(self._position, self.goal))
-        return self._get_obs(), reward, False, False, self.task_info()
+        return self._get_obs(), reward, bool(_at_goal(self._position, self.goal, self.goal_tolerance)), False, \
+            self.task_info()
 
     def reward_fn(self, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
         """Batched reward: ``N x D, N x 2, N x D -> N``; equals ``env.step``'s reward.
@@ -208,7 +222,7 @@ class PointNavVectorEnv(VectorEnv):
 
     Observations ``num_envs x 2`` float32 (``x 4`` with ``task_in_obs``), actions
     ``num_envs x 2`` (clipped), rewards ``num_envs`` float64, truncation after
-    ``max_episode_steps`` (no termination). ``reset(seed=s)`` seeds sub-env ``i``
+    ``max_episode_steps``, termination at the goal with ``goal_tolerance``. ``reset(seed=s)`` seeds sub-env ``i``
     with ``s + i`` as ``SyncVectorEnv`` does, so the goals drawn are those of the
     same seeds there. ``infos`` carry ``task_id`` (int64) and ``task`` (object)
     arrays with their ``_task_id`` / ``_task`` masks, as ``SyncVectorEnv`` builds
@@ -232,6 +246,7 @@ class PointNavVectorEnv(VectorEnv):
         schedule: Any = None,
         task_sampler: Any = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+        goal_tolerance: float | None = None,
     ) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ConfigError(f"num_envs must be a positive integer, got {num_envs!r}")
@@ -251,6 +266,7 @@ class PointNavVectorEnv(VectorEnv):
         self.envs = [
             PointNavEnv(
                 task_in_obs=task_in_obs,
+                goal_tolerance=goal_tolerance,
                 schedule=copy.deepcopy(schedule) if isinstance(schedule, TaskSchedule) else schedule,
                 task_sampler=task_sampler,
             )
@@ -370,13 +386,13 @@ class PointNavVectorEnv(VectorEnv):
         self._position = _move(self._position, actions)
         rewards = -_distance(self._position, self._goal)
         self._steps += 1
-        terminated = np.zeros(self.num_envs, dtype=bool)
+        terminated = _at_goal(self._position, self._goal, self.envs[0].goal_tolerance)
         truncated = self._steps >= self.max_episode_steps
         infos: dict[str, Any] = {}
         if restart is not None and restart.any():
             index = np.flatnonzero(restart)
             self._reset_envs(index)
-            rewards[index], truncated[index] = 0.0, False
+            rewards[index], terminated[index], truncated[index] = 0.0, False, False
         ended = terminated | truncated
         if self.autoreset_mode is AutoresetMode.SAME_STEP and ended.any():
             infos = self._final(np.flatnonzero(ended))
