@@ -23,6 +23,21 @@ training episode ever changed, the case that once made one GS step diverge.
 MOLe runs with ``--mole-cap`` components at most (the documented cap, least-used
 component removed): the literal algorithm creates about 6 components per task
 switch (docs/results.md), so 250 switches would hold some 1,500 networks.
+
+Fault injection (issue 26): ``--inject-every N`` puts a NaN, +inf or -inf (in
+turn) into one coordinate of the observation at every N-th step of the stream
+(and into the next observation of the step before, which is the same
+observation). Each learner then runs twice, on the clean and the injected
+stream; the bar is no non-finite parameter, no crash, and its model error back
+to the clean run's within ``--recovery-steps`` (default 2K) of every injection:
+the mean one-step error over the K steps from there is at most
+``1 + --recovery-tolerance`` times the clean run's over the same steps. Steps
+whose observations are not finite have no model error and are left out. Per
+learner it prints the skipped windows, the refused steps and the slowest
+recovery; ``unrecovered_injections=<n>`` comes before the last line.
+
+    python benchmarks/stability.py --steps 100000 --inject-every 5000
+    python benchmarks/stability.py --steps 100000 --inject-every 5000 --learners rebal --rebal runs/rebal
 """
 
 from __future__ import annotations
@@ -32,14 +47,16 @@ import math
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from metadapt.adapt.base import OnlineLearner
+from metadapt.adapt.base import REFUSED, SKIPPED, OnlineLearner, window_is_finite
 from metadapt.adapt.continual import ContinualLearner
 from metadapt.adapt.mole import MOLeLearner
+from metadapt.adapt.rebal import RecurrentLearner
 from metadapt.adapt.static import StaticLearner
 from metadapt.adapt.ts import KShotLearner
 from metadapt.envs import make_env, observation_version
@@ -47,7 +64,8 @@ from metadapt.experiments.configuration.components import continual_lr
 from metadapt.experiments.jobs.rollout import RandomPolicy, rollout
 from metadapt.meta.checkpoint import load_model
 from metadapt.meta.prior import load_prior
-from metadapt.models.mlp import MLPDynamics
+from metadapt.meta.rebal import load_recurrent
+from metadapt.models.base import DynamicsModel
 from metadapt.types import Params, Window
 
 # name: (environment id, its shipped prior, the schedule of the stream)
@@ -58,6 +76,8 @@ ENVS: dict[str, tuple[str, str, str | dict]] = {
                  "max_len": 600}),
 }
 ENV = ENVS["halfcheetah"][0]
+LEARNERS = ("mb", "de", "ts", "gs", "mole", "rebal")
+INJECTED = (math.nan, math.inf, -math.inf)
 
 
 def collect_stream(
@@ -73,32 +93,71 @@ def collect_stream(
     return Window.cat(steps_seen)
 
 
+def inject_nonfinite(
+    stream: Window, every: int, values: tuple[float, ...] = INJECTED, seed: int = 0
+) -> tuple[Window, list[int]]:
+    """A copy of ``stream`` with a non-finite observation at steps ``every, 2 every, ...``; and those steps.
+
+    At each such step ``t`` one coordinate (drawn from ``seed``) of ``obs[t]`` becomes the next of
+    ``values`` in turn, and so does ``next_obs[t - 1]`` when step ``t - 1`` is of the same episode: the
+    observation an agent sees after a step is the one it acts from at the next.
+    """
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    obs, next_obs = stream.obs.clone(), stream.next_obs.clone()
+    rng = np.random.default_rng(seed)
+    steps = list(range(every, len(stream), every))
+    episodes = stream.episode.tolist()
+    for i, t in enumerate(steps):
+        dim, value = int(rng.integers(obs.shape[-1])), values[i % len(values)]
+        obs[t, dim] = value
+        if episodes[t - 1] == episodes[t]:
+            next_obs[t - 1, dim] = value
+    return stream.replace(obs=obs, next_obs=next_obs), steps
+
+
 def _finite_params(params: Params) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in params.values())
 
 
 def run_learner(
-    learner: OnlineLearner, model: MLPDynamics, stream: Window, window: int, check_every: int,
-    progress_every: int = 10_000,
+    learner: OnlineLearner, model: DynamicsModel, stream: Window, window: int, check_every: int,
+    progress_every: int = 10_000, errors: list[float] | None = None,
 ) -> dict[str, float]:
-    """Feed ``stream`` to ``learner``; counts the steps where anything it produced was not finite."""
+    """Feed ``stream`` to ``learner``; counts the steps where anything it produced was not finite.
+
+    ``model`` scores the parameters the learner would plan with (its ``predict_normalized_delta`` and
+    ``target``). A step whose observations are not finite has no model error: it is not checked, and
+    ``errors`` (when given) gets NaN for it; ``skipped_steps`` and ``refused_steps`` add up the learner's
+    ``skipped_nonfinite`` and ``step_refused``. Logged numbers of a skipped window (its losses) are not
+    checked: they are NaN by definition.
+    """
     history: deque[Window] = deque(maxlen=window)
     episodes = stream.episode.tolist()
     learner.reset()
-    bad_steps, refused, worst_err, start = 0, 0, 0.0, time.perf_counter()
+    bad_steps, refused, skipped, worst_err, start = 0, 0, 0, 0.0, time.perf_counter()
     for t in range(len(stream)):
         if t and episodes[t] != episodes[t - 1]:
             history.clear()
         step = stream[t : t + 1]
         params = learner.params()
-        with torch.no_grad():
-            err = model.predict_normalized_delta(params, step.obs, step.act) - model.target(step.obs, step.next_obs)
-        ok = bool(torch.isfinite(err).all())
-        worst_err = max(worst_err, float(err.pow(2).mean()))
+        ok = True
+        if window_is_finite(step):
+            with torch.no_grad():
+                err = model.predict_normalized_delta(params, step.obs, step.act) - model.target(step.obs,
+                                                                                               step.next_obs)
+            ok = bool(torch.isfinite(err).all())
+            worst_err = max(worst_err, float(err.pow(2).mean()))
+            if errors is not None:
+                errors.append(float(err.pow(2).mean()))
+        elif errors is not None:
+            errors.append(math.nan)
         history.append(step)
         info = learner.observe(Window.cat(history))
-        ok &= all(math.isfinite(v) for v in info.metrics.values() if isinstance(v, float))
-        refused += int(info.metrics.get("step_refused", 0.0))
+        if not info.metrics.get(SKIPPED, 0.0):
+            ok &= all(math.isfinite(v) for v in info.metrics.values() if isinstance(v, float))
+        refused += int(info.metrics.get(REFUSED, 0.0))
+        skipped += int(info.metrics.get(SKIPPED, 0.0))
         if (t + 1) % check_every == 0 or t + 1 == len(stream):
             ok &= _finite_params(learner.params())
             if isinstance(learner, MOLeLearner):
@@ -108,10 +167,50 @@ def run_learner(
             print(f"  {t + 1} steps, {bad_steps} non-finite, {time.perf_counter() - start:.0f} s", file=sys.stderr,
                   flush=True)
     out = {"steps": float(len(stream)), "non_finite_steps": float(bad_steps), "refused_steps": float(refused),
-           "largest_one_step_error": worst_err, "seconds": time.perf_counter() - start}
+           "skipped_steps": float(skipped), "largest_one_step_error": worst_err, "seconds": time.perf_counter() - start}
     if isinstance(learner, MOLeLearner):
         out["components"] = float(learner.num_components)
     return out
+
+
+def recovery_steps(
+    errors: list[float], reference: list[float], start: int, end: int, window: int, tolerance: float
+) -> int | None:
+    """Steps after ``start`` until the learner's model error is back to the clean run's (``None``: never
+    before ``end``): the first ``r`` from which the mean of ``errors`` over ``window`` steps is at most
+    ``1 + tolerance`` times the mean of ``reference`` over the same steps (steps without an error, NaN in
+    ``errors``, left out of both)."""
+    err, ref = np.asarray(errors, dtype=float), np.asarray(reference, dtype=float)
+    for r in range(start, max(start, end - window) + 1):
+        sl = slice(r, min(r + window, end))
+        keep = np.isfinite(err[sl])
+        if not keep.any():
+            continue
+        if err[sl][keep].mean() <= (1 + tolerance) * ref[sl][keep].mean():
+            return r - start
+    return None
+
+
+def fault_injection(
+    make: Callable[[], OnlineLearner], model: DynamicsModel, stream: Window, window: int, every: int,
+    check_every: int, recovery: int, tolerance: float = 0.5, seed: int = 0, progress_every: int = 10_000,
+) -> dict[str, float]:
+    """``run_learner`` on ``stream`` with a non-finite observation every ``every`` steps (``inject_nonfinite``),
+    and on the clean stream for reference; adds the injections, the slowest recovery in steps
+    (``recovery_steps``; ``inf`` for one that never recovered) and ``unrecovered``, the injections not
+    recovered within ``recovery`` steps."""
+    injected, steps = inject_nonfinite(stream, every, seed=seed)
+    clean: list[float] = []
+    run_learner(make(), model, stream, window, check_every, progress_every, clean)
+    errors: list[float] = []
+    out = run_learner(make(), model, injected, window, check_every, progress_every, errors)
+    slowest, unrecovered = 0.0, 0
+    for i, t in enumerate(steps):
+        end = steps[i + 1] if i + 1 < len(steps) else len(stream)
+        r = recovery_steps(errors, clean, t, end, window, tolerance)
+        slowest = max(slowest, math.inf if r is None else float(r))
+        unrecovered += r is None or r > recovery
+    return {**out, "injections": float(len(steps)), "slowest_recovery": slowest, "unrecovered": float(unrecovered)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,13 +220,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", choices=sorted(ENVS), default="halfcheetah")
     parser.add_argument("--prior", default=None, help="default: the environment's shipped prior")
     parser.add_argument("--mb", default=None, help="MB model for MB and DE (default: the prior's parameters)")
-    parser.add_argument("--learners", nargs="+", default=["mb", "de", "ts", "gs", "mole"],
-                        choices=["mb", "de", "ts", "gs", "mole"])
+    parser.add_argument("--learners", nargs="+", default=["mb", "de", "ts", "gs", "mole"], choices=LEARNERS)
+    parser.add_argument("--rebal", default=None, help="ReBAL model (rebal.pt or its run directory) for 'rebal'")
     parser.add_argument("--mole-cap", type=int, default=20)
     parser.add_argument("--check-every", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--inject-every", type=int, default=0,
+                        help="a NaN/inf observation every N steps, recovery checked against a clean run (0: none)")
+    parser.add_argument("--recovery-steps", type=int, default=None, help="the recovery bar (default 2K)")
+    parser.add_argument("--recovery-tolerance", type=float, default=0.5)
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
+    if "rebal" in args.learners and args.rebal is None:
+        parser.error("--learners rebal needs --rebal (a ReBAL model: rebal.pt or its run directory)")
 
     env_id, builtin, schedule = ENVS[args.env]
     prior = load_prior(args.prior or builtin, env_id=env_id, obs_version=observation_version(env_id))
@@ -139,22 +244,33 @@ def main(argv: list[str] | None = None) -> int:
     stream = collect_stream(args.steps, args.episode_length, args.seed, env_id, schedule)
     print(f"stream: {len(stream)} steps of {env_id} (random actions, schedule {schedule}) in "
           f"{time.perf_counter() - start:.0f} s", flush=True)
-    makers = {
-        "mb": lambda: (StaticLearner(mb_params), mb_model),
-        "de": lambda: (ContinualLearner(mb_model, mb_params, 0.01), mb_model),
-        "ts": lambda: (KShotLearner(prior.model, prior.params, prior.inner_lr, prior.inner_steps), prior.model),
-        "gs": lambda: (ContinualLearner(prior.model, prior.params, lr), prior.model),
-        "mole": lambda: (MOLeLearner(prior.model, prior.params, lr, max_components=args.mole_cap,
+    rebal = load_recurrent(args.rebal, env_id, observation_version(env_id)) if args.rebal else None
+    learners: dict[str, tuple[Callable[[], OnlineLearner], DynamicsModel]] = {
+        "mb": (lambda: StaticLearner(mb_params), mb_model),
+        "de": (lambda: ContinualLearner(mb_model, mb_params, 0.01), mb_model),
+        "ts": (lambda: KShotLearner(prior.model, prior.params, prior.inner_lr, prior.inner_steps), prior.model),
+        "gs": (lambda: ContinualLearner(prior.model, prior.params, lr), prior.model),
+        "mole": (lambda: MOLeLearner(prior.model, prior.params, lr, max_components=args.mole_cap,
                                      new_lr=prior.inner_lr), prior.model),
     }
-    total = 0
+    if rebal is not None:
+        learners["rebal"] = (lambda: RecurrentLearner(*rebal), rebal[0].planning_model())
+    recovery = 2 * prior.future if args.recovery_steps is None else args.recovery_steps
+    total, unrecovered = 0, 0
     for name in args.learners:
-        learner, model = makers[name]()
-        res = run_learner(learner, model, stream, prior.future, args.check_every)
+        make, model = learners[name]
+        if args.inject_every:
+            res = fault_injection(make, model, stream, prior.future, args.inject_every, args.check_every, recovery,
+                                  args.recovery_tolerance, args.seed)
+            unrecovered += int(res["unrecovered"])
+        else:
+            res = run_learner(make(), model, stream, prior.future, args.check_every)
         total += int(res["non_finite_steps"])
         print(f"{name:<5} " + "  ".join(f"{k}={v:.6g}" for k, v in res.items()), flush=True)
+    if args.inject_every:
+        print(f"unrecovered_injections={unrecovered} (bar: {recovery} steps)")
     print(f"non_finite_steps={total}")
-    return 0 if total == 0 else 1
+    return 0 if total == 0 and unrecovered == 0 else 1
 
 
 if __name__ == "__main__":

@@ -237,8 +237,8 @@ def test_a_ppo_outer_step_lowers_the_clipped_surrogate():
 @pytest.mark.parametrize("outer", ["trpo", "ppo"])
 def test_with_no_inner_step_the_outer_step_is_plain_trpo_or_ppo_and_moves_the_policy(outer):
     """Regression: with zero inner steps the sampling policy aliased theta, so every TRPO step was refused."""
-    from metadapt.rl.sampler import make_vector_env, sample_episodes, sample_tasks
     from metadapt.envs import make_env
+    from metadapt.rl.sampler import make_vector_env, sample_episodes, sample_tasks
 
     envs = make_vector_env("metadapt/PointNav-v0", 20, "auto")
     probe = make_env("metadapt/PointNav-v0")

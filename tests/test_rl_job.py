@@ -88,8 +88,9 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["env.id=metadapt/Nowhere-v0"], "Nowhere"),
-    (["env.id=CartPole-v1", "env.vector=sync"], "not a task family"),
-    (["env.id=metadapt/HalfCheetah-v0", "env.vector=sync"], "baselines.oracle"),
+    (["env.id=CartPole-v1", "env.vector=sync", "env.kwargs={}"], "not a task family"),
+    (["env.id=metadapt/HalfCheetah-v0", "env.vector=sync", "env.kwargs={}"], "baselines.oracle"),
+    (["env.kwargs={goal_tolerance: -1}"], "goal_tolerance"),
     (["eval.steps=-1"], "eval.steps"),
     (["meta.max_kl=0"], "meta.max_kl"),
     (["meta.inner_lr=-0.1"], "meta.inner_lr"),
@@ -105,7 +106,7 @@ def test_a_policy_checkpoint_for_another_observation_size_is_refused(tmp_path):
     out = tmp_path / "run"
     assert _cli("train", str(CONFIG), *SMALL, "baselines.oracle=false", "--out", str(out), "--quiet").returncode == 0
     res = _cli("train", str(CONFIG), *SMALL, f"policy.checkpoint={out}", "env.id=metadapt/HalfCheetahDir-v0",
-               "env.vector=sync", "--out", str(tmp_path / "y"), "--quiet")
+               "env.vector=sync", "env.kwargs={}", "--out", str(tmp_path / "y"), "--quiet")
     assert res.returncode == 2 and "observation size" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
@@ -162,3 +163,12 @@ def test_the_adapted_policy_is_rendered_after_each_step(tmp_path):
     path = write_adaptation_video(cfg, load_policies(out, 2, cfg["env"]["id"]), tmp_path / "a.mp4")
     frames = imageio.get_reader(str(path)).count_frames()
     assert frames == 100 * (cfg["eval"]["steps"] + 1)  # one 100-step episode after each of 0 .. steps
+
+
+def test_the_sampling_benchmark_prints_its_ratio_last(capsys):
+    from metadapt.experiments.benchmarks.bench_sampling import bench_sampling
+
+    fraction = bench_sampling(num_envs=2, mode="sync", tasks=2, episodes=2, horizon=20, repeats=1)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == f"sampling_fraction_of_sim={fraction:.3f}" and fraction > 0
+    assert any("one TRPO meta-iteration" in line and "% sampling" in line for line in lines)

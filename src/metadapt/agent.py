@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from metadapt.adapt.base import OnlineLearner
+from metadapt.adapt.base import OnlineLearner, params_are_finite
 from metadapt.models.base import DynamicsModel
 from metadapt.models.mlp import FoldedMLP
-from metadapt.models.rollout import compiled_rollout_returns, make_objective, rollout_returns
+from metadapt.models.rollout import compiled_rollout_returns, make_objective, nonfinite_objective, rollout_returns
 from metadapt.planning.base import Planner, PlanResult
 from metadapt.types import Params, RewardFn, Window
 
@@ -55,7 +55,7 @@ class MPCAgent:
         self.warm_start = planner.make_warm_start()
         self._history: deque[Window] = deque(maxlen=window)  # single steps (windows of length 1), oldest first
         self._episode, self._step = 0, 0  # of the next observed transition: episode in the trial, step in it
-        self._folded: tuple[tuple[Any, ...], int, FoldedMLP] | None = None
+        self._folded: tuple[tuple[Any, ...], int, FoldedMLP | None] | None = None
         self._plan_params: Params | None = None
         self.last_plan: PlanResult | None = None
 
@@ -73,11 +73,17 @@ class MPCAgent:
         self._history.clear()
         self._step = 0
 
-    def _fold(self, params: Params) -> FoldedMLP:
+    def _fold(self, params: Params) -> FoldedMLP | None:
+        """The planning form of ``params``, folded once per parameter change; ``None`` when an entry is not
+        finite: the bfloat16 fast path's fused ReLU (oneDNN) turns a NaN into 0, so a model with NaN weights
+        would plan on finite returns; the planner sees NaN returns instead (``nonfinite_objective``) and counts
+        every candidate as non-finite. The check reads the parameters once per change (about 80 us for a
+        3 x 500 network on a CPU core)."""
         key = _params_key(params)
         if self._folded is None or self._folded[0] != key or self._folded[1] != id(self.model.normalizer):
             fused = False if self.compile else None
-            self._folded = (key, id(self.model.normalizer), self.model.fold(params, self.dtype, fused))
+            folded = self.model.fold(params, self.dtype, fused) if params_are_finite(params) else None
+            self._folded = (key, id(self.model.normalizer), folded)
         return self._folded[2]
 
     def act(self, obs: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -85,7 +91,9 @@ class MPCAgent:
         params = self.learner.params()
         self._plan_params = params
         state = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-        objective = make_objective(self._fold(params), state, self.reward_fn, self._rollout)
+        folded = self._fold(params)
+        objective = make_objective(folded, state, self.reward_fn, self._rollout) if folded is not None else \
+            nonfinite_objective
         with torch.no_grad():
             self.last_plan = self.planner.plan(objective, self.warm_start)
         return self.last_plan.action.cpu().numpy()

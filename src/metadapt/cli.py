@@ -1,19 +1,32 @@
-"""The ``metadapt`` command: demo | train | run | report | envs | bench."""
+"""The ``metadapt`` command: demo | train | run | check | report | envs | bench.
+
+Every failure is one line on stderr: a user's mistake (a bad config, file,
+option or a resource the machine lacks) exits with code 2; an unexpected
+internal error exits with code 1 and says where its full traceback was written
+(the run directory's ``error.log``, or a file in the system's temporary
+folder). ``--debug``, before or after the sub-command, prints tracebacks instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
 from typing import NoReturn
 
-from metadapt.errors import MetadaptError
+from metadapt.errors import MetadaptError, one_line
 
 
 class _Parser(argparse.ArgumentParser):
     """Bad options are one line on stderr and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
 def positive_int(text: str) -> int:
@@ -27,35 +40,55 @@ def positive_int(text: str) -> int:
     return value
 
 
+DEBUG_HELP = "print full tracebacks instead of one error line"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="metadapt", description="Model-based RL agents that keep adapting while they act.")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    # Each sub-command takes --debug too (after its own arguments); SUPPRESS keeps one given before it.
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    t = sub.add_parser("train", help="train what a config describes: a dynamics model (MB), a meta-learned prior "
-                                     "(GrBAL, ReBAL), or few-shot supervised MAML (system: supervised)")
+    t = sub.add_parser("train", parents=[common],
+                       help="train what a config describes: a dynamics model (MB), a meta-learned prior "
+                            "(GrBAL, ReBAL), few-shot supervised MAML (system: supervised) or MAML-RL (system: rl)")
     t.add_argument("config", nargs="?", help="YAML config (see configs/)")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.iterations=3")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last completed iteration")
     t.add_argument("--out", metavar="DIR", help="run directory (default runs/<name>)")
+    t.add_argument("--force", action="store_true", help="write into an existing --out directory (start over)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--video", action="store_true",
+                   help="system rl: adaptation.mp4, the adapted policy on a held-out task after each inner step")
     t.set_defaults(func="cmd_train")
 
-    r = sub.add_parser("run", help="run trials (training first unless model.checkpoint is set)")
+    r = sub.add_parser("run", parents=[common], help="run trials (training first unless model.checkpoint is set)")
     r.add_argument("config", help="YAML config")
     r.add_argument("overrides", nargs="*", help="key=value overrides, e.g. planner.horizon=15")
     r.add_argument("--out", metavar="DIR", help="run directory (default runs/<name>)")
+    r.add_argument("--force", action="store_true", help="write over an existing --out directory")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("--video", action="store_true",
                    help="write trial_<i>/trial.mp4 with the true task and the chosen component on each frame")
     r.set_defaults(func="cmd_run")
 
-    d = sub.add_parser("demo", help="the showcase: MOLe, TS and GS with the shipped HalfCheetah prior on an "
-                                    "alternating motor malfunction, then a report")
+    c = sub.add_parser("check", parents=[common],
+                       help="validate and resolve a config (its checkpoint, environment, schedule and the memory it "
+                            "needs) without running anything; print the resolved config")
+    c.add_argument("config", help="YAML config")
+    c.add_argument("overrides", nargs="*", help="key=value overrides")
+    c.set_defaults(func="cmd_check")
+
+    d = sub.add_parser("demo", parents=[common],
+                       help="the showcase: MOLe, TS and GS with the shipped HalfCheetah prior on an alternating "
+                            "motor malfunction, then a report")
     d.add_argument("--out", metavar="DIR", help="run directory (default runs/demo)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func="cmd_demo")
 
-    sw = sub.add_parser("sweep", help="run a grid of configs (resumable), then aggregate")
+    sw = sub.add_parser("sweep", parents=[common], help="run a grid of configs (resumable), then aggregate")
     sw.add_argument("sweep", help="sweep YAML (see configs/sweeps/)")
     sw.add_argument("--out", help="sweep directory (default runs/sweeps/NAME); rerun to resume")
     sw.add_argument("--workers", type=positive_int, default=None, help="local processes (default: the cores)")
@@ -66,21 +99,22 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--quiet", action="store_true")
     sw.set_defaults(func="cmd_sweep")
 
-    rp = sub.add_parser("report", help="(re)write report.md for a run or sweep directory")
+    rp = sub.add_parser("report", parents=[common], help="(re)write report.md for a run or sweep directory")
     rp.add_argument("run_dir")
     rp.set_defaults(func="cmd_report")
 
-    e = sub.add_parser("envs", help="list registered environments")
+    e = sub.add_parser("envs", parents=[common], help="list registered environments")
     e.add_argument("--show", metavar="ID", help="print one environment's tasks and preset schedules")
     e.add_argument("--markdown", action="store_true", help="print the README's table of environments")
     e.set_defaults(func="cmd_envs")
 
-    b = sub.add_parser("bench", help="benchmarks that print ratios measured in one run")
-    b.add_argument("which", choices=["planner", "speed", "adaptation", "sweep", "maml"],
+    b = sub.add_parser("bench", parents=[common], help="benchmarks that print ratios measured in one run")
+    b.add_argument("which", choices=["planner", "speed", "adaptation", "sweep", "maml", "sampling"],
                    help="planner: planners vs the matrix-product peak; speed: planners, learners, control steps "
                         "and meta-training vs the bfloat16 floor; adaptation: K-step errors on held-out "
                         "tasks; sweep: the same sweep with 1 and 2 workers; maml: a sinusoid meta-iteration against "
-                        "reference loops (plain PyTorch, higher)")
+                        "reference loops (plain PyTorch, higher); sampling: the meta-RL sampler vs the raw "
+                        "simulator, and one TRPO meta-iteration")
     b.add_argument("--runs", type=positive_int, default=8, help="sweep: equal runs in the sweep")
     b.add_argument("--num-samples", type=positive_int, default=1000)
     b.add_argument("--horizon", type=positive_int, default=10)
@@ -98,18 +132,85 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Errors of the machine rather than of metadapt: a full disk, a folder that cannot be written. They are the
+# user's to fix and their traceback helps nobody (a full disk would not take it anyway).
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT,
+                       errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.EMFILE, errno.ENFILE,
+                       errno.EPIPE, errno.EIO, errno.EFBIG, errno.ENOTEMPTY, errno.EXDEV}
+
+
+# torch.save reports a failed write (a full disk) as a RuntimeError, not an OSError.
+_TORCH_WRITE_FAILURES = ("PytorchStreamWriter failed writing", "file write failed")
+
+
+def _say(text: str) -> None:
+    """One line on stderr, cut to a readable length (``errors.one_line``: the one place messages are cut)."""
+    print(f"metadapt: {one_line(text)}", file=sys.stderr)
+
+
+def _memory_error(exc: BaseException) -> bool:
+    """An allocation the machine refused (Python's or PyTorch's, on the CPU or a GPU)."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc)[:500]
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def _write_traceback(exc: BaseException, argv: list[str], run_dir: object) -> str:
+    """Write the full traceback to ``run_dir/error.log`` (else a new file in the temporary folder); its path."""
+    text = (f"metadapt {' '.join(argv)}\n{time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+            + "".join(traceback.format_exception(exc)) + "\n")
+    if run_dir is not None and Path(str(run_dir)).is_dir():
+        path = Path(str(run_dir)) / "error.log"
+        try:
+            with open(path, "a") as f:
+                f.write(text)
+            return str(path)
+        except OSError:
+            pass
+    try:
+        fd, name = tempfile.mkstemp(prefix="metadapt-error-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return name
+    except OSError:
+        return "nowhere (the disk refused it: run again with --debug to see it)"
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
     try:
         from metadapt.experiments import commands
 
         return int(getattr(commands, args.func)(args))
-    except MetadaptError as exc:
-        print(f"metadapt: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("metadapt: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        if isinstance(exc, MetadaptError):
+            _say(f"error: {exc}")
+            return 2
+        if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+            where = f" {exc.filename}" if exc.filename else ""
+            _say(f"error: cannot use{where}: {exc.strerror or exc}")
+            return 2
+        if isinstance(exc, RuntimeError) and any(t in str(exc)[:500] for t in _TORCH_WRITE_FAILURES):
+            _say(f"error: a file could not be written (is the disk full?): {exc}")
+            return 2
+        if _memory_error(exc):
+            _say(f"error: out of memory ({type(exc).__name__}: {exc}): lower the sizes in the config "
+                 "(planner.num_samples, planner.horizon, model.hidden, batch sizes)")
+            return 2
+        if debug:
+            return 1
+        where = _write_traceback(exc, argv, getattr(args, "log_dir", None))
+        # The path goes first: the message after it may be cut.
+        _say(f"internal error, full traceback in {where}: {type(exc).__name__}: {exc}")
+        return 1
 
 
 if __name__ == "__main__":

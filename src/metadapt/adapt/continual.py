@@ -8,9 +8,11 @@ the others.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from metadapt.adapt.base import StepInfo
+from metadapt.adapt.base import REFUSED, SKIPPED, StepInfo, params_are_finite, window_is_finite
 from metadapt.meta.maml import InnerLR, adapt_with_loss
 from metadapt.models.base import DynamicsModel
 from metadapt.types import Params, Window
@@ -36,15 +38,20 @@ class ContinualLearner:
         self._params = self.init
 
     def observe(self, window: Window) -> StepInfo:
-        """``steps`` SGD steps on the window's ``obs``, ``act`` and ``next_obs`` (raw observations)."""
+        """``steps`` SGD steps on the window's ``obs``, ``act`` and ``next_obs`` (raw observations).
+
+        A window with a non-finite number is skipped (its loss is reported as NaN); a step that would leave
+        non-finite parameters is refused: the parameters stay as they were.
+        """
+        if not window_is_finite(window):
+            return StepInfo({"window_loss": math.nan, REFUSED: 0.0, SKIPPED: 1.0})
         obs, act, y = window.obs, window.act, window.next_obs
         with torch.no_grad():
             new, before = adapt_with_loss(self.model, self._params, obs, act, y, self.lr, self.steps, first_order=True)
-            # A step that leaves non-finite parameters is refused rather than planned with.
-            finite = all(bool(torch.isfinite(v).all()) for v in new.values())
+            finite = params_are_finite(new)
         if finite:
             self._params = new
-        return StepInfo({"window_loss": float(before), "step_refused": float(not finite)})
+        return StepInfo({"window_loss": float(before), REFUSED: float(not finite), SKIPPED: 0.0})
 
     def params(self) -> Params:
         return self._params

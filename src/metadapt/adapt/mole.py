@@ -53,6 +53,17 @@ Optional cap (off by default, as in the paper): with ``max_components`` set, a
 creation that would exceed it first removes the component with the smallest
 soft count (the least used one); the prior is never stored as a component, so
 it always stays available through the creation test.
+
+Non-finite numbers (``adapt/base.py``): a window holding one is skipped (nothing
+moves: no counts, no step, no new candidate). A component whose prediction is
+not finite has likelihood 0 (log -inf): no posterior, no step, no choice; when
+no component nor the candidate explains the window, the E step falls back to
+the CRP prior's posterior and the step is refused (nothing moves). A step that
+leaves a component non-finite is refused for that component: the plain step
+keeps its previous parameters; the fused one, which updates in place, restarts
+it from the prior (the previous parameters are gone by then; a step overflows
+only on windows of absurd magnitude). A candidate that is not finite is never
+added.
 """
 
 from __future__ import annotations
@@ -62,7 +73,7 @@ import math
 import torch
 from torch.func import grad, grad_and_value, vmap
 
-from metadapt.adapt.base import StepInfo
+from metadapt.adapt.base import REFUSED, SKIPPED, StepInfo, params_are_finite, window_is_finite
 from metadapt.meta.maml import InnerLR, adapt
 from metadapt.models.base import DynamicsModel
 from metadapt.models.mlp import MLPDynamics
@@ -233,12 +244,22 @@ class MOLeLearner:
         return keep
 
     def observe(self, window: Window) -> StepInfo:
-        """One EM step on the window's ``obs``, ``act`` and ``next_obs`` (``y_t``; raw observations)."""
+        """One EM step on the window's ``obs``, ``act`` and ``next_obs`` (``y_t``; raw observations).
+
+        A window with a non-finite number is skipped (``skipped_nonfinite``); a step refused in whole or
+        for some component is counted in ``step_refused`` (see the module docstring).
+        """
+        if not window_is_finite(window):
+            return self._info(False, 0, self.last_posterior, skipped=True, refused=False)
         obs, act, y = window.obs, window.act, window.next_obs
         with torch.no_grad():
-            created, merged, post = (self._step_fused if self.fused else self._step_plain)(obs, act, y)
-            self._prev = (obs, act, y)
-            self.steps += 1
+            created, merged, post, moved, refused = (self._step_fused if self.fused else self._step_plain)(obs, act, y)
+            if moved:
+                self._prev = (obs, act, y)
+                self.steps += 1
+        return self._info(created, merged, post, skipped=False, refused=refused)
+
+    def _info(self, created: bool, merged: int, post: torch.Tensor, skipped: bool, refused: bool) -> StepInfo:
         return StepInfo({
             "components": float(self.num_components),
             "chosen": float(self.chosen_id),
@@ -248,7 +269,22 @@ class MOLeLearner:
             "posterior_entropy": float(-(post * torch.log(post.clamp_min(1e-300))).sum()),
             # id:probability of every component, for the task-probability figure
             "posterior": ";".join(f"{i}:{p:.4g}" for i, p in zip(self.ids, self.last_posterior.tolist(), strict=True)),
+            REFUSED: float(refused),
+            SKIPPED: float(skipped),
         })
+
+    def _explains_nothing(self, log_post: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor | None:
+        """The E step's fallback: ``None`` when some term of ``log_post`` is finite (the posterior is its
+        softmax); else every likelihood is 0 (log -inf, whose softmax is NaN) and the posterior is the CRP
+        prior's, ``softmax(log_prior)``, for the caller to report while it refuses the step."""
+        if bool(torch.isfinite(log_post).any()):
+            return None
+        return torch.softmax(log_prior, 0)
+
+    def _refuse(self, prior_post: torch.Tensor) -> tuple[bool, int, torch.Tensor, bool, bool]:
+        """No component explains the window: nothing moves; the posterior reported is the prior's."""
+        self.last_posterior = prior_post
+        return False, 0, prior_post, False, True
 
     @property
     def _log_alpha(self) -> torch.Tensor:
@@ -272,7 +308,10 @@ class MOLeLearner:
         self.last_posterior = post
         return self._merge(obs, act) if self.merge_kl is not None else 0
 
-    def _step_fused(self, obs: torch.Tensor, act: torch.Tensor, y: torch.Tensor) -> tuple[bool, int, torch.Tensor]:
+    def _step_fused(
+        self, obs: torch.Tensor, act: torch.Tensor, y: torch.Tensor
+    ) -> tuple[bool, int, torch.Tensor, bool, bool]:
+        """One EM step: (created, merged, posterior, whether anything moved, whether a step was refused)."""
         assert self._stacked is not None
         n, c = obs.shape[0], self._num
         cand, work = self._extra
@@ -282,7 +321,10 @@ class MOLeLearner:
         ll, log_prior = ll_all[:c], self._log_prior()
         created = False
         if self._prev is not None and self.alpha > 0:
-            created = self._creates(ll, log_prior, ll_all[cand])
+            created = self._creates(ll, log_prior, ll_all[cand]) and self._slot_finite(cand)
+        if not created and (prior_post := self._explains_nothing(ll + log_prior, log_prior)) is not None:
+            self._changed = []  # the forward's buffers hold this window for the parameters as they are
+            return self._refuse(prior_post)
         keep = torch.ones(c + 2, dtype=torch.bool, device=self.device)
         if created:
             if self.max_components is not None and c >= self.max_components:
@@ -301,7 +343,8 @@ class MOLeLearner:
         # Step multipliers per slot: components by their posterior, the prior copy by 1 (it becomes
         # the next candidate), the candidate by its posterior when it was just created, else 0.
         scale = torch.zeros(c + 2, dtype=torch.float64, device=self.device)
-        scale[work] = 1.0
+        # The prior's step on a window it cannot predict would make a non-finite candidate: the prior stays it.
+        scale[work] = 1.0 if bool(torch.isfinite(loss[work])) else 0.0
         scale[torch.nonzero(keep[:c]).squeeze(1)] = post[: int(keep[:c].sum())]
         if created:
             scale[cand] = post[-1]
@@ -314,6 +357,13 @@ class MOLeLearner:
             {k: v[cand] for k, v in self._slots.items()}
         stepped = self._stacked.sgd_step_(self._slots, inputs, err, scale, self._lr_stored,
                                           {work: self._new_lr_stored}, {work: nxt})
+        # The step is in place, so a component it left non-finite restarts from the prior (the fused slots
+        # keep no copy of what it was; see the module docstring). The stepped slots only: the others did not
+        # move. The next candidate is checked when the creation test picks it, not on every step.
+        broken = [j for j in stepped if not self._slot_finite(j)]
+        for j in broken:
+            for k, v in self._slots.items():
+                v[j].copy_(self._prior_stored[k])
         self._changed = sorted({*stepped, cand})
         if created:
             order = [*torch.nonzero(keep[:c]).squeeze(1).tolist(), cand]
@@ -323,9 +373,16 @@ class MOLeLearner:
             # The new candidate's slot holds new parameters (changed); the cached rows of the others follow them.
             self._reorder([*order, cand, work], new_slot=self._num)
         merged = self._finish(post, ll, log_post, obs, act)
-        return created, merged, post
+        return created, merged, post, True, bool(broken)
 
-    def _step_plain(self, obs: torch.Tensor, act: torch.Tensor, y: torch.Tensor) -> tuple[bool, int, torch.Tensor]:
+    def _slot_finite(self, j: int) -> bool:
+        """Whether fused slot ``j``'s parameters are all finite."""
+        return params_are_finite({k: v[j] for k, v in self._slots.items()})
+
+    def _step_plain(
+        self, obs: torch.Tensor, act: torch.Tensor, y: torch.Tensor
+    ) -> tuple[bool, int, torch.Tensor, bool, bool]:
+        """``_step_fused``'s step written with ``vmap(grad_and_value(loss))``; the same returns."""
         n = obs.shape[0]
         grads, loss = self._grad_and_loss(self.stack, obs, act, y)
         ll, log_prior = self._log_lik(loss, n), self._log_prior()
@@ -333,7 +390,7 @@ class MOLeLearner:
         if self._prev is not None and self.alpha > 0:
             new = adapt(self.model, self.prior, *self._prev, self.new_lr, 1, first_order=True)
             ll_new = self._log_lik(self.model.transition_loss(new, obs, act, y), n)
-            created = self._creates(ll, log_prior, ll_new)
+            created = self._creates(ll, log_prior, ll_new) and params_are_finite(new)
             if created:
                 if self.max_components is not None and self.num_components >= self.max_components:
                     keep = self._drop_least_used()
@@ -347,12 +404,22 @@ class MOLeLearner:
                 ll = torch.cat([ll, ll_new[None]])
                 log_prior = torch.cat([log_prior, self._log_alpha])
                 self.created_total += 1
+        if not created and (prior_post := self._explains_nothing(ll + log_prior, log_prior)) is not None:
+            return self._refuse(prior_post)
         log_post = ll + log_prior
         post = torch.softmax(log_post, 0)
         scale = post.to(obs.dtype)
-        self.stack = {k: self._m_step(k, v, scale, grads[k]) for k, v in self.stack.items()}
+        old = self.stack
+        new_stack = {k: self._m_step(k, v, scale, grads[k]) for k, v in old.items()}
+        # Per component: is every entry finite (sums, as params_are_finite)? A component whose step is not keeps
+        # its previous parameters (a component with no posterior gets 0 x its NaN gradient, which is NaN).
+        ok = torch.isfinite(torch.stack([v.reshape(v.shape[0], -1).sum(1).float() for v in new_stack.values()]).sum(0))
+        refused = not bool(ok.all())
+        if refused:
+            new_stack = {k: torch.where(ok.view(-1, *([1] * (v.dim() - 1))), v, old[k]) for k, v in new_stack.items()}
+        self.stack = new_stack
         merged = self._finish(post, ll, log_post, obs, act)
-        return created, merged, post
+        return created, merged, post, True, refused
 
     def _merge(self, obs: torch.Tensor, act: torch.Tensor) -> int:
         """Fold the chosen component's duplicates into it; returns how many were removed.

@@ -3,6 +3,12 @@
 It stores and returns ``metadapt.types.Window``: ``add(window, task_id=...)``
 appends an episode's steps, ``transitions()`` returns every stored step as one
 window and ``sample_windows`` a batch of ``B x L`` windows of single episodes.
+
+A transition with a non-finite observation, action or next observation is
+dropped on the way in and counted (``dropped_nonfinite``): one NaN in the data
+would otherwise make the normalizer, and through it every fitted parameter, NaN.
+Its episode keeps a gap there, which no window spans (windows need consecutive
+in-episode steps).
 """
 
 from __future__ import annotations
@@ -15,6 +21,12 @@ import torch
 from metadapt.types import Window
 
 FIELDS = ("obs", "act", "next_obs", "reward", "episode", "step", "task_id", "val")
+
+
+def finite_rows(obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+    """``N`` (bool): the transitions whose ``N x ...`` obs, act and next obs are all finite."""
+    ok = torch.isfinite(obs).flatten(1).all(1) & torch.isfinite(next_obs).flatten(1).all(1)
+    return ok & torch.isfinite(act).flatten(1).all(1) if act.is_floating_point() else ok
 
 
 @dataclass(frozen=True)
@@ -89,7 +101,8 @@ class ReplayBuffer:
         }
         self._ptr = 0
         self._size = 0
-        self.total_added = 0
+        self.total_added = 0  # transitions stored since the start (dropped ones are not)
+        self.dropped_nonfinite = 0  # transitions refused for a non-finite obs, act or next obs
         self._starts_cache: dict[tuple[int, int, str], torch.Tensor] = {}
         self._done_cache: tuple[int, torch.Tensor] | None = None
 
@@ -111,6 +124,7 @@ class ReplayBuffer:
         its ``done`` marks are not stored), or every column, each with leading dimension ``N``.
 
         ``task_id`` (``N`` or one for all) defaults to 0, ``val`` (``N`` or one for all) to False (training data).
+        Transitions with a non-finite obs, act or next obs are not stored; ``dropped_nonfinite`` counts them.
         """
         if isinstance(obs, Window):
             w = obs
@@ -136,6 +150,11 @@ class ReplayBuffer:
                 f"buffer.add: expected obs N x {self.obs_dim} and act N x {self.act_dim}, got "
                 f"{tuple(tensors['obs'].shape)} and {tuple(tensors['act'].shape)}"
             )
+        finite = finite_rows(tensors["obs"], tensors["act"], tensors["next_obs"])
+        if not bool(finite.all()):
+            tensors = {k: v[finite] for k, v in tensors.items()}
+            self.dropped_nonfinite += n - int(finite.sum())
+            n = int(finite.sum())
         if n > self.capacity:  # only the newest `capacity` rows survive
             tensors = {k: v[-self.capacity:] for k, v in tensors.items()}
             n = self.capacity
@@ -233,7 +252,7 @@ class ReplayBuffer:
     def state_dict(self) -> dict[str, torch.Tensor | int]:
         order = self._order()
         state: dict[str, torch.Tensor | int] = {k: self._data[k][order].clone() for k in FIELDS}
-        state.update(capacity=self.capacity, total_added=self.total_added)
+        state.update(capacity=self.capacity, total_added=self.total_added, dropped_nonfinite=self.dropped_nonfinite)
         return state
 
     @staticmethod
@@ -244,5 +263,8 @@ class ReplayBuffer:
         buf = ReplayBuffer(obs.shape[1], act.shape[1], int(state["capacity"]))
         if obs.shape[0]:
             buf.add(*(state[k] for k in FIELDS))  # type: ignore[arg-type]
-        buf.total_added = int(state["total_added"])
+        # A state written before non-finite transitions were dropped may hold some: they are dropped now.
+        dropped_now = buf.dropped_nonfinite
+        buf.total_added = int(state["total_added"]) - dropped_now
+        buf.dropped_nonfinite = int(state.get("dropped_nonfinite", 0)) + dropped_now
         return buf

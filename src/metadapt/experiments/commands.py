@@ -2,12 +2,14 @@
 
 Every function takes the ``argparse.Namespace`` of its sub-command and returns
 the exit code; problems are ``MetadaptError``s, which the command line prints
-as one line with exit code 2.
+as one line with exit code 2. Once a command knows its run directory it sets
+``args.log_dir``: an unexpected error's traceback goes there.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,25 +32,60 @@ def _reporter(quiet: bool):
     return Reporter() if quiet else RichReporter()
 
 
+def _run_dir(args: argparse.Namespace, name: str) -> Path:
+    """The run directory of ``train`` or ``run``: ``--out`` or a new ``runs/<name>[-i]``, checked to be creatable
+    (the job makes it once the config has passed its checks: a run that cannot start writes nothing).
+
+    An existing ``--out`` that is not empty is another run's: refused unless ``--force``, so that a run never
+    silently writes over one. ``name`` was checked by the schema: it stays inside ``runs/``.
+    """
+    from metadapt.experiments.jobs import runner
+
+    path = Path(args.out) if args.out else runner.unique_dir(Path("runs") / name)
+    if path.exists():
+        if not path.is_dir():
+            raise MetadaptError(f"--out {path} is a file, not a directory")
+        if any(path.iterdir()) and not args.force:
+            raise MetadaptError(f"--out {path} already exists and is not empty (an earlier run?): choose another "
+                                "directory, or pass --force to write over it")
+        writable = path
+    else:
+        writable = next(p for p in path.absolute().parents if p.exists())
+        if not writable.is_dir():
+            raise MetadaptError(f"cannot create the run directory {path}: {writable} is not a directory")
+    if not os.access(writable, os.W_OK | os.X_OK):
+        raise MetadaptError(f"cannot create the run directory {path}: {writable} is not writable")
+    args.log_dir = path
+    return path
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from metadapt.experiments import jobs
-    from metadapt.experiments.configuration.config import load_config
-    from metadapt.experiments.jobs import runner
+    from metadapt.experiments.configuration.config import load_config, system_of
 
     with _reporter(args.quiet) as rep:
         if args.resume:
             run_dir = Path(args.resume)
             if args.config or args.overrides:
                 raise MetadaptError("--resume takes the run directory only (its config.yaml is reused)")
+            if run_dir.is_dir():
+                args.log_dir = run_dir
             jobs.resume(run_dir, rep)
         else:
             if not args.config:
                 raise MetadaptError("train needs a CONFIG file (or --resume RUN_DIR)")
             cfg = load_config(args.config, args.overrides)
-            run_dir = Path(args.out) if args.out else runner.unique_dir(Path("runs") / cfg["name"])
-            if (run_dir / "checkpoints").exists():
-                raise MetadaptError(f"{run_dir} already holds a training run: use --resume {run_dir}")
-            jobs.train(cfg, run_dir, rep)
+            if args.out and (Path(args.out) / "checkpoints").exists() and not args.force:
+                raise MetadaptError(f"{args.out} already holds a training run: use --resume {args.out} "
+                                    "(or --force to start it over)")
+            if getattr(args, "video", False):
+                if system_of(cfg) != "rl":
+                    raise MetadaptError("train --video is for system: rl (model-based trials: metadapt run --video)")
+                from metadapt.experiments.reporting.video import check_video_writer
+
+                check_video_writer()
+            run_dir = _run_dir(args, cfg["name"])
+            jobs.train(cfg, run_dir, rep, **({"video": True} if getattr(args, "video", False) else {}))
     print(f"model: {run_dir / 'model.pt'}")
     return 0
 
@@ -63,10 +100,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         check_video_writer()
         gl_backend()  # before anything imports mujoco; one line when there is no OpenGL
-    out = Path(args.out) if args.out else runner.unique_dir(Path("runs") / cfg["name"])
+    out = _run_dir(args, cfg["name"])
     with _reporter(args.quiet) as rep:
         runner.run(cfg, out, rep, video=args.video)
     print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate and resolve a config as ``train`` and ``run`` would, build what it names once (environment,
+    checkpoint) and print the resolved config; nothing runs and nothing is written."""
+    import yaml
+
+    from metadapt.experiments import jobs
+    from metadapt.experiments.configuration.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    jobs.check(cfg)
+    print(yaml.safe_dump(cfg, sort_keys=False), end="")
     return 0
 
 
@@ -84,6 +135,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise MetadaptError(f"run directory not found: {run_dir}")
+    args.log_dir = run_dir
     if (own := jobs.report(run_dir)) is not None:
         print(f"report: {own}")
         return 0
@@ -97,20 +149,37 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    import os
-    import shutil
-    import time
-
-    from metadapt.experiments.jobs.sweep import load_sweep, run_sweep, write_sweep_report
+    from metadapt.experiments.jobs.sweep import load_sweep, sweep_lock
 
     sweep = load_sweep(args.sweep)
     out = Path(args.out) if args.out else Path("runs") / "sweeps" / sweep.name
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(args.sweep, out / "sweep.yaml")
+    if out.exists() and not out.is_dir():
+        raise MetadaptError(f"--out {out} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MetadaptError(f"cannot create the sweep directory {out}: {exc.strerror or exc}") from None
+    args.log_dir = out
+    with sweep_lock(out):  # a second sweep on this folder is refused before it writes anything
+        return _sweep(args, sweep, out)
+
+
+def _sweep(args: argparse.Namespace, sweep: Any, out: Path) -> int:
+    import shutil
+    import time
+
+    from metadapt.experiments.jobs.sweep import run_sweep, write_sweep_report
+
+    copy = out / "sweep.yaml"
+    if not (copy.exists() and os.path.samefile(args.sweep, copy)):  # the sweep file may be that copy
+        shutil.copyfile(args.sweep, copy)
     counts = {"skip": 0, "done": 0, "failed": 0, "start": 0}
     total = len(sweep.points)
 
     with _reporter(args.quiet) as rep:
+        for labels in sweep.duplicates:
+            rep.log(f"grid point ({' '.join(f'{k}={v}' for k, v in labels.items())}) resolves to the config of an "
+                    "earlier point: run once")
         rep.start("sweep", f"sweep {sweep.name}", total)
 
         began = time.perf_counter()
@@ -130,8 +199,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                     state["running"] -= 1
                     state["finished"] += 1
                 if kind == "done":
-                    rep.log(f"done {point.run_id} ({labels}): return {result['mean_return']:.1f} "
-                            f"in {result['seconds']:.0f} s")
+                    ret = result.get("mean_return")
+                    rep.log(f"done {point.run_id} ({labels}): return "
+                            f"{f'{ret:.1f}' if isinstance(ret, int | float) else 'n/a'} "
+                            f"in {result.get('seconds') or 0:.0f} s")
                 else:
                     rep.log(f"FAILED {point.run_id} ({labels}): {result.get('error', '')}")
             left = total - counts["skip"] - counts["done"] - counts["failed"]
@@ -140,10 +211,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             rep.advance("sweep", 1, running=state["running"], failed=counts["failed"], eta=eta)
 
         results = run_sweep(sweep, out, args.workers, args.backend, args.ray_address, on_event, args.threads)
-    failed = sum(r["status"] != "done" for r in results)
+    failed = [r for r in results if r["status"] != "done"]
     print(f"sweep {sweep.name}: {total} runs, {counts['skip']} skipped (already done), "
-          f"{total - failed} done, {failed} failed; results: {out / 'results.csv'}")
+          f"{total - len(failed)} done, {len(failed)} failed; results: {out / 'results.csv'}")
     print(f"report: {write_sweep_report(out)}")
+    if results and len(failed) == len(results):
+        raise MetadaptError(f"sweep {sweep.name}: every one of its {total} runs failed (the first: "
+                            f"{failed[0].get('error') or 'see its error.txt'}); see {out / 'report.md'}")
     return 0
 
 
@@ -166,6 +240,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.which == "adaptation":
         return _bench_adaptation(args)
+    if args.which == "sampling":
+        from metadapt.experiments.benchmarks.bench_sampling import bench_sampling
+
+        torch.set_num_threads(args.threads or 1)  # the policy's small products: one thread beside the workers
+        bench_sampling(repeats=min(args.repeats, 5), seed=args.seed)
+        return 0
     if args.which == "maml":
         from metadapt.experiments.benchmarks.bench_maml import bench_maml
 

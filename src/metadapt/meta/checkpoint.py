@@ -2,7 +2,9 @@
 
 A run directory may come from someone else, so nothing here unpickles
 arbitrary objects. Writes are atomic (temporary file, then rename), so a
-process killed mid-write leaves the previous checkpoint intact.
+process killed mid-write leaves the previous checkpoint intact. A model whose
+parameters or normalizer hold a NaN or an infinity is refused on loading: it
+would plan on garbage (and in bfloat16 not even visibly).
 """
 
 from __future__ import annotations
@@ -17,11 +19,25 @@ import torch
 
 from metadapt.errors import CheckpointError
 from metadapt.models.base import DynamicsModel, check_params
+from metadapt.models.normalizer import Normalizer
 from metadapt.models.registry import dynamics_from_spec
 from metadapt.types import Params
 
 MODEL_FORMAT = "metadapt.dynamics.v2"  # {"spec": model.spec(), "params": ...}, any registered model type
 MLP_FORMAT_V1 = "metadapt.mlp_dynamics.v1"  # still read: the MLP's fields at the top level
+
+
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the tensors in ``tensors`` with a NaN or an infinite entry (in order)."""
+    return [k for k, v in tensors.items() if not bool(torch.isfinite(v).all())]
+
+
+def check_finite(tensors: dict[str, torch.Tensor], what: str, source: str) -> None:
+    """Refuse ``source`` (one ``CheckpointError`` line naming it) when one of its ``what`` is not finite."""
+    if bad := nonfinite_tensors(tensors):
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CheckpointError(f"{source}: its {what} hold non-finite values (NaN or inf) in "
+                              f"{', '.join(bad[:3])}{more}: it comes from a diverged fit or a damaged file")
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
@@ -105,6 +121,10 @@ def model_from_state(state: dict[str, Any], source: str = "checkpoint") -> tuple
         check_params(model, params)
     except ValueError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
+    check_finite(params, "parameters", source)
+    normalizer = getattr(model, "normalizer", None)  # another registered model type may keep other statistics
+    if isinstance(normalizer, Normalizer):
+        check_finite(normalizer.state_dict(), "normalizer statistics", source)
     return model, params
 
 

@@ -34,6 +34,7 @@ that did.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ import torch
 
 from metadapt.data.buffer import ReplayBuffer
 from metadapt.errors import MetadaptError
+from metadapt.meta.fit import finite, improves
 from metadapt.meta.inner import inner_adapt_with_loss
 from metadapt.meta.outer import maml_loss
 from metadapt.models.base import DynamicsModel
@@ -199,13 +201,17 @@ def _device(params: Params) -> torch.device:
 
 @dataclass(frozen=True)
 class MetaFitResult:
-    """Losses are normalized-delta MSEs on evaluation windows; ``val_prior`` is before adaptation."""
+    """Losses are normalized-delta MSEs on evaluation windows; ``val_prior`` is before adaptation.
+
+    ``diverged``: the epoch whose training loss was not finite, where the fit stopped (0: it did not).
+    """
 
     epochs: int
     best_epoch: int
     train_loss: float
     val_loss: float
     val_prior: float
+    diverged: int = 0
 
 
 def _evaluate(model: DynamicsModel, params: Params, lr: InnerLR, s: MetaSettings, buffer: ReplayBuffer,
@@ -238,11 +244,14 @@ def fit_meta(
     """Adam on the post-adaptation loss over meta-batches of windows; early stopping on validation windows.
 
     Validation windows come from held-out trajectories and are scored *after*
-    adaptation. ``inner_lrs`` (Meta-SGD) are learned alongside when given.
+    adaptation. ``inner_lrs`` (Meta-SGD) are learned alongside when given. A
+    validation loss that is not finite never becomes the best; a meta-batch whose
+    loss is not finite stops the fit before its step (``MetaFitResult.diverged``),
+    as in ``meta.fit.fit_dynamics``.
 
     Returns:
         The best parameters, the best inner learning rates (or ``None``), the
-        optimizer state, and a summary.
+        optimizer state (after a divergence: the state of the best parameters), and a summary.
     """
     s = settings
     if buffer.window_starts(s.past + s.future, "train").numel() == 0:
@@ -272,27 +281,36 @@ def fit_meta(
         return _evaluate(model, p, lr_, s, buffer, val_seed, s.inner_steps) if has_val else math.nan
 
     best, best_lrs = snapshot()
+    best_opt = copy.deepcopy(opt.state_dict())  # what a diverged fit hands on with the best parameters
     best_val, best_epoch, since_best = val_loss(best, inner(best_lrs)), 0, 0
-    epoch, running = 0, math.nan
+    epoch, running, diverged = 0, math.nan, 0
     for epoch in range(1, epochs + 1):
         total = 0.0
         for _ in range(s.batches_per_epoch):
             w = buffer.sample_windows(s.past, s.future, s.meta_batch, generator, split="train", device=device)
             loss = meta_loss(model, leaves, w.past(), w.future(), inner(lrs), s)
+            value = float(loss.detach())
+            if not math.isfinite(value):  # its gradient would make every parameter and Adam moment NaN
+                diverged = epoch
+                break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach())
+            total += value
+        if diverged:
+            break
         running = total / s.batches_per_epoch
         v = val_loss(leaves, inner(lrs))
         if on_epoch is not None:
             on_epoch(epoch, running, v)
-        if math.isnan(v) or math.isnan(best_val) or v < best_val:
+        if improves(v, best_val, has_val) and finite(leaves) and (lrs is None or finite(lrs)):
             best, best_lrs = snapshot()
             best_val, best_epoch, since_best = v, epoch, 0
+            best_opt = copy.deepcopy(opt.state_dict())
         else:
             since_best += 1
             if since_best >= patience:
                 break
     prior = _evaluate(model, best, 0.0, s, buffer, val_seed, 0) if has_val else math.nan
-    return best, best_lrs, opt.state_dict(), MetaFitResult(epoch, best_epoch, running, best_val, prior)
+    result = MetaFitResult(epoch, best_epoch, running, best_val, prior, diverged)
+    return best, best_lrs, best_opt if diverged else opt.state_dict(), result

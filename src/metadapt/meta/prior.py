@@ -1,12 +1,14 @@
 """A meta-trained prior on disk: the model, ``theta*``, its inner learning rate(s) and window sizes.
 
 The file loads with ``torch.load(weights_only=True)``; a wrong format version, a
-truncated file or dimensions that do not match the environment are refused
-with one line (``CheckpointError``).
+truncated file, dimensions that do not match the environment or a NaN or an
+infinity in the parameters, the normalizer or the inner learning rates are
+refused with one line (``CheckpointError``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,14 @@ from typing import Any
 import torch
 
 from metadapt.errors import CheckpointError
-from metadapt.meta.checkpoint import check_origin, load_checkpoint, model_from_state, model_state, save_atomic
+from metadapt.meta.checkpoint import (
+    check_finite,
+    check_origin,
+    load_checkpoint,
+    model_from_state,
+    model_state,
+    save_atomic,
+)
 from metadapt.meta.maml import InnerLR, adapt
 from metadapt.models.base import DynamicsModel
 from metadapt.types import Params
@@ -107,6 +116,10 @@ def load_prior(
         raise CheckpointError(f"{path} is incomplete: {exc}") from exc
     if isinstance(inner_lr, dict) and {k: tuple(v.shape) for k, v in inner_lr.items()} != model.param_shapes():
         raise CheckpointError(f"{path}: its per-parameter inner learning rates do not match the model")
+    if isinstance(inner_lr, dict):
+        check_finite(inner_lr, "inner learning rates", str(path))
+    elif not math.isfinite(inner_lr):
+        raise CheckpointError(f"{path}: its inner learning rate is {inner_lr}, not a finite number")
     for name, want, have in (("observation", obs_dim, model.obs_dim), ("action", act_dim, model.act_dim)):
         if want is not None and want != have:
             raise CheckpointError(f"{path} is a prior for {name} size {have}, the environment has {want}")

@@ -16,7 +16,8 @@ import torch
 
 from metadapt.data.buffer import ReplayBuffer
 from metadapt.errors import CheckpointError, MetadaptError
-from metadapt.meta.checkpoint import check_origin, load_checkpoint
+from metadapt.meta.checkpoint import check_finite, check_origin, load_checkpoint
+from metadapt.meta.fit import finite, improves
 from metadapt.models.normalizer import Normalizer
 from metadapt.models.recurrent import RecurrentDynamics
 from metadapt.types import Params
@@ -26,10 +27,13 @@ RECURRENT_FORMAT = "metadapt.recurrent_dynamics.v1"
 
 @dataclass(frozen=True)
 class RecurrentFitResult:
+    """As ``meta.fit.FitResult``: ``diverged`` is the epoch whose training loss was not finite (0: none)."""
+
     epochs: int
     best_epoch: int
     train_loss: float
     val_loss: float
+    diverged: int = 0
 
 
 def fit_recurrent(
@@ -47,7 +51,11 @@ def fit_recurrent(
     patience: int = 5,
     generator: torch.Generator,
 ) -> tuple[Params, RecurrentFitResult]:
-    """Adam on the K-step loss given the context of the M past steps; early stopping on held-out windows."""
+    """Adam on the K-step loss given the context of the M past steps; early stopping on held-out windows.
+
+    A validation loss that is not finite never becomes the best; a batch whose loss is not finite stops the
+    fit before its step (``RecurrentFitResult.diverged``), as in ``meta.fit.fit_dynamics``.
+    """
     if buffer.window_starts(past + future, "train").numel() == 0:
         raise MetadaptError(
             f"ReBAL training needs training trajectories of at least M+K = {past + future} steps and none has "
@@ -71,26 +79,32 @@ def fit_recurrent(
         return total / val_batches
 
     best = {k: v.detach().clone() for k, v in leaves.items()}
-    best_val, best_epoch, since, epoch, running = val_loss(best), 0, 0, 0, math.nan
+    best_val, best_epoch, since, epoch, running, diverged = val_loss(best), 0, 0, 0, math.nan, 0
     for epoch in range(1, epochs + 1):
         total = 0.0
         for _ in range(batches_per_epoch):
             w = buffer.sample_windows(past, future, batch, generator, split="train", device=device)
             loss = model.window_loss(leaves, w.past(), w.future())
+            value = float(loss.detach())
+            if not math.isfinite(value):  # its gradient would make every parameter NaN
+                diverged = epoch
+                break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach())
+            total += value
+        if diverged:
+            break
         running = total / batches_per_epoch
         v = val_loss(leaves)
-        if math.isnan(v) or math.isnan(best_val) or v < best_val:
+        if improves(v, best_val, has_val) and finite(leaves):
             best = {k: t.detach().clone() for k, t in leaves.items()}
             best_val, best_epoch, since = v, epoch, 0
         else:
             since += 1
             if since >= patience:
                 break
-    return best, RecurrentFitResult(epoch, best_epoch, running, best_val)
+    return best, RecurrentFitResult(epoch, best_epoch, running, best_val, diverged)
 
 
 def recurrent_state(
@@ -124,5 +138,7 @@ def load_recurrent(
         raise CheckpointError(f"{path} is incomplete: {exc}") from exc
     if {k: tuple(v.shape) for k, v in params.items()} != model.param_shapes():
         raise CheckpointError(f"{path}: its parameters do not match its architecture")
+    check_finite(params, "parameters", str(path))
+    check_finite(model.normalizer.state_dict(), "normalizer statistics", str(path))
     check_origin(state, path, env_id, obs_version)
     return model, params

@@ -35,9 +35,16 @@ class Normalizer:
 
     @staticmethod
     def from_data(obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> Normalizer:
-        """Statistics of raw ``N x O`` obs, ``N x A`` act and ``N x O`` next obs."""
+        """Statistics of raw ``N x O`` obs, ``N x A`` act and ``N x O`` next obs.
+
+        Transitions with a non-finite number are left out (one would make every statistic NaN, and every
+        parameter fitted under them); the replay buffer never holds any, so this only guards other callers.
+        """
+        finite = torch.isfinite(obs).all(-1) & torch.isfinite(act).all(-1) & torch.isfinite(next_obs).all(-1)
+        if not bool(finite.all()):
+            obs, act, next_obs = obs[finite], act[finite], next_obs[finite]
         if obs.shape[0] < 2:
-            raise ValueError("normalizer needs at least 2 transitions")
+            raise ValueError("normalizer needs at least 2 transitions with finite numbers")
         obs, act, next_obs = obs.double(), act.double(), next_obs.double()
         delta = next_obs - obs
 
@@ -92,6 +99,10 @@ class Normalizer:
         if missing:
             raise KeyError(f"normalizer state lacks {sorted(missing)}")
         return Normalizer(**{k: state[k].float() for k in Normalizer.__dataclass_fields__})
+
+    def is_finite(self) -> bool:
+        """Whether every statistic is finite."""
+        return all(bool(torch.isfinite(getattr(self, k)).all()) for k in self.__dataclass_fields__)
 
     def to(self, device: torch.device | str) -> Normalizer:
         return Normalizer(**{k: getattr(self, k).to(device) for k in self.__dataclass_fields__})

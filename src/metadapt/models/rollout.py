@@ -61,6 +61,16 @@ def compiled_rollout_returns() -> Rollout:
     return _compiled
 
 
+def nonfinite_objective(actions: torch.Tensor) -> torch.Tensor:
+    """The objective of a model whose parameters are not finite: NaN for each of the ``N x H x A`` sequences.
+
+    Such a model cannot be rolled out faithfully: the bfloat16 fast path applies ReLU in oneDNN's product
+    epilogue, which maps NaN to 0, so NaN weights can come out as finite, meaningless returns. NaN returns
+    make every planner count every candidate as non-finite (``Planner.score``) instead.
+    """
+    return torch.full(actions.shape[:1], torch.nan, dtype=torch.float32, device=actions.device)
+
+
 def make_objective(
     folded: FoldedMLP, obs: torch.Tensor, reward_fn: RewardFn, rollout: Rollout = rollout_returns
 ) -> Objective:

@@ -183,7 +183,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     """Fill defaults and check every key; returns the fully resolved config."""
     raw = dict(raw)
     system = raw.pop("system", DEFAULT_SYSTEM)
-    if system not in SYSTEMS:
+    if not isinstance(system, str) or system not in SYSTEMS:
         raise ConfigError(f"config key 'system': {system!r} is not allowed (allowed: one of {', '.join(SYSTEMS)})")
     schema, check = SYSTEMS[system]
     typed = TYPED_SECTIONS.get(system, {})

@@ -30,6 +30,7 @@ from metadapt.errors import ConfigError
 
 MAX_YAML_BYTES = 4 * 1024 * 1024  # configs are a few kB; a sweep file with a large grid a few tens
 MAX_YAML_NODES = 100_000  # scalars, lists and mappings of the document with every alias expanded
+MAX_YAML_DEPTH = 64  # nesting of lists and mappings (copying and validating recurse)
 
 
 class _BoundedLoader(yaml.SafeLoader):
@@ -50,6 +51,7 @@ def _check_expanded_size(root: yaml.Node) -> None:
     per reference, iteratively (deep nesting must not exhaust the stack).
     """
     size: dict[int, int] = {}
+    depth: dict[int, int] = {}
     on_path: set[int] = set()
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
@@ -57,20 +59,26 @@ def _check_expanded_size(root: yaml.Node) -> None:
         key = id(node)
         if children_done:
             on_path.discard(key)
-            total = 1 + sum(size[id(c)] for c in _children(node))
+            children = _children(node)
+            total = 1 + sum(size[id(c)] for c in children)
             if total > MAX_YAML_NODES:
-                raise ConfigError(f"YAML document expands to more than {MAX_YAML_NODES} values (nested aliases?)")
+                raise ConfigError(f"the document expands to more than {MAX_YAML_NODES} values (nested aliases?)")
             size[key] = total
+            depth[key] = 1 + max((depth[id(c)] for c in children), default=0)
+            if depth[key] > MAX_YAML_DEPTH:
+                raise ConfigError(f"the document nests lists and mappings more than {MAX_YAML_DEPTH} deep")
             continue
+        if len(on_path) > MAX_YAML_DEPTH:
+            raise ConfigError(f"the document nests lists and mappings more than {MAX_YAML_DEPTH} deep")
         if key in size:
             continue
         if key in on_path:
-            raise ConfigError("YAML document refers to itself through an alias")
+            raise ConfigError("the document refers to itself through an alias")
         on_path.add(key)
         stack.append((node, True))
         for child in _children(node):
             if id(child) in on_path:
-                raise ConfigError("YAML document refers to itself through an alias")
+                raise ConfigError("the document refers to itself through an alias")
             if id(child) not in size:
                 stack.append((child, False))
 
@@ -107,7 +115,9 @@ def parse_yaml(text: str, what: str) -> Any:
     if len(text) > MAX_YAML_BYTES:
         raise ConfigError(f"{what} is larger than {MAX_YAML_BYTES // (1024 * 1024)} MB")
     try:
-        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader)
+        return yaml.load(text, Loader=_BoundedLoader)
+    except ConfigError as exc:  # refused by the bounds
+        raise ConfigError(f"{what}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

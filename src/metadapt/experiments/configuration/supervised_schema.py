@@ -11,7 +11,7 @@ from metadapt.errors import ConfigError
 from metadapt.experiments.configuration.schema import Field
 
 SUPERVISED_SCHEMA: dict[str, Any] = {
-    "name": Field("str", "maml", doc="run name, used for the run directory"),
+    "name": Field("name", "maml", doc="run name, used for the run directory"),
     "seed": Field("int", 0, low=0, doc="seeds initialisation, the task stream and the held-out tasks"),
     "device": Field("str", "cpu", choices=("cpu", "cuda")),
     "threads": Field("int", None, low=1, nullable=True, doc="torch threads (null: PyTorch's default)"),

@@ -27,6 +27,7 @@ JOBS: dict[str, tuple[str, str | None]] = {
 CHECKS: dict[str, str] = {
     "mbrl": "metadapt.experiments.jobs.runner:check",
     "supervised": "metadapt.experiments.jobs.supervised:check",
+    "rl": "metadapt.experiments.jobs.rl:check",
 }
 
 
@@ -35,9 +36,9 @@ def _resolve(entry: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool = False) -> Any:
-    """Run ``cfg``'s system's training job into ``run_dir``."""
-    return _resolve(JOBS[system_of(cfg)][0])(cfg, run_dir, reporter, resume=resume)
+def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool = False, **options: Any) -> Any:
+    """Run ``cfg``'s system's training job into ``run_dir`` (``options``: what that job takes, e.g. ``video``)."""
+    return _resolve(JOBS[system_of(cfg)][0])(cfg, run_dir, reporter, resume=resume, **options)
 
 
 def check(cfg: dict[str, Any]) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import gymnasium as gym
 import numpy as np
@@ -11,9 +13,10 @@ import torch
 
 from metadapt.adapt.base import OnlineLearner
 from metadapt.envs import env_obs_version, get_reward_fn, make_env
-from metadapt.errors import ConfigError, MetadaptError
+from metadapt.errors import CheckpointError, ConfigError, MetadaptError
 from metadapt.experiments.configuration import components
 from metadapt.experiments.configuration.components import LEARNERS, MODELS, PLANNERS, BuildContext
+from metadapt.experiments.configuration.resources import FLOAT, LONG, Need, check_memory, mlp_param_count
 from metadapt.experiments.jobs.iterate import IterationSettings
 from metadapt.experiments.jobs.rebal_training import RecurrentSettings
 from metadapt.meta.checkpoint import load_model
@@ -26,6 +29,19 @@ from metadapt.planning import Planner
 from metadapt.types import Params, RewardFn
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+T = TypeVar("T")
+
+
+def load_untrusted(path: str | Path, what: str, load: Callable[[], T]) -> T:
+    """``load()`` of a file that may come from anyone: a file of the right format whose contents have the wrong
+    shape (``params`` a list, a spec without sizes...) is one ``CheckpointError`` line naming it, not a traceback."""
+    try:
+        return load()
+    except MetadaptError:
+        raise
+    except (AttributeError, TypeError, KeyError, ValueError, IndexError, RuntimeError) as exc:
+        raise CheckpointError(f"{what} {path} does not hold what metadapt writes ({type(exc).__name__}: {exc})") \
+            from exc
 
 
 def build_env(
@@ -58,7 +74,7 @@ def load_trained(cfg: dict[str, Any], env: gym.Env) -> tuple[DynamicsModel, Para
     path = Path(cfg["model"]["checkpoint"])
     if path.is_dir():
         path = path / "model.pt"
-    model, params = load_model(path, cfg["env"]["id"], env_obs_version(env))
+    model, params = load_untrusted(path, "model", lambda: load_model(path, cfg["env"]["id"], env_obs_version(env)))
     if (model.obs_dim, model.act_dim) != dims(env):
         raise MetadaptError(
             f"checkpoint {path} is for obs/action sizes {model.obs_dim}/{model.act_dim}, "
@@ -144,7 +160,7 @@ def load_trained_recurrent(
     path: str | Path, env: gym.Env, env_id: str | None = None
 ) -> tuple[RecurrentDynamics, Params]:
     """A ReBAL model (``rebal.pt`` or a run directory holding one) that fits ``env`` (``env_id``'s layout)."""
-    model, params = load_recurrent(path, env_id, env_obs_version(env))
+    model, params = load_untrusted(path, "ReBAL model", lambda: load_recurrent(path, env_id, env_obs_version(env)))
     if (model.obs_dim, model.act_dim) != dims(env):
         raise MetadaptError(f"ReBAL model {path} is for obs/action sizes {model.obs_dim}/{model.act_dim}, "
                             f"the environment has {dims(env)[0]}/{dims(env)[1]}")
@@ -153,7 +169,8 @@ def load_trained_recurrent(
 
 def load_trained_prior(cfg: dict[str, Any], env: gym.Env) -> Prior:
     """The prior named by ``model.checkpoint`` (a ``prior.pt`` or a run directory holding one)."""
-    return load_prior(cfg["model"]["checkpoint"], *dims(env), cfg["env"]["id"], env_obs_version(env))
+    path = cfg["model"]["checkpoint"]
+    return load_untrusted(path, "prior", lambda: load_prior(path, *dims(env), cfg["env"]["id"], env_obs_version(env)))
 
 
 def iteration_settings(cfg: dict[str, Any]) -> IterationSettings:
@@ -164,3 +181,58 @@ def iteration_settings(cfg: dict[str, Any]) -> IterationSettings:
         val_fraction=t["val_fraction"], patience=t["patience"], window=cfg["learner"]["window"],
         buffer_capacity=t["buffer_capacity"],
     )
+
+
+def memory_needs(cfg: dict[str, Any], obs_dim: int, act_dim: int,
+                 shapes: dict[str, tuple[int, ...]] | None = None) -> list[Need]:
+    """The least memory a model-based run needs: training (when ``shapes`` is ``None``: the model is trained from
+    the config) and planning (with ``shapes``, the parameter shapes of the loaded model it plans with)."""
+    m, p, t = cfg["model"], cfg["planner"], cfg["train"]
+    if shapes is None:
+        sizes = [obs_dim + act_dim, *m["hidden"], obs_dim]
+        params, width = mlp_param_count(sizes), max(sizes)
+    else:
+        params = sum(math.prod(s) for s in shapes.values())
+        width = max((max(s) for s in shapes.values() if s), default=1)
+    needs = []
+    if shapes is None:
+        needs += [
+            Need("the model with its gradients and Adam moments", "model.hidden", 4 * FLOAT * params),
+            Need("the replay buffer", "train.buffer_capacity",
+                 t["buffer_capacity"] * (FLOAT * (2 * obs_dim + act_dim + 1) + 3 * LONG + 1), gpu=False),
+            Need("one training batch through the model", "train.batch_size or model.hidden",
+                 2 * FLOAT * t["batch_size"] * sum(sizes)),
+        ]
+        if cfg["meta"]["enabled"]:
+            needs.append(Need("one adapted copy of the model per window of a meta-batch",
+                              "meta.meta_batch or model.hidden", FLOAT * params * cfg["meta"]["meta_batch"]))
+    n = p["num_samples"]
+    needs += [
+        Need("the planner's candidate action sequences", "planner.num_samples or planner.horizon",
+             FLOAT * n * p["horizon"] * act_dim),
+        Need("one planning step through the model", "planner.num_samples or model.hidden",
+             FLOAT * n * (width + obs_dim + act_dim)),
+    ]
+    return needs
+
+
+def check_resources(cfg: dict[str, Any], env: gym.Env, shapes: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Refuse, before any work, a config whose tensors cannot fit in the machine (see ``memory_needs``)."""
+    check_memory(memory_needs(cfg, *dims(env), shapes), cfg["device"])
+
+
+def check_schedule(cfg: dict[str, Any], env: gym.Env) -> None:
+    """Refuse a task schedule with a switch the trial never reaches: trials reset the environment (and its
+    schedule) every ``trial.episode_length`` steps and stop after ``trial.steps``."""
+    schedule = getattr(env.unwrapped, "schedule", None)
+    starts = getattr(schedule, "starts", None)  # the explicit switch steps of a sequence schedule
+    if starts is None:
+        return
+    steps, episode = cfg["trial"]["steps"], cfg["trial"]["episode_length"]
+    length = min(steps, episode)
+    late = [int(s) for s in starts if int(s) >= length]
+    if late:
+        describe = getattr(schedule, "describe", lambda: "the schedule")()
+        raise ConfigError(
+            f"config key 'env.kwargs.schedule': its switch at step {late[0]} comes after the trial's last step "
+            f"(trial.steps={steps}, trial.episode_length={episode}) and would never be reached; schedule: {describe}")

@@ -5,6 +5,12 @@ current model. All data is aggregated in one buffer of raw transitions and the
 normalizer is recomputed from all of it before every fit. Every iteration
 draws its randomness from ``(seed, iteration)`` alone, so a run resumed from
 the checkpoint of iteration ``i`` repeats iterations ``i+1...`` exactly.
+
+Non-finite numbers: the buffer drops transitions holding one (``metrics.csv``'s
+``dropped_nonfinite``, cumulative); a fit whose training loss goes non-finite
+stops and the iteration goes on with the best parameters it had (``diverged``,
+the epoch; one line in the log), or, when there are none yet (the first fit,
+before any epoch improved), the run stops with one line (``FitDiverged``).
 """
 
 from __future__ import annotations
@@ -30,8 +36,15 @@ from metadapt.envs import env_obs_version
 from metadapt.errors import CheckpointError
 from metadapt.experiments.jobs.rollout import Callback, EpisodeEnd, RandomPolicy, Step, rollout
 from metadapt.experiments.reporting.progress import Reporter
-from metadapt.meta.checkpoint import load_checkpoint, model_from_state, model_state, save_atomic, save_model
-from metadapt.meta.fit import fit_dynamics
+from metadapt.meta.checkpoint import (
+    check_finite,
+    load_checkpoint,
+    model_from_state,
+    model_state,
+    save_atomic,
+    save_model,
+)
+from metadapt.meta.fit import FitDiverged, fit_dynamics
 from metadapt.meta.maml import MetaSettings, expand_inner_lrs, fit_meta, initial_inner_lrs
 from metadapt.meta.prior import Prior, save_prior
 from metadapt.models.base import DynamicsModel
@@ -43,6 +56,7 @@ CHECKPOINT = "checkpoints/latest.pt"
 METRIC_FIELDS = (
     "iteration", "env_steps", "rollouts", "rollout_return_mean", "rollout_return_per_1000",
     "train_loss", "val_loss", "val_loss_prior", "epochs", "best_epoch", "collect_seconds", "fit_seconds",
+    "diverged", "dropped_nonfinite",
 )
 
 
@@ -295,6 +309,7 @@ class IterativeTrainer:
         self.optimizer_state = state.get("optimizer")
         self.inner_lrs = state.get("inner_lrs")
         if self.inner_lrs is not None:
+            check_finite(self.inner_lrs, "inner learning rates", str(path))
             self.inner_lrs = {k: v.to(self.device) for k, v in self.inner_lrs.items()}
         want = initial_inner_lrs(self.params, self.meta, self.model.act_dim) if self.meta is not None else None
         if _shapes(want) != _shapes(self.inner_lrs):
@@ -348,20 +363,39 @@ class IterativeTrainer:
             self.reporter.advance("fit", train=train_loss, val=val_loss)
 
         if self.meta is not None:
-            self.params, self.inner_lrs, self.optimizer_state, meta_res = fit_meta(
+            params, inner_lrs, optimizer_state, meta_res = fit_meta(
                 self.model, self.params, self.buffer, self.meta, epochs=s.epochs, lr=s.lr, patience=s.patience,
                 generator=gen, inner_lrs=self.inner_lrs, optimizer_state=self.optimizer_state, on_epoch=on_epoch,
             )
+            self.check_divergence(iteration, meta_res.diverged, meta_res.best_epoch)
+            self.params, self.inner_lrs, self.optimizer_state = params, inner_lrs, optimizer_state
             return {"train_loss": meta_res.train_loss, "val_loss": meta_res.val_loss,
                     "val_loss_prior": meta_res.val_prior, "epochs": meta_res.epochs,
-                    "best_epoch": meta_res.best_epoch}
-        self.params, self.optimizer_state, res = fit_dynamics(
+                    "best_epoch": meta_res.best_epoch, "diverged": meta_res.diverged}
+        params, optimizer_state, res = fit_dynamics(
             self.model, self.params, self.buffer.transitions("train"), self.buffer.transitions("val"),
             epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, patience=s.patience,
             generator=gen, optimizer_state=self.optimizer_state, on_epoch=on_epoch,
         )
+        self.check_divergence(iteration, res.diverged, res.best_epoch)
+        self.params, self.optimizer_state = params, optimizer_state
         return {"train_loss": res.train_loss, "val_loss": res.val_loss,
-                "epochs": res.epochs, "best_epoch": res.best_epoch}
+                "epochs": res.epochs, "best_epoch": res.best_epoch, "diverged": res.diverged}
+
+    def check_divergence(self, iteration: int, diverged: int, best_epoch: int) -> None:
+        """After a fit: a divergence (``diverged``: its epoch, 0 for none) is one line in the log when the fit
+        kept parameters worth going on with (an epoch's, or the previous iteration's), and ``FitDiverged``
+        (one line, exit code 2) when there are none: the first fit, before any epoch improved on the
+        initial parameters."""
+        if not diverged:
+            return
+        if best_epoch == 0 and self.completed < 0:
+            raise FitDiverged(
+                f"iteration {iteration}: training diverged (a non-finite loss in epoch {diverged}) before any epoch "
+                f"gave usable parameters; nothing was saved: lower train.lr (now {self.settings.lr:g})")
+        kept = f"epoch {best_epoch}'s" if best_epoch else "the previous iteration's"
+        self.reporter.log(f"iteration {iteration}: training diverged (a non-finite loss in epoch {diverged}); "
+                          f"going on with {kept} parameters")
 
     # -- hooks a trainer of another model kind overrides (ReBAL's RecurrentTrainer) ------------------
     def planning_model(self) -> DynamicsModel:
@@ -415,9 +449,13 @@ class IterativeTrainer:
             self.restore()
             self.reporter.log(f"resuming after iteration {self.completed}")
         for iteration in range(self.completed + 1, self.settings.iterations):
-            t0, added = time.perf_counter(), self.buffer.total_added
+            t0, added = time.perf_counter(), self.buffer.total_added + self.buffer.dropped_nonfinite
+            dropped = self.buffer.dropped_nonfinite
             returns = self.collect(iteration)
-            added = self.buffer.total_added - added
+            added = self.buffer.total_added + self.buffer.dropped_nonfinite - added  # steps taken, dropped or not
+            if (dropped := self.buffer.dropped_nonfinite - dropped) > 0:
+                self.reporter.log(f"iteration {iteration}: dropped {dropped} transitions with non-finite numbers "
+                                  "from the training data")
             t1 = time.perf_counter()
             fit = self.fit(iteration)
             t2 = time.perf_counter()
@@ -430,6 +468,7 @@ class IterativeTrainer:
                 **fit,
                 "collect_seconds": t1 - t0,
                 "fit_seconds": t2 - t1,
+                "dropped_nonfinite": self.buffer.dropped_nonfinite,
             }
             self.history.append(row)
             self.completed = iteration

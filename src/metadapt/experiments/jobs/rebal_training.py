@@ -17,7 +17,7 @@ from metadapt.adapt.base import OnlineLearner
 from metadapt.adapt.rebal import RecurrentLearner
 from metadapt.errors import CheckpointError
 from metadapt.experiments.jobs.iterate import IterativeTrainer, iteration_seed
-from metadapt.meta.checkpoint import save_atomic
+from metadapt.meta.checkpoint import check_finite, save_atomic
 from metadapt.meta.rebal import RECURRENT_FORMAT, fit_recurrent, recurrent_state
 from metadapt.models.base import DynamicsModel
 from metadapt.models.normalizer import Normalizer
@@ -65,8 +65,12 @@ class RecurrentTrainer(IterativeTrainer):
         if diff := [f"{k} {state.get(k)!r} (config: {v!r})" for k, v in want.items() if state.get(k) != v]:
             raise CheckpointError(f"{path} holds a model with {', '.join(diff)}: resume with the config it was "
                                   "trained with")
-        self.model.normalizer = Normalizer.from_state_dict(state["normalizer"]).to(self.device)
-        self.params = {k: v.float().to(self.device) for k, v in state["params"].items()}
+        normalizer = Normalizer.from_state_dict(state["normalizer"])
+        params = {k: v.float() for k, v in state["params"].items()}
+        check_finite(params, "parameters", str(path))
+        check_finite(normalizer.state_dict(), "normalizer statistics", str(path))
+        self.model.normalizer = normalizer.to(self.device)
+        self.params = {k: v.to(self.device) for k, v in params.items()}
 
     def save_artifacts(self) -> None:
         save_atomic(self.model_state(), self.run_dir / "rebal.pt")
@@ -76,10 +80,12 @@ class RecurrentTrainer(IterativeTrainer):
         every = self.buffer.transitions()
         self.model.normalizer = Normalizer.from_data(every.obs, every.act, every.next_obs).to(self.device)
         gen = torch.Generator().manual_seed(iteration_seed(self.seed, iteration, 4))
-        self.params, res = fit_recurrent(
+        params, res = fit_recurrent(
             self.model, self.params, self.buffer, past=r.past, future=r.future, batch=r.batch,
             batches_per_epoch=r.batches_per_epoch, val_batches=r.val_batches, epochs=s.epochs, lr=s.lr,
             patience=s.patience, generator=gen,
         )
+        self.check_divergence(iteration, res.diverged, res.best_epoch)
+        self.params = params
         return {"train_loss": res.train_loss, "val_loss": res.val_loss, "epochs": res.epochs,
-                "best_epoch": res.best_epoch}
+                "best_epoch": res.best_epoch, "diverged": res.diverged}

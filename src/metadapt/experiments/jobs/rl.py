@@ -34,6 +34,7 @@ import torch
 from metadapt.envs import make_env
 from metadapt.errors import CheckpointError, ConfigError, MetadaptError
 from metadapt.experiments.configuration.config import dump_config
+from metadapt.experiments.configuration.files import write_json
 from metadapt.experiments.reporting.progress import Reporter
 from metadapt.meta.checkpoint import load_checkpoint, save_atomic
 from metadapt.meta.inner import Rates
@@ -384,13 +385,26 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
     out = run_dir / "model.pt"
     save_policies(out, cfg, results, obs_dim)
     summary = evaluate(cfg, results, reporter)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+    write_json(run_dir / "summary.json", summary)
     from metadapt.experiments.reporting.rl_report import write_rl_report
 
     if video:
         reporter.log(f"video: {write_adaptation_video(cfg, results, run_dir / 'adaptation.mp4')}")
     write_rl_report(run_dir)
     return out
+
+
+def check(cfg: dict[str, Any]) -> None:
+    """Everything ``train`` would refuse before training: the task family (its vector env built once), the oracle's
+    observation, and ``policy.checkpoint`` (loaded and matched to the observation size)."""
+    family = TaskFamily(cfg)
+    obs_dim = family.obs_dim
+    build_policy(cfg, obs_dim, family.action_space)
+    family.close()
+    if cfg["baselines"]["oracle"]:
+        TaskFamily(cfg, oracle=True).close()
+    if cfg["policy"]["checkpoint"]:
+        load_policies(cfg["policy"]["checkpoint"], obs_dim, cfg["env"]["id"])
 
 
 def report_run(run_dir: Path) -> Path:

@@ -12,10 +12,11 @@ import torch
 
 from metadapt.adapt.static import StaticLearner
 from metadapt.agent import MPCAgent
-from metadapt.errors import CheckpointError, ConfigError
-from metadapt.experiments.configuration.config import dump_config, load_config
+from metadapt.errors import CheckpointError, ConfigError, MetadaptError
+from metadapt.experiments.configuration.config import changed_keys, dump_config, load_config
+from metadapt.experiments.configuration.files import plain_json, write_json
 from metadapt.experiments.jobs import build
-from metadapt.experiments.jobs.iterate import IterativeTrainer, ReplayedData, iteration_seed
+from metadapt.experiments.jobs.iterate import CHECKPOINT, IterativeTrainer, ReplayedData, iteration_seed
 from metadapt.experiments.jobs.rebal_training import RecurrentTrainer
 from metadapt.experiments.jobs.trial import TrialResult, run_trial
 from metadapt.experiments.reporting.metrics import mean_analysis
@@ -58,15 +59,60 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+# The resolved config a training run started with, beside its checkpoints: config.yaml is the user's to read (and
+# to edit, e.g. device or train.iterations), this copy is what a resume compares it against.
+STARTED_WITH = "checkpoints/config.json"
+# Keys a resumed training may change: they do not change what the completed iterations computed (the run's
+# name, where it runs, what it logs, its trials, compiling the planner), or only extend it (train.iterations:
+# iteration i draws from (seed, i) alone, so more iterations continue the same run).
+RESUME_MAY_CHANGE = ("name", "device", "logging", "trial", "planner.compile", "train.iterations")
+
+
+def _check_resumable(cfg: dict[str, Any], run_dir: Path) -> None:
+    """Refuse to resume ``run_dir`` with a config that changes its results, naming the changed keys."""
+    path = run_dir / STARTED_WITH
+    if not path.is_file():
+        return  # a run from before this record: the checkpoint's own checks (architecture, seed) still apply
+    try:
+        started = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise CheckpointError(f"{path} is corrupt ({exc}): start a new run") from None
+    changed = [k for k in changed_keys(started, plain_json(cfg))
+               if not any(k == free or k.startswith(free + ".") for free in RESUME_MAY_CHANGE)]
+    if changed:
+        raise CheckpointError(f"{run_dir}/config.yaml differs from the config the run started with in "
+                              f"{', '.join(changed)}: resume continues the same run (start a new run to change it)")
+
+
 def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool = False) -> tuple[DynamicsModel, Params]:
-    """Iterative model training (MB) into ``run_dir``; resumes from its checkpoint if asked."""
+    """Iterative model training (MB) into ``run_dir``; resumes from its checkpoint if asked.
+
+    A resume refuses a config that changes the run's results; a run killed before its first checkpoint
+    resumes by starting over (the same seed gives the same run).
+    """
     seed_everything(cfg["seed"])
     device = _device(cfg)
     replay = _replayed_data(cfg)
+    env, reward_fn = build.build_env(cfg)
+    try:
+        return _train(cfg, run_dir, reporter, resume, env, reward_fn, replay, device)
+    finally:
+        env.close()
+
+
+def _train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool, env: Any, reward_fn: Any,
+           replay: ReplayedData | None, device: torch.device) -> tuple[DynamicsModel, Params]:
+    build.check_resources(cfg, env)
+    if resume:
+        _check_resumable(cfg, run_dir)
+        if not (run_dir / CHECKPOINT).is_file():
+            reporter.log(f"{run_dir} has no checkpoint yet (killed before its first iteration ended): starting over")
+            resume = False
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         dump_config(cfg, run_dir / "config.yaml")
-    env, reward_fn = build.build_env(cfg)
+        (run_dir / STARTED_WITH).parent.mkdir(exist_ok=True)
+        write_json(run_dir / STARTED_WITH, cfg)
     common = (lambda s: build.build_planner(cfg, env, s), build.iteration_settings(cfg), cfg["seed"], run_dir,
               StaticLearner, build.DTYPES[cfg["planner"]["dtype"]], reporter)
     placed = {"replay": replay, "device": device}
@@ -78,8 +124,13 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
     else:
         trainer = IterativeTrainer(env, reward_fn, build.build_model(cfg, env), *common,
                                    meta=build.meta_settings(cfg), env_id=cfg["env"]["id"], **placed)
-    params = trainer.run(resume=resume)
-    env.close()
+    try:
+        params = trainer.run(resume=resume)
+    except ValueError as exc:
+        # The library refuses data it cannot fit (no training transition left after the validation split, ...);
+        # the data is what the config's budgets collected.
+        raise MetadaptError(f"training stopped: {exc} (see train.steps_per_iteration, train.rollout_length, "
+                            "train.val_fraction)") from exc
     return trainer.model, params
 
 
@@ -116,33 +167,80 @@ def resume_train(run_dir: Path, reporter: Reporter) -> tuple[DynamicsModel, Para
     return train(cfg, run_dir, reporter, resume=True)
 
 
+def _check_model_source(cfg: dict[str, Any]) -> None:
+    """Refuse a learner whose model can come from nowhere: neither ``model.checkpoint`` nor training."""
+    needs, kind = build.learner_needs(cfg), cfg["learner"]["type"]
+    if cfg["model"]["checkpoint"]:
+        return
+    if needs == "recurrent" and not (cfg["meta"]["enabled"] and cfg["meta"]["method"] == "rebal"):
+        raise ConfigError(f"learner.type={kind} plans with a ReBAL model: set model.checkpoint=REBAL "
+                          "or meta.enabled=true meta.method=rebal to train one first")
+    if needs == "prior" and not cfg["meta"]["enabled"]:
+        raise ConfigError(f"learner.type={kind} plans with a meta-trained prior: set "
+                          "model.checkpoint=PRIOR or meta.enabled=true to meta-train one first")
+
+
+def _shapes(params: Params) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in params.items()}
+
+
+def check(cfg: dict[str, Any]) -> None:
+    """Everything ``run`` and ``train`` would refuse, without running: the device, where the model comes from,
+    the window sizes, ``train.data``, the environment and its schedule (built once), the memory the run needs,
+    ``model.checkpoint`` (loaded and matched to the environment), the planner and, with a checkpoint, the learner."""
+    _device(cfg)
+    _check_model_source(cfg)
+    build.meta_settings(cfg)
+    build.planner_compile(cfg)
+    _replayed_data(cfg)
+    env, _ = build.build_env(cfg, max_episode_steps=cfg["trial"]["episode_length"])
+    try:
+        build.check_schedule(cfg, env)
+        build.check_resources(cfg, env)
+        build.build_planner(cfg, env, 0)
+        if not cfg["model"]["checkpoint"]:
+            build.build_model(cfg, env)
+            return
+        needs, prior, recurrent = build.learner_needs(cfg), None, None
+        if needs == "recurrent":
+            recurrent = build.load_trained_recurrent(cfg["model"]["checkpoint"], env, cfg["env"]["id"])
+            model, params = recurrent[0].planning_model(), recurrent[1]
+        elif needs == "prior":
+            prior = build.load_trained_prior(cfg, env)
+            model, params = prior.model, prior.params
+        else:
+            model, params = build.load_trained(cfg, env)
+        build.check_resources(cfg, env, _shapes(params))
+        build.build_learner(cfg, params, prior, model, recurrent)
+    finally:
+        env.close()
+
+
 def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter, video: bool = False) -> list[TrialResult]:
     """Train (unless ``model.checkpoint`` names a model), run ``trial.episodes`` trials, report.
 
     ``video``: also write each trial as ``trial_<i>/trial.mp4`` (needs offscreen OpenGL).
     """
     device = _device(cfg)
+    _check_model_source(cfg)
+    env, reward_fn = build.build_env(cfg, max_episode_steps=cfg["trial"]["episode_length"], render=video)
+    build.check_schedule(cfg, env)
+    if not cfg["model"]["checkpoint"]:
+        build.check_resources(cfg, env)  # training's, before it starts
     out_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out_dir / "config.yaml")
-    env, reward_fn = build.build_env(cfg, max_episode_steps=cfg["trial"]["episode_length"], render=video)
     prior = None
     recurrent = None
     needs = build.learner_needs(cfg)
     kind = cfg["learner"]["type"]
     if needs == "recurrent":
         if not cfg["model"]["checkpoint"]:
-            if not (cfg["meta"]["enabled"] and cfg["meta"]["method"] == "rebal"):
-                raise ConfigError(f"learner.type={kind} plans with a ReBAL model: set model.checkpoint=REBAL "
-                                  "or meta.enabled=true meta.method=rebal to train one first")
             train(cfg, out_dir / "train", reporter)
         recurrent = build.load_trained_recurrent(cfg["model"]["checkpoint"] or out_dir / "train", env, cfg["env"]["id"])
         model, params = recurrent[0].planning_model(), recurrent[1]
     elif needs == "prior":
         if cfg["model"]["checkpoint"]:
             prior = build.load_trained_prior(cfg, env)
-        elif not cfg["meta"]["enabled"]:
-            raise ConfigError(f"learner.type={kind} plans with a meta-trained prior: set "
-                              "model.checkpoint=PRIOR or meta.enabled=true to meta-train one first")
         else:
             reporter.log(f"no model.checkpoint: meta-training a prior into {out_dir / 'train'}")
             train(cfg, out_dir / "train", reporter)
@@ -153,6 +251,7 @@ def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter, video: bool = Fa
     else:
         reporter.log(f"no model.checkpoint: training one into {out_dir / 'train'}")
         model, params = train(cfg, out_dir / "train", reporter)
+    build.check_resources(cfg, env, _shapes(params))  # planning's, with the model it plans with
     model.normalizer = model.normalizer.to(device)
     params = _to(params, device)
     if prior is not None:
@@ -180,6 +279,6 @@ def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter, video: bool = Fa
     returns = [r.total_return for r in results]
     summary = {"returns": returns, "mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
                "analysis": mean_analysis([r.analysis for r in results])}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out_dir / "summary.json", summary)
     write_report(out_dir)
     return results

@@ -33,7 +33,9 @@ import torch
 from metadapt.data.sinusoid import SinusoidTasks
 from metadapt.errors import CheckpointError, MetadaptError
 from metadapt.experiments.configuration.components import TASKS
-from metadapt.experiments.configuration.config import dump_config
+from metadapt.experiments.configuration.config import changed_keys, dump_config
+from metadapt.experiments.configuration.files import write_json
+from metadapt.experiments.configuration.resources import FLOAT, Need, check_memory, mlp_param_count
 from metadapt.experiments.reporting.progress import Reporter
 from metadapt.meta.checkpoint import load_checkpoint, save_atomic
 from metadapt.meta.inner import Rates, init_rates, inner_adapt
@@ -173,8 +175,11 @@ def _load_state(run_dir: Path, problem: Problem, cfg: dict[str, Any]) -> dict[st
     state = load_checkpoint(path, ("format", "config", "stage", "iteration", "trainer", "metrics", "results"))
     if state["format"] != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a supervised meta-learning checkpoint (format {state['format']!r})")
-    saved = json.loads(state["config"])
-    changed = sorted(_changed_keys(saved, cfg))
+    try:
+        saved = json.loads(state["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} holds no readable config: start a new run") from exc
+    changed = changed_keys(saved, json.loads(json.dumps(cfg)))
     if changed:
         raise CheckpointError(f"{run_dir}/config.yaml differs from the run's checkpoint in {', '.join(changed)}: "
                               "resume continues the same run (start a new run to change it)")
@@ -185,24 +190,16 @@ def _load_state(run_dir: Path, problem: Problem, cfg: dict[str, Any]) -> dict[st
             wide = state["stage"] == "pretrained" and problem.pretrain is not None
             stage_model = problem.pretrain.model if wide else problem.model  # type: ignore[union-attr]
             check_params(stage_model, state["trainer"]["params"], f"{path}'s parameters")
-    except ValueError as exc:
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise CheckpointError(str(exc)) from exc
     return state
-
-
-def _changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _changed_keys(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool = False) -> Path:
     """Meta-train (and train the baseline), evaluate and report into ``run_dir``; returns ``model.pt``."""
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
+    check_memory(memory_needs(cfg), cfg["device"])
     problem = build_problem(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
@@ -216,7 +213,7 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
                  "params": _cpu(meta_params), "rates": _cpu(rates) if isinstance(rates, dict) else float(rates),
                  "baseline": _cpu(baseline) if baseline is not None else None}, out)
     summary = evaluate(cfg, problem, meta_params, rates, baseline, reporter)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+    write_json(run_dir / "summary.json", summary)
     from metadapt.experiments.reporting.supervised_report import write_supervised_report
 
     write_supervised_report(run_dir, cfg, problem, meta_params, rates, baseline)
@@ -277,9 +274,14 @@ def _fit(cfg: dict[str, Any], problem: Problem, run_dir: Path, reporter: Reporte
 def _record_time(run_dir: Path, stage: str, iterations: int, seconds: float) -> None:
     """Wall time of a stage in ``timing.json`` (apart from the results, which must not depend on it)."""
     path = run_dir / "timing.json"
-    timing = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        timing = json.loads(path.read_text()) if path.is_file() else {}
+    except (ValueError, OSError):
+        timing = {}  # a damaged record of wall times is not worth stopping a run for
+    if not isinstance(timing, dict):
+        timing = {}
     timing[stage] = {"iterations": iterations, "seconds": seconds, "threads": torch.get_num_threads()}
-    path.write_text(json.dumps(timing, indent=2))
+    write_json(path, timing)
 
 
 def _detached(rates: Rates) -> Rates:
@@ -323,12 +325,56 @@ def load_supervised(path: str | Path, model: FunctionalModel) -> tuple[Params, R
     if state["format"] != MODEL_FORMAT:
         raise CheckpointError(f"{path} is not a supervised meta-learning model (format {state['format']!r})")
     try:
-        check_params(model, state["params"], f"{path}'s parameters")
-        if state.get("baseline") is not None:
-            check_params(model, state["baseline"], f"{path}'s baseline parameters")
-    except ValueError as exc:
+        for key, what in (("params", "parameters"), ("baseline", "baseline parameters")):
+            if key == "baseline" and state.get(key) is None:
+                continue
+            if not isinstance(state[key], dict):  # a file may come from anyone: check its shape before use
+                raise ValueError(f"{path}'s {what} are a {type(state[key]).__name__}, not a mapping of tensors")
+            check_params(model, state[key], f"{path}'s {what}")
+        rates = _rates_from(state["rates"])
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise CheckpointError(str(exc)) from exc
-    return state["params"], _rates_from(state["rates"]), state.get("baseline")
+    return state["params"], rates, state.get("baseline")
+
+
+def memory_needs(cfg: dict[str, Any]) -> list[Need]:
+    """The least memory a supervised run needs: the model, one adapted copy of it per task of a meta-batch and of
+    an evaluation chunk, and for classification the first block's feature maps of every image in a batch."""
+    t, m, e = cfg["task"], cfg["model"], cfg["eval"]
+    meta_batch, chunk = cfg["meta"]["meta_batch"], e["batch"]
+    needs: list[Need] = []
+    if t["type"] == "omniglot":
+        side, filters, ways = 28, m["filters"], t["ways"]
+        params = 9 * (filters + 3 * filters * filters) + filters * ways
+        image = FLOAT * filters * side * side  # one image's feature maps after the first convolution
+        needs += [
+            Need("one meta-batch's feature maps", "meta.meta_batch, task.ways, task.shots, task.query or model.filters",
+                 2 * image * meta_batch * ways * (t["shots"] + t["query"])),
+            Need("one evaluation chunk's feature maps", "eval.batch, task.ways, task.eval_query or model.filters",
+                 image * chunk * ways * (t["shots"] + t["eval_query"])),
+            Need("one baseline batch's feature maps", "baseline.batch_size or model.filters",
+                 2 * image * cfg["baseline"]["batch_size"]),
+        ]
+    else:
+        sizes = [1, *m["hidden"], 1]
+        params = mlp_param_count(sizes)
+        needs.append(Need("one evaluation chunk's activations", "eval.batch, task.eval_query or model.hidden",
+                          FLOAT * chunk * t["eval_query"] * sum(sizes)))
+    needs += [
+        Need("the model with its gradients and Adam moments", "model.hidden or model.filters", 4 * FLOAT * params),
+        Need("one adapted copy of the model per task of a meta-batch", "meta.meta_batch", FLOAT * params * meta_batch),
+        Need("one adapted copy of the model per held-out task of a chunk", "eval.batch", FLOAT * params * chunk),
+    ]
+    return needs
+
+
+def check(cfg: dict[str, Any]) -> None:
+    """Everything ``train`` would refuse before training: memory, the device, the task family (built: its data is
+    made on first use) and ``model.checkpoint`` (loaded and matched to the model)."""
+    check_memory(memory_needs(cfg), cfg["device"])
+    problem = build_problem(cfg)
+    if cfg["model"]["checkpoint"]:
+        load_supervised(cfg["model"]["checkpoint"], problem.model)
 
 
 def finetune_rate(cfg: dict[str, Any]) -> float:

@@ -18,8 +18,15 @@ Every grid point becomes a run directory ``<sweep>/runs/<hash>`` named by a
 hash of its fully resolved config, holding ``status.json`` (``done`` or
 ``failed`` with the traceback in ``error.txt``). Rerunning a sweep skips done
 runs, resumes interrupted trainings from their checkpoints and reruns the
-rest; a point whose config is invalid fails alone. ``results.csv`` has one row
-per run; ``report.md`` aggregates over seeds (mean, std, 95% CI, n).
+rest; a point whose config is invalid fails alone. Grid points that resolve to
+the same config are one run (the later ones are dropped, so a repeated seed is
+not counted twice). ``results.csv`` has one row per run; ``report.md``
+aggregates over seeds (mean, std, 95% CI, n).
+
+A sweep holds a lock on its folder (``sweep.lock``, holding its process id) while
+it runs: a second sweep on the same folder refuses at once in one line rather
+than running the same points beside it. The lock is the operating system's
+(``flock``), so a sweep killed by SIGKILL leaves no stale lock behind.
 """
 
 from __future__ import annotations
@@ -34,21 +41,25 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from metadapt.errors import ConfigError, MetadaptError
+from metadapt.errors import ConfigError, MetadaptError, one_line
 from metadapt.experiments.configuration.config import dump_config, load_config
+from metadapt.experiments.configuration.files import plain_json, read_yaml_file, write_json
+from metadapt.experiments.configuration.schema import check_name
 from metadapt.experiments.reporting.metrics import ANALYSIS_FIELDS, mean_analysis
 
 RESULT_FIELDS = ("run", "status", "mean_return", "std_return", "trials", "seconds")
 _KEYS = {"name", "base", "command", "set", "methods", "grid", "resources"}
+MAX_POINTS = 10_000  # a grid beyond this is a typo, not a sweep (each point is a run)
+LOCK = "sweep.lock"
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,8 @@ class Sweep:
     points: list[Point]
     grid_keys: list[str]
     resources: dict[str, float] = field(default_factory=dict)
+    # labels of grid points dropped because an earlier point resolves to the same config (the same run)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _override_text(key: str, value: Any) -> str:
@@ -80,42 +93,73 @@ def config_hash(cfg: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _config_keys(value: Any, path: Path, what: str) -> dict[str, Any]:
+    """A mapping of config keys (strings) to values; one line naming ``what`` otherwise."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"sweep file {path}: '{what}' must be a mapping of config keys, got {one_line(repr(value))}")
+    return value
+
+
+def _resources(value: Any, path: Path) -> dict[str, float]:
+    """``resources``: cpus and gpus per run, numbers >= 0."""
+    if value is None:
+        return {}
+    ok = isinstance(value, dict) and all(
+        k in ("cpus", "gpus") and not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v) and v >= 0
+        for k, v in value.items())
+    if not ok:
+        raise ConfigError(f"sweep file {path}: 'resources' must map cpus and gpus to numbers >= 0 "
+                          f"(e.g. {{cpus: 1, gpus: 0}}), got {one_line(repr(value))}")
+    return {k: float(v) for k, v in value.items()}
+
+
 def load_sweep(path: str | Path) -> Sweep:
-    """Parse and expand a sweep file; an invalid grid point is kept as a failed point, not an error."""
+    """Parse and expand a sweep file; an invalid grid point is kept as a failed point, not an error.
+
+    Points that resolve to the same config as an earlier one are dropped (``Sweep.duplicates``): they would be
+    the same run in the same folder.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file not found: {path}")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"sweep file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    spec = read_yaml_file(path, "sweep file") or {}
     if not isinstance(spec, dict):
         raise ConfigError(f"sweep file {path} must be a mapping")
     unknown = set(spec) - _KEYS
     if unknown:
-        raise ConfigError(f"sweep file {path}: unknown key(s) {sorted(unknown)} (allowed: {sorted(_KEYS)})")
+        raise ConfigError(f"sweep file {path}: unknown key(s) {sorted(map(str, unknown))} (allowed: {sorted(_KEYS)})")
+    name = spec.get("name", path.stem)
+    if not isinstance(name, str) or (why := check_name(name)) is not None:
+        raise ConfigError(f"sweep file {path}: 'name' names the sweep's folder: {one_line(repr(name))} "
+                          f"{why if isinstance(name, str) else 'is not a string'}")
     command = spec.get("command", "run")
     if command not in ("run", "train"):
-        raise ConfigError(f"sweep file {path}: 'command' must be run or train, got {command!r}")
+        raise ConfigError(f"sweep file {path}: 'command' must be run or train, got {one_line(repr(command))}")
     base = spec.get("base")
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"sweep file {path}: 'base' must be the path of a config file, got {one_line(repr(base))}")
     base_path = (path.parent / base) if base else None
     if base_path is not None and not base_path.is_file():
         raise ConfigError(f"sweep file {path}: base config not found: {base_path}")
-    fixed = spec.get("set") or {}
-    grid = spec.get("grid") or {}
-    if not isinstance(fixed, dict) or not isinstance(grid, dict):
-        raise ConfigError(f"sweep file {path}: 'set' and 'grid' must be mappings of config keys")
+    fixed = _config_keys(spec.get("set"), path, "set")
+    grid = _config_keys(spec.get("grid"), path, "grid")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep file {path}: grid key '{key}' must map to a non-empty list")
     methods = spec.get("methods") or {}
-    if not isinstance(methods, dict) or not all(isinstance(m, dict) for m in methods.values()):
+    if not isinstance(methods, dict) or not all(isinstance(m, str) for m in methods):
         raise ConfigError(f"sweep file {path}: 'methods' must map method names to mappings of config keys")
+    methods = {m: _config_keys(bundle, path, f"methods.{m}") for m, bundle in methods.items()}
     if methods and "method" in grid:
         raise ConfigError(f"sweep file {path}: 'method' is the axis 'methods' defines; it cannot also be a grid key")
     axes = ({"method": list(methods)} if methods else {}) | grid
     keys = list(axes)
-    points = []
+    if math.prod(len(v) for v in axes.values()) > MAX_POINTS:
+        raise ConfigError(f"sweep file {path}: the grid has {math.prod(len(v) for v in axes.values())} points, "
+                          f"more than {MAX_POINTS}")
+    points: list[Point] = []
+    duplicates: list[dict[str, Any]] = []
+    seen: set[str] = set()
     for combo in itertools.product(*(axes[k] for k in keys)):
         labels = dict(zip(keys, combo, strict=True))
         bundle = methods[labels["method"]] if methods else {}
@@ -123,12 +167,70 @@ def load_sweep(path: str | Path) -> Sweep:
         overrides += [_override_text(k, v) for k, v in labels.items() if k != "method"]
         try:
             cfg = load_config(base_path, overrides)
-            points.append(Point(labels, overrides, cfg, None, config_hash(cfg)))
+            point = Point(labels, overrides, cfg, None, config_hash(cfg))
         except MetadaptError as exc:
             bad = hashlib.sha1(json.dumps(overrides).encode()).hexdigest()[:12]
-            points.append(Point(labels, overrides, None, str(exc), f"invalid-{bad}"))
-    resources = spec.get("resources") or {}
-    return Sweep(str(spec.get("name", path.stem)), command, points, keys, dict(resources))
+            point = Point(labels, overrides, None, one_line(exc), f"invalid-{bad}")
+        if point.run_id in seen:
+            duplicates.append(labels)
+            continue
+        seen.add(point.run_id)
+        points.append(point)
+    return Sweep(name, command, points, keys, _resources(spec.get("resources"), path), duplicates)
+
+
+@contextmanager
+def sweep_lock(out_dir: str | Path) -> Iterator[None]:
+    """Hold ``out_dir/sweep.lock`` (with this process id) while a sweep writes into ``out_dir``.
+
+    A second holder is refused at once in one line naming the process that holds
+    it. The lock is an ``flock`` on the file, released by the operating system when
+    its process ends, however it ends; the same process may take it again (``cmd_sweep``
+    holds it around ``run_sweep``, which takes it too).
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): sweeps there are not protected from each other
+        yield
+        return
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = (out / LOCK).resolve()
+    if path in _HELD:
+        yield
+        return
+    while True:
+        f = open(path, "a+")  # noqa: SIM115 (held for the whole sweep)
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise MetadaptError(f"sweep folder {out} is in use by process {one_line(holder, 40)} (lock {path}): "
+                                "wait for that sweep to end, or give this one another --out") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        f.close()  # the file was replaced between open and lock: lock the one that is there now
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    _HELD[path] = f
+    try:
+        yield
+    finally:
+        _HELD.pop(path, None)
+        f.close()  # releases the flock; the file stays (removing it would race with a sweep opening it)
+
+
+# The locks this process holds. Forked pool workers close their copies (``_die_with_parent``): the lock must end
+# with the sweep process, not wait for its last worker.
+_HELD: dict[Path, Any] = {}
 
 
 def _status(run_dir: Path) -> str | None:
@@ -141,20 +243,27 @@ def _status(run_dir: Path) -> str | None:
         return None
 
 
+def _error_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none), cut to a readable length."""
+    text = str(exc).strip()
+    return one_line(text.splitlines()[0]) if text else type(exc).__name__
+
+
 def execute_point(command: str, config: dict[str, Any], run_dir: str, threads: int) -> dict[str, Any]:
-    """Run one grid point in this process; never raises (failures are recorded in the run directory)."""
-    import torch
-
-    from metadapt.experiments.jobs import runner
-    from metadapt.experiments.reporting.progress import Reporter
-
-    torch.set_num_threads(max(1, threads))
+    """Run one grid point in this process; never raises (failures are recorded in the run directory, when the
+    disk still takes them, and always in the returned result)."""
     out = Path(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    result: dict[str, Any] = {"run": out.name, "status": "failed", "mean_return": math.nan,
-                              "std_return": math.nan, "trials": 0}
+    result: dict[str, Any] = {"run": out.name, "status": "failed", "mean_return": None,
+                              "std_return": None, "trials": 0}
     try:
+        import torch
+
+        from metadapt.experiments.jobs import runner
+        from metadapt.experiments.reporting.progress import Reporter
+
+        torch.set_num_threads(max(1, threads))
+        out.mkdir(parents=True, exist_ok=True)
         if command == "train":
             resume = (out / "checkpoints" / "latest.pt").is_file()
             runner.train(config, out, Reporter(), resume=resume)
@@ -170,19 +279,36 @@ def execute_point(command: str, config: dict[str, Any], run_dir: str, threads: i
             result.update(mean_analysis([t.analysis for t in trials]))
         result["status"] = "done"
     except Exception as exc:  # a failing run must not stop the sweep: record it and go on
-        (out / "error.txt").write_text("".join(traceback.format_exception(exc)))
-        result["error"] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        result["error"] = _error_line(exc)
+        with suppress(OSError):  # a full disk (say) must not stop the sweep either: the result still says why
+            (out / "error.txt").write_text("".join(traceback.format_exception(exc)))
     result["seconds"] = time.perf_counter() - start
-    (out / "status.json").write_text(json.dumps(result, indent=2))
+    result = plain_json(result)  # NaN returns are null, in status.json and in the result alike
+    try:
+        write_json(out / "status.json", result)
+    except OSError as exc:
+        if result["status"] == "done":  # not recorded as done: a rerun must run it again
+            result.update(status="failed", error=f"status.json not written: {_error_line(exc)}")
     return result
+
+
+def _failed_result(point: Point, why: str) -> dict[str, Any]:
+    """The result of a point whose process never returned one (a worker killed by the system, say)."""
+    return {"run": point.run_id, "status": "failed", "mean_return": None, "std_return": None, "trials": 0,
+            "seconds": 0.0, "error": one_line(why)}
 
 
 def _die_with_parent() -> None:
     """Pool initializer: on Linux, a worker is killed when the sweep process dies (even by SIGKILL).
 
     Without it an orphaned worker would go on writing into a run directory that
-    the rerun of the sweep is redoing.
+    the rerun of the sweep is redoing. It also closes the worker's inherited copy
+    of the sweep's lock, which then ends with the sweep process alone.
     """
+    for held in list(_HELD.values()):
+        with suppress(OSError):
+            held.close()
+    _HELD.clear()
     try:
         import ctypes
         import signal
@@ -196,9 +322,9 @@ def _die_with_parent() -> None:
 def _record_invalid(point: Point, run_dir: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "error.txt").write_text(f"invalid config: {point.error}\noverrides: {point.overrides}\n")
-    result = {"run": run_dir.name, "status": "failed", "mean_return": math.nan, "std_return": math.nan,
+    result = {"run": run_dir.name, "status": "failed", "mean_return": None, "std_return": None,
               "trials": 0, "seconds": 0.0, "error": point.error}
-    (run_dir / "status.json").write_text(json.dumps(result, indent=2))
+    write_json(run_dir / "status.json", result)
     return result
 
 
@@ -219,7 +345,19 @@ def run_sweep(
     ``on_event(kind, point, result)`` is called with kind ``skip``, ``start``,
     ``done`` or ``failed``.
     """
-    out = Path(out_dir)
+    with sweep_lock(out_dir):
+        return _run_sweep(sweep, Path(out_dir), workers, backend, ray_address, on_event, threads_per_run)
+
+
+def _run_sweep(
+    sweep: Sweep,
+    out: Path,
+    workers: int | None,
+    backend: str,
+    ray_address: str | None,
+    on_event: Callable[[str, Point, dict[str, Any] | None], None] | None,
+    threads_per_run: int | None,
+) -> list[dict[str, Any]]:
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     emit = on_event or (lambda kind, point, result: None)
@@ -231,7 +369,7 @@ def run_sweep(
             results[p.run_id] = _record_invalid(p, run_dir)
             emit("failed", p, results[p.run_id])
         elif _status(run_dir) == "done":
-            results[p.run_id] = json.loads((run_dir / "status.json").read_text())
+            results[p.run_id] = {**json.loads((run_dir / "status.json").read_text()), "run": p.run_id}
             emit("skip", p, results[p.run_id])
         else:
             dump_config(p.config, _prepare(run_dir))
@@ -259,11 +397,22 @@ def run_sweep(
                 while queue and len(pending) < workers:
                     p = queue.pop(0)
                     emit("start", p, None)
-                    pending[pool.submit(execute_point, sweep.command, p.config, str(runs / p.run_id), threads)] = p
+                    try:
+                        fut = pool.submit(execute_point, sweep.command, p.config, str(runs / p.run_id), threads)
+                    except RuntimeError as exc:  # the pool broke (a worker was killed): the point fails alone
+                        results[p.run_id] = _failed_result(p, f"not started: {_error_line(exc)}")
+                        emit("failed", p, results[p.run_id])
+                        continue
+                    pending[fut] = p
+                if not pending:
+                    continue
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     p = pending.pop(fut)
-                    results[p.run_id] = fut.result()
+                    try:
+                        results[p.run_id] = fut.result()
+                    except Exception as exc:  # its worker died (out of memory, killed): the point fails alone
+                        results[p.run_id] = _failed_result(p, f"its worker process died: {_error_line(exc)}")
                     emit(results[p.run_id]["status"], p, results[p.run_id])
     else:
         raise ConfigError(f"unknown backend '{backend}' (allowed: local, ray)")
@@ -296,7 +445,10 @@ def _run_ray(sweep: Sweep, todo: list[Point], runs: Path, address: str | None,
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
         p = refs[ready[0]]
-        out[p.run_id] = ray.get(ready[0])
+        try:
+            out[p.run_id] = ray.get(ready[0])
+        except Exception as exc:  # its worker died: the point fails alone
+            out[p.run_id] = _failed_result(p, f"its Ray task died: {_error_line(exc)}")
         emit(out[p.run_id]["status"], p, out[p.run_id])
     return out
 
@@ -334,6 +486,14 @@ def mean_ci(values: list[float]) -> tuple[float, float, float, int]:
     return float(x.mean()), std, t * std / math.sqrt(n), n
 
 
+def _number(cell: Any) -> float:
+    """A numeric cell of ``results.csv``; empty or unreadable cells are NaN (left out of every mean)."""
+    try:
+        return float(cell)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def aggregate(rows: list[dict[str, str]], group_keys: list[str]) -> list[dict[str, Any]]:
     """Group ``results.csv`` rows by ``group_keys`` (everything but the seed) and summarise them.
 
@@ -352,7 +512,7 @@ def aggregate(rows: list[dict[str, str]], group_keys: list[str]) -> list[dict[st
             failed[key] = failed.get(key, 0) + 1
 
     def column(done: list[dict[str, str]], name: str) -> list[float]:
-        return [float(r[name]) for r in done if r.get(name) not in (None, "")]
+        return [_number(r.get(name)) for r in done]
 
     out = []
     for key, done in groups.items():
@@ -376,11 +536,11 @@ def _curve_figures(out: Path, rows: list[dict[str, str]], group_keys: list[str])
     mole: tuple[str, dict[str, np.ndarray]] | None = None
     for r in rows:
         m = read_csv(out / "runs" / r["run"] / "trial_0" / "metrics.csv") if r["status"] == "done" else {}
-        if "return" not in m:
+        if "return" not in m or m["return"].dtype == object:
             continue
         label = " / ".join(str(r.get(k, "")) for k in group_keys) or "all"
         curves.setdefault(label, []).append(m["return"])
-        if "model_error" in m:
+        if "model_error" in m and m["model_error"].dtype != object:
             errors.setdefault(label, []).append(m["model_error"])
         if mole is None and "posterior" in m:
             mole = (f"{label}, run {r['run']}", m)
@@ -411,14 +571,35 @@ def _curve_figures(out: Path, rows: list[dict[str, str]], group_keys: list[str])
     return lines
 
 
+def read_results(path: Path) -> list[dict[str, str]]:
+    """The rows of a sweep's ``results.csv``; a file that is not one is one ``MetadaptError`` line naming it."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise MetadaptError(f"{path} cannot be read as a sweep's results table ({_error_line(exc)})") from None
+    missing = [k for k in ("run", "status", "mean_return") if k not in columns]
+    if missing:
+        raise MetadaptError(f"{path} is not a results table written by metadapt sweep (no column "
+                            f"{', '.join(missing)})")
+    for r in rows:
+        r.pop(None, None)  # cells beyond the header (csv puts them under None)
+        if not all(isinstance(v, str) for v in r.values()):
+            raise MetadaptError(f"{path} is not a results table written by metadapt sweep (a row is shorter than "
+                                "the header)")
+    return rows
+
+
 def write_sweep_report(out_dir: str | Path) -> Path:
     """``report.md`` of a sweep directory: the aggregated table and a figure of returns per group."""
     from metadapt.experiments.reporting.report import plt, save_figure
 
     out = Path(out_dir)
-    with open(out / "results.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    grid_keys = [k for k in (rows[0].keys() if rows else []) if k not in (*RESULT_FIELDS, *ANALYSIS_FIELDS, "error")]
+    rows = read_results(out / "results.csv")
+    grid_keys = [k for k in (rows[0].keys() if rows else [])
+                 if isinstance(k, str) and k not in (*RESULT_FIELDS, *ANALYSIS_FIELDS, "error")]
     group_keys = [k for k in grid_keys if k != "seed"]
     table = aggregate(rows, group_keys)
     done = sum(r["status"] == "done" for r in rows)
@@ -453,7 +634,12 @@ def write_sweep_report(out_dir: str | Path) -> Path:
         ax.set_ylabel("mean return (95% CI)")
         save_figure(fig, out / "returns.png")
         lines += ["", "![returns per group](returns.png)"]
-        lines += _curve_figures(out, rows, group_keys)
+        try:
+            lines += _curve_figures(out, rows, group_keys)
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            # Each run's metrics.csv was read as CSV; a column of the wrong kind is still the file's fault.
+            raise MetadaptError(f"cannot draw the figures of sweep {out}: a run's metrics.csv is not what metadapt "
+                                f"writes ({type(exc).__name__}: {one_line(exc)})") from exc
     failures = [r for r in rows if r["status"] != "done"]
     if failures:
         lines += ["", "## Failed runs", ""]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import numpy as np
 
 from metadapt.agent import MPCAgent
 from metadapt.errors import MetadaptError
+from metadapt.experiments.configuration.files import write_json
 from metadapt.experiments.jobs.rollout import Callback, EpisodeEnd, Step, rollout
 from metadapt.experiments.reporting.metrics import trial_analysis
 from metadapt.experiments.reporting.progress import Reporter
@@ -23,7 +23,12 @@ BASE_FIELDS = ("step", "episode", "reward", "return", "task_id", "plan_ms", "lea
 
 @dataclass(frozen=True)
 class TrialResult:
-    """Summary of one trial; per-step data is in ``metrics.csv``."""
+    """Summary of one trial; per-step data is in ``metrics.csv``.
+
+    ``nonfinite_returns`` counts the planned sequences whose return was not finite; ``nonfinite_observations``
+    the steps whose observation or next observation held a NaN or an infinity (the learners skip the windows
+    that hold them; ``mean_model_error`` leaves them out: they have no model error).
+    """
 
     steps: int
     episodes: int
@@ -33,6 +38,7 @@ class TrialResult:
     mean_model_error: float
     nonfinite_returns: int
     analysis: dict[str, Any]  # metrics.trial_analysis: segment returns, task recovery, components
+    nonfinite_observations: int = 0
 
 
 def run_trial(
@@ -76,8 +82,9 @@ def run_trial(
         mean_plan_ms=float(np.mean(log.plan_ms)),
         mean_model_error=float(np.mean(log.errors)) if log.errors else float("nan"),
         nonfinite_returns=log.nonfinite, analysis=trial_analysis(logged, agent.window),
+        nonfinite_observations=log.nonfinite_observations,
     )
-    (out / "summary.json").write_text(json.dumps(asdict(result), indent=2))
+    write_json(out / "summary.json", asdict(result))  # strict JSON: a NaN mean is written as null
     return result
 
 
@@ -93,6 +100,7 @@ class _TrialLog(Callback):
         self.plan_ms: list[float] = []
         self.errors: list[float] = []
         self.nonfinite = 0
+        self.nonfinite_observations = 0
         # The columns trial_analysis reads, kept in memory rather than re-read from the CSV.
         self.columns: dict[str, list[float]] = {"reward": [], "task_id": [], "chosen": [], "components": [],
                                                 "created": []}
@@ -106,7 +114,9 @@ class _TrialLog(Callback):
         self.nonfinite += bad
         self.total += s.reward
         self.plan_ms.append(s.act_seconds * 1e3)
-        if "model_error" in learner_metrics:
+        if not (_finite(s.obs) and _finite(s.next_obs)):
+            self.nonfinite_observations += 1
+        elif "model_error" in learner_metrics:
             self.errors.append(learner_metrics["model_error"])
         row: dict[str, Any] = {
             "step": s.t, "episode": s.episode, "reward": s.reward, "return": self.total,
@@ -136,6 +146,11 @@ class _TrialLog(Callback):
         # An unfinished last episode counts unless its return is exactly 0 after finished ones.
         if end.done or end.total_return != 0.0 or not self.episode_returns:
             self.episode_returns.append(end.total_return)
+
+
+def _finite(observation: Any) -> bool:
+    """Whether every number of an observation (an array) is finite."""
+    return bool(np.isfinite(np.asarray(observation, dtype=np.float64)).all())
 
 
 def _is_number(value: Any) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,24 +13,62 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import yaml
+
+from metadapt.errors import MetadaptError, one_line
+from metadapt.experiments.configuration.files import read_yaml_file
 
 
 def read_csv(path: Path) -> dict[str, np.ndarray]:
-    """Columns of a CSV: float arrays, or string arrays for text columns (empty dict if missing)."""
+    """Columns of a CSV: float arrays, or string arrays for text columns (empty dict if missing).
+
+    A run directory may come from anyone: a file that cannot be read as CSV is one ``MetadaptError`` naming it.
+    """
     if not path.is_file():
         return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise MetadaptError(f"{path} cannot be read as CSV ({one_line(exc)})") from None
     if not rows:
         return {}
     out = {}
     for k in rows[0]:
+        if not isinstance(k, str):
+            continue  # cells beyond the header
         try:
             out[k] = np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows])
-        except ValueError:
+        except (ValueError, TypeError):
             out[k] = np.array([r[k] for r in rows], dtype=object)
     return out
+
+
+def numeric_columns(m: dict[str, np.ndarray], path: Path, names: tuple[str, ...]) -> None:
+    """Refuse, in one line naming the file, metrics without these numeric columns."""
+    bad = [n for n in names if n not in m or m[n].dtype == object]
+    if bad:
+        raise MetadaptError(f"{path} is not a metrics file written by metadapt (column {', '.join(bad)} missing or "
+                            "not numeric)")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object written by metadapt (empty if missing); anything else is one ``MetadaptError`` naming it."""
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise MetadaptError(f"{path} cannot be read as JSON ({one_line(exc)})") from None
+    if not isinstance(value, dict):
+        raise MetadaptError(f"{path} does not hold a JSON object")
+    return value
+
+
+def fmt(value: Any, spec: str) -> str:
+    """A number formatted with ``spec``; ``n/a`` for null (a non-finite result) or anything else."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "n/a"
+    return format(value, spec) if math.isfinite(value) else "n/a"
 
 
 def posterior_matrix(column: np.ndarray) -> tuple[list[int], np.ndarray]:
@@ -100,13 +139,16 @@ def _train_section(run_dir: Path, lines: list[str]) -> None:
     m = read_csv(train_dir / "metrics.csv")
     if not m or "iteration" not in m:
         return
+    numeric_columns(m, train_dir / "metrics.csv",
+                    ("iteration", "env_steps", "rollout_return_per_1000", "train_loss", "val_loss", "epochs"))
     lines += ["## Model training", "",
               "| iteration | env steps | return / 1000 steps | train loss | val loss | epochs |",
               "|---:|---:|---:|---:|---:|---:|"]
     for i in range(len(m["iteration"])):
         lines.append(
-            f"| {int(m['iteration'][i])} | {int(m['env_steps'][i])} | {m['rollout_return_per_1000'][i]:.1f} | "
-            f"{m['train_loss'][i]:.4f} | {m['val_loss'][i]:.4f} | {int(m['epochs'][i])} |"
+            f"| {fmt(m['iteration'][i], '.0f')} | {fmt(m['env_steps'][i], '.0f')} | "
+            f"{fmt(m['rollout_return_per_1000'][i], '.1f')} | {fmt(m['train_loss'][i], '.4f')} | "
+            f"{fmt(m['val_loss'][i], '.4f')} | {fmt(m['epochs'][i], '.0f')} |"
         )
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
     a.plot(m["env_steps"], m["rollout_return_per_1000"], "o-")
@@ -131,19 +173,21 @@ def _trial_section(run_dir: Path, lines: list[str]) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     task_figures: list[str] = []
     for t in trials:
-        s: dict[str, Any] = json.loads((t / "summary.json").read_text()) if (t / "summary.json").is_file() else {}
+        s = read_json(t / "summary.json")
         m = read_csv(t / "metrics.csv")
+        if m:
+            numeric_columns(m, t / "metrics.csv", ("step", "return", "task_id"))
         lines.append(
-            f"| {t.name} | {s.get('steps', len(m.get('step', [])))} | {s.get('total_return', float('nan')):.1f} | "
-            f"{s.get('mean_plan_ms', float('nan')):.1f} | {s.get('mean_model_error', float('nan')):.4f} | "
-            f"{s.get('nonfinite_returns', 0)} |"
+            f"| {t.name} | {fmt(s.get('steps', len(m.get('step', []))), '.0f')} | "
+            f"{fmt(s.get('total_return'), '.1f')} | {fmt(s.get('mean_plan_ms'), '.1f')} | "
+            f"{fmt(s.get('mean_model_error'), '.4f')} | {fmt(s.get('nonfinite_returns', 0), '.0f')} |"
         )
         if m:
             ax.plot(m["step"], m["return"], label=t.name)
         if "posterior" in m:
             plot_task_probabilities(m, run_dir / f"{t.name}_tasks.png")
             task_figures.append(f"![task probabilities of {t.name}]({t.name}_tasks.png)")
-        if "model_error" in m:
+        if "model_error" in m and m["model_error"].dtype != object:
             plot_model_error(m, run_dir / f"{t.name}_model_error.png")
             task_figures.append(f"![model error of {t.name}]({t.name}_model_error.png)")
     ax.set_xlabel("step")
@@ -151,31 +195,56 @@ def _trial_section(run_dir: Path, lines: list[str]) -> None:
     ax.legend()
     save_figure(fig, run_dir / "trials.png")
     lines += ["", "![trials](trials.png)", "", *task_figures, ""]
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        s = json.loads(summary.read_text())
-        lines += [f"Mean return over {len(s['returns'])} trial(s): **{s['mean_return']:.1f}** "
-                  f"(std {s['std_return']:.1f}).", ""]
+    s = read_json(run_dir / "summary.json")
+    if s:
+        returns = s.get("returns")
+        count = len(returns) if isinstance(returns, list) else "?"
+        lines += [f"Mean return over {count} trial(s): **{fmt(s.get('mean_return'), '.1f')}** "
+                  f"(std {fmt(s.get('std_return'), '.1f')}).", ""]
+
+
+def _key(cfg: Any, *path: str) -> Any:
+    """``cfg[path[0]][path[1]]...``, or ``?`` where the file lacks it (the header only describes the run)."""
+    for part in path:
+        if not isinstance(cfg, dict) or part not in cfg:
+            return "?"
+        cfg = cfg[part]
+    return cfg
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """Write ``report.md`` (and its figures) summarising training and trials in ``run_dir``."""
+    """Write ``report.md`` (and its figures) summarising training and trials in ``run_dir``.
+
+    A directory with nothing to report, or whose files are not what metadapt writes, is one ``MetadaptError``.
+    """
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
-    cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
-    lines = [f"# metadapt report: {cfg.get('name', run_dir.name)}", ""]
+    cfg = read_yaml_file(cfg_path, "config file") if cfg_path.is_file() else {}
+    has_metrics = any(p.is_file() for p in (run_dir / "metrics.csv", run_dir / "train" / "metrics.csv")) or any(
+        (p / "metrics.csv").is_file() for p in run_dir.glob("trial_*"))
+    if not cfg and not has_metrics:
+        raise MetadaptError(f"{run_dir} holds no run to report (no config.yaml, metrics.csv or trial_*/metrics.csv)")
+    if not isinstance(cfg, dict):
+        raise MetadaptError(f"{cfg_path} does not hold a config (a mapping of sections)")
+    lines = [f"# metadapt report: {one_line(_key(cfg, 'name') if 'name' in cfg else run_dir.name)}", ""]
     if cfg:
         lines += [
-            f"- environment: `{cfg['env']['id']}`, seed {cfg['seed']}",
-            f"- model: MLP {cfg['model']['hidden']} {cfg['model']['activation']}",
-            f"- planner: {cfg['planner']['type']} (N={cfg['planner']['num_samples']}, "
-            f"H={cfg['planner']['horizon']}, {cfg['planner']['dtype']})",
-            f"- learner: {cfg['learner']['type']}",
+            f"- environment: `{_key(cfg, 'env', 'id')}`, seed {_key(cfg, 'seed')}",
+            f"- model: MLP {_key(cfg, 'model', 'hidden')} {_key(cfg, 'model', 'activation')}",
+            f"- planner: {_key(cfg, 'planner', 'type')} (N={_key(cfg, 'planner', 'num_samples')}, "
+            f"H={_key(cfg, 'planner', 'horizon')}, {_key(cfg, 'planner', 'dtype')})",
+            f"- learner: {_key(cfg, 'learner', 'type')}",
             "- full configuration: [config.yaml](config.yaml)",
             "",
         ]
-    _train_section(run_dir, lines)
-    _trial_section(run_dir, lines)
+        lines = [one_line(line, 1000) if line else line for line in lines]
+    try:
+        _train_section(run_dir, lines)
+        _trial_section(run_dir, lines)
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        # The files were read and their columns checked; anything else amiss is still a file's, not metadapt's.
+        raise MetadaptError(f"cannot write the report of {run_dir}: a file in it is not what metadapt writes "
+                            f"({type(exc).__name__}: {one_line(exc)})") from exc
     out = run_dir / "report.md"
     out.write_text("\n".join(lines) + "\n")
     return out

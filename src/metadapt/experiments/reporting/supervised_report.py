@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from metadapt.experiments.reporting.report import plt, read_csv, save_figure
+from metadapt.errors import MetadaptError, one_line
+from metadapt.experiments.reporting.report import plt, read_csv, read_json, save_figure
 from metadapt.meta.inner import Rates
 from metadapt.types import Params
 
@@ -103,9 +103,18 @@ def plot_sinusoid_fits(run_dir: Path, cfg: dict[str, Any], model: Any, params: P
 def write_supervised_report(run_dir: Path, cfg: dict[str, Any], problem: Any, params: Params, rates: Rates,
                             baseline: Params | None) -> Path:
     """``report.md`` from ``summary.json``, ``metrics.csv`` and the parameters."""
+    try:
+        return _write(run_dir, cfg, problem, params, rates, baseline, read_json(run_dir / "summary.json"))
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        # summary.json and metrics.csv were read as JSON and CSV; their contents may still not be metadapt's
+        raise MetadaptError(f"cannot write the report of {run_dir}: a file in it is not what metadapt writes "
+                            f"({type(exc).__name__}: {one_line(exc)})") from exc
+
+
+def _write(run_dir: Path, cfg: dict[str, Any], problem: Any, params: Params, rates: Rates,
+           baseline: Params | None, summary: dict[str, Any]) -> Path:
     from metadapt.experiments.jobs.supervised import finetune_rate
 
-    summary = json.loads((run_dir / "summary.json").read_text())
     label = _method_label(cfg)
     t, m = cfg["task"], cfg["meta"]
     what = (f"sinusoid regression, K = {t['shots']}" if t["type"] == "sinusoid"
