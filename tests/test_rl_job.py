@@ -157,8 +157,8 @@ def test_the_adapted_policy_is_rendered_after_each_step(tmp_path):
     from metadapt.experiments.jobs.rl import load_policies, write_adaptation_video
 
     out = tmp_path / "run"
-    assert _cli("train", str(CONFIG), *SMALL, "baselines.oracle=false", "baselines.pretrained=false", "--out",
-                str(out), "--quiet").returncode == 0
+    assert _cli("train", str(CONFIG), *SMALL, "baselines.oracle=false", "baselines.pretrained=false",
+                "env.kwargs={}", "--out", str(out), "--quiet").returncode == 0  # fixed-length episodes
     cfg = load_config(out / "config.yaml")
     path = write_adaptation_video(cfg, load_policies(out, 2, cfg["env"]["id"]), tmp_path / "a.mp4")
     frames = imageio.get_reader(str(path)).count_frames()

@@ -16,9 +16,14 @@ env in rounds, whole tasks per round when the vector env holds a multiple of
 ``E`` sub-environments, one task's episodes per round when ``E`` is a multiple
 of its size.
 
-Actions are sampled from the policy and clipped to a Box action space before
-``step`` (the policy's log-probabilities are of the unclipped action, as in
-rllab). An episode that terminates early has ``mask`` 0 after its last step;
+Continuous actions are in normalised units: the policy's action ``a`` is
+clipped to ``[-1, 1]`` and mapped onto the Box's bounds before ``step``
+(``to_env_action``; rllab's ``normalize``, which every MAML-RL environment of
+the original was wrapped in), so a standard deviation of 1 spans the action
+range whatever its scale. Log-probabilities are of the unmapped action. With
+``normalize_actions=False`` the action is only clipped to the bounds.
+
+An episode that terminates early has ``mask`` 0 after its last step;
 whatever the vector env does after that (auto-reset) is never recorded.
 """
 
@@ -88,6 +93,14 @@ def make_vector_env(env_id: str, num_envs: int, mode: str = "auto", kwargs: Mapp
     return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, **kwargs)
 
 
+def to_env_action(act: np.ndarray, low: np.ndarray, high: np.ndarray, normalize: bool = True) -> np.ndarray:
+    """A policy's ``... x A`` action as the env takes it: ``[-1, 1]`` mapped onto ``[low, high]`` (clipped
+    first), or, without ``normalize``, clipped to the bounds."""
+    if normalize:
+        return low + (np.clip(act, -1.0, 1.0) + 1.0) * 0.5 * (high - low)
+    return np.clip(act, low, high)
+
+
 def _rounds(num_tasks: int, per_task: int, num_envs: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(task index, episode index) of each sub-environment, round by round (``n`` each; the last round's
     spare sub-environments repeat its last episode and are discarded)."""
@@ -135,6 +148,7 @@ def sample_episodes(
     horizon: int,
     seed: int,
     deterministic: bool = False,
+    normalize_actions: bool = True,
 ) -> Episodes:
     """``E`` episodes of ``H`` steps of each task (``B x E x H``, see ``Episodes``).
 
@@ -148,6 +162,7 @@ def sample_episodes(
         seed: sub-environment resets use consecutive seeds from here, and the
             policy's action noise a generator seeded with it.
         deterministic: act with the policy's mode instead of sampling.
+        normalize_actions: Box actions in ``[-1, 1]`` units (see the module docstring).
     """
     if episodes_per_task < 1 or horizon < 1:
         raise ValueError(f"episodes_per_task and horizon must be >= 1, got {episodes_per_task}, {horizon}")
@@ -182,7 +197,7 @@ def sample_episodes(
                 a = a.reshape(n) if discrete else a.reshape(n, -1)
             act_np = a.cpu().numpy()
             if low is not None:
-                act_np = np.clip(act_np, low, high)
+                act_np = to_env_action(act_np, low, high, normalize_actions)
             obs, reward, terminated, truncated, _ = envs.step(act_np)
             live = torch.as_tensor(alive[keep], dtype=torch.float32)
             obs_out[ti, ei, t] = o.cpu()[keep]

@@ -24,6 +24,8 @@ RL_SCHEMA: dict[str, Any] = {
         "vector": Field("str", "auto", choices=("auto", "sync", "async"),
                         doc="auto: the env's own batched vector env when it has one, else sync; "
                             "sync/async: gymnasium.vector over gym.make"),
+        "normalize_actions": Field("bool", True, doc="the policy acts in [-1, 1], mapped onto the action bounds "
+                                                      "(rllab's normalize, as in the original)"),
         "num_envs": Field("int", None, low=1, nullable=True,
                           doc="sub-environments (null: meta_batch x episodes for a batched env, else episodes)"),
     },

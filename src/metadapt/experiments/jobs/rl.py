@@ -47,7 +47,7 @@ from metadapt.rl.maml_rl import (
     evaluate_adaptation,
     policy_gradient_step,
 )
-from metadapt.rl.sampler import make_vector_env, sample_episodes, sample_tasks
+from metadapt.rl.sampler import make_vector_env, sample_episodes, sample_tasks, to_env_action
 from metadapt.types import Params
 
 STATE_FORMAT = "metadapt.rl_state.v1"
@@ -192,7 +192,8 @@ def _fit(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool) -
             env_steps = int(rows[-1]["env_steps"]) if rows and rows[-1]["stage"] == stage else 0
 
             def sample(params: Params, tasks: Any, s: int, fam: TaskFamily = family, pol: Policy = policy) -> Any:
-                return sample_episodes(fam.envs, pol, params, tasks, m["episodes"], fam.horizon, s)
+                return sample_episodes(fam.envs, pol, params, tasks, m["episodes"], fam.horizon, s,
+                                       normalize_actions=cfg["env"]["normalize_actions"])
 
             reporter.start(stage, {"maml": "MAML-RL", "pretrained": "pretrained (all tasks)",
                                    "oracle": "oracle (task observed)"}[stage], total)
@@ -306,7 +307,8 @@ def _evaluate_one(cfg: dict[str, Any], family: TaskFamily, policy: Policy, param
     ev = cfg["eval"]
 
     def sample(p: Params, t: Any, sd: int) -> Any:
-        return sample_episodes(family.envs, policy, p, t, ev["episodes"], family.horizon, sd)
+        return sample_episodes(family.envs, policy, p, t, ev["episodes"], family.horizon, sd,
+                               normalize_actions=cfg["env"]["normalize_actions"])
 
     reporter.log(f"evaluating {name} on {len(tasks)} held-out tasks")
     params = {k: v.to(device) for k, v in params.items()}
@@ -344,7 +346,8 @@ def write_adaptation_video(cfg: dict[str, Any], results: dict[str, dict[str, Any
                     act = policy.mode(params, torch.as_tensor(np.asarray(obs, dtype=np.float32)))
                 a = act.numpy()
                 if isinstance(family.action_space, gym.spaces.Box):
-                    a = np.clip(a, family.action_space.low, family.action_space.high)
+                    a = to_env_action(a, family.action_space.low, family.action_space.high,
+                                      cfg["env"]["normalize_actions"])
                 obs, reward, terminated, truncated, info = env.step(a)
                 total += float(reward)
                 video.add(env.render(), [f"MAML-RL after {k} step{'s' if k != 1 else ''}",
@@ -353,7 +356,7 @@ def write_adaptation_video(cfg: dict[str, Any], results: dict[str, dict[str, Any
                     break
             if k < ev["steps"]:
                 episodes = sample_episodes(family.envs, policy, params, task, ev["episodes"], family.horizon,
-                                           int(seeds[k]))
+                                           int(seeds[k]), normalize_actions=cfg["env"]["normalize_actions"])
                 adv = episode_advantages(episodes, s)
                 step = policy_gradient_step(policy, params, episodes, adv, rates, True)
                 params = {name: v[0].detach() for name, v in step.items()}
