@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from killing import kill_when
 from metadapt.data.sinusoid import SinusoidTasks
 from metadapt.meta.inner import init_rates, inner_adapt, inner_adapt_with_loss
 from metadapt.meta.outer import MAML, evaluate_adaptation, maml_loss, maml_task_losses, mean_interval
@@ -213,19 +211,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     whole = tmp_path / "whole"
     assert _cli("train", str(CONFIG), *args, "--out", str(whole), "--quiet").returncode == 0
     cut = tmp_path / "cut"
-    proc = subprocess.Popen([sys.executable, "-m", "metadapt.cli", "train", str(CONFIG), *args, "--out", str(cut),
-                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = cut / "checkpoints" / "state.pt"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if state.is_file():
-            s = torch.load(state, weights_only=True)
-            if s["stage"] == "meta" and s["iteration"] >= 500:
-                break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when([sys.executable, "-m", "metadapt.cli", "train", str(CONFIG), *args, "--out", str(cut), "--quiet"],
+              cut / "checkpoints" / "state.pt", lambda s: s["stage"] == "meta" and s["iteration"] >= 500)
     assert not (cut / "summary.json").exists()
     res = _cli("train", "--resume", str(cut), "--quiet")
     assert res.returncode == 0, res.stderr

@@ -4,17 +4,15 @@ saved run, SIGKILL then resume, and bad input as one line with exit code 2."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from killing import kill_when
 from metadapt.envs import make_env
 from metadapt.models.policy import GaussianMLPPolicy
 from metadapt.rl.maml_rl import MAMLRL, MAMLRLSettings, evaluate_adaptation
@@ -58,22 +56,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     whole = tmp_path / "whole"
     assert _cli("train", str(CONFIG), *args, "--out", str(whole), "--quiet").returncode == 0
     cut = tmp_path / "cut"
-    proc = subprocess.Popen([sys.executable, "-m", "metadapt.cli", "train", str(CONFIG), *args, "--out", str(cut),
-                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-    state = cut / "checkpoints" / "state.pt"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if state.is_file():
-            try:
-                s = torch.load(state, weights_only=True)
-            except (RuntimeError, EOFError):
-                s = None
-            if s is not None and s["stage"] == "maml" and s["iteration"] >= 6:
-                break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when([sys.executable, "-m", "metadapt.cli", "train", str(CONFIG), *args, "--out", str(cut), "--quiet"],
+              cut / "checkpoints" / "state.pt", lambda s: s["stage"] == "maml" and s["iteration"] >= 6, cwd=ROOT)
     assert not (cut / "summary.json").exists()
     res = _cli("train", "--resume", str(cut), "--quiet")
     assert res.returncode == 0, res.stderr
