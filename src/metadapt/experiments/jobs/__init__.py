@@ -10,6 +10,8 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from metadapt.errors import CheckpointError
 from metadapt.experiments.configuration.config import load_config, system_of
 from metadapt.experiments.reporting.progress import Reporter
@@ -29,6 +31,12 @@ CHECKS: dict[str, str] = {
     "supervised": "metadapt.experiments.jobs.supervised:check",
     "rl": "metadapt.experiments.jobs.rl:check",
 }
+
+
+def derive_seed(*parts: int) -> int:
+    """An independent 31-bit seed for a tuple of integers (a run's seed, a stream, an iteration, ...): the same
+    in every run, so a resumed job draws exactly what the uninterrupted one would have."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def _resolve(entry: str) -> Any:

@@ -34,6 +34,7 @@ from metadapt.data.buffer import FIELDS as BUFFER_FIELDS
 from metadapt.data.buffer import ReplayBuffer
 from metadapt.envs import env_obs_version
 from metadapt.errors import CheckpointError
+from metadapt.experiments.jobs import derive_seed
 from metadapt.experiments.jobs.rollout import Callback, EpisodeEnd, RandomPolicy, Step, rollout
 from metadapt.experiments.reporting.progress import Reporter
 from metadapt.meta.checkpoint import (
@@ -171,7 +172,7 @@ def _cpu_tree(value: Any) -> Any:
 
 def iteration_seed(seed: int, iteration: int, stream: int = 0) -> int:
     """An independent 31-bit seed for ``(seed, iteration, stream)``."""
-    return int(np.random.SeedSequence([seed, iteration, stream]).generate_state(1)[0] & 0x7FFFFFFF)
+    return derive_seed(seed, iteration, stream)
 
 
 class _Collector(Callback):

@@ -35,9 +35,11 @@ from metadapt.envs import make_env
 from metadapt.errors import CheckpointError, ConfigError, MetadaptError
 from metadapt.experiments.configuration.config import dump_config
 from metadapt.experiments.configuration.files import write_json
+from metadapt.experiments.jobs import derive_seed
 from metadapt.experiments.reporting.progress import Reporter
 from metadapt.meta.checkpoint import load_checkpoint, save_atomic
 from metadapt.meta.inner import Rates
+from metadapt.meta.outer import mean_interval
 from metadapt.models.base import check_params
 from metadapt.models.policy import CategoricalMLPPolicy, GaussianMLPPolicy, Policy
 from metadapt.rl.maml_rl import (
@@ -55,11 +57,6 @@ MODEL_FORMAT = "metadapt.rl_policies.v1"
 METRICS = ("stage", "iteration", "return_pre", "return_post", "kl", "loss_before", "loss_after", "step_fraction",
            "env_steps", "sample_s", "update_s")
 INIT, TASKS, EPISODES, EVAL_TASKS, EVAL_EPISODES, RANDOM_INIT = range(6)
-
-
-def derive_seed(*parts: int) -> int:
-    """A 31-bit seed from integers (a seed, a stream, an iteration), the same in every run."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 # -- environments and policies ----------------------------------------------------------------------------------
@@ -261,9 +258,8 @@ def load_policies(path: str | Path, obs_dim: int, env_id: str) -> dict[str, dict
 
 # -- evaluation -------------------------------------------------------------------------------------------------
 def _interval(values: np.ndarray) -> dict[str, float]:
-    n = len(values)
-    ci = 1.96 * float(values.std(ddof=1)) / math.sqrt(n) if n > 1 else 0.0
-    return {"mean": float(values.mean()), "ci95": ci}
+    mean, half = mean_interval(torch.as_tensor(values))
+    return {"mean": mean, "ci95": half if len(values) > 1 else 0.0}
 
 
 def evaluate(cfg: dict[str, Any], results: dict[str, dict[str, Any]], reporter: Reporter) -> dict[str, Any]:
@@ -376,11 +372,7 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         dump_config(cfg, run_dir / "config.yaml")
-    probe = TaskFamily(cfg)
-    obs_dim = probe.obs_dim
-    probe.close()
-    if cfg["baselines"]["oracle"]:
-        TaskFamily(cfg, oracle=True).close()  # one line now rather than after meta-training
+    obs_dim = check(cfg)  # one line now rather than after meta-training
     if cfg["policy"]["checkpoint"]:
         results = load_policies(cfg["policy"]["checkpoint"], obs_dim, cfg["env"]["id"])
     else:
@@ -397,9 +389,10 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
     return out
 
 
-def check(cfg: dict[str, Any]) -> None:
+def check(cfg: dict[str, Any]) -> int:
     """Everything ``train`` would refuse before training: the task family (its vector env built once), the oracle's
-    observation, and ``policy.checkpoint`` (loaded and matched to the observation size)."""
+    observation, and ``policy.checkpoint`` (loaded and matched to the observation size). Returns the observation
+    size."""
     family = TaskFamily(cfg)
     obs_dim = family.obs_dim
     build_policy(cfg, obs_dim, family.action_space)
@@ -408,6 +401,7 @@ def check(cfg: dict[str, Any]) -> None:
         TaskFamily(cfg, oracle=True).close()
     if cfg["policy"]["checkpoint"]:
         load_policies(cfg["policy"]["checkpoint"], obs_dim, cfg["env"]["id"])
+    return obs_dim
 
 
 def report_run(run_dir: Path) -> Path:

@@ -89,7 +89,8 @@ def write_rl_report(run_dir: str | Path) -> Path:
     lines += results_table(summary, cfg)
     lines += ["", "![return after k steps](adaptation.png)", ""]
     if (run_dir / "adaptation.mp4").is_file():
-        lines += ["Video of the adapted policy on a held-out task after each step: [adaptation.mp4](adaptation.mp4)", ""]
+        lines += ["Video of the adapted policy on a held-out task after each step: "
+                  "[adaptation.mp4](adaptation.mp4)", ""]
     plot_adaptation(run_dir, summary)
     if plot_learning(run_dir) is not None:
         lines += ["## Training", "", "![learning curves](learning.png)", ""]
