@@ -90,6 +90,30 @@ def get_reward_fn(env: gym.Env) -> RewardFn:
     return fn
 
 
+def objectives(env: gym.Env) -> tuple[str, ...]:
+    """The planning objectives ``env`` offers: ``reward`` and the names in its ``OBJECTIVES``."""
+    return ("reward", *getattr(env.unwrapped, "OBJECTIVES", {}))
+
+
+def get_objective(env: gym.Env, name: str = "reward") -> RewardFn:
+    """The batched planning objective ``name`` of ``env`` (``N x O, N x A, N x O -> N``, higher is better).
+
+    ``reward`` is the environment's own batched reward (``get_reward_fn``); any
+    other name is one of the environment's ``OBJECTIVES`` (the HalfCheetahs'
+    ``authors``: the planning cost of the GrBAL and MOLe code). One
+    ``MetadaptError`` line lists the choices when ``env`` has no such objective.
+    """
+    if name == "reward":
+        return get_reward_fn(env)
+    method = getattr(env.unwrapped, "OBJECTIVES", {}).get(name)
+    if method is None:
+        env_name = env.spec.id if env.spec else type(env.unwrapped).__name__
+        raise MetadaptError(f"environment '{env_name}' has no planning objective '{name}' "
+                            f"(it offers: {', '.join(objectives(env))})")
+    return getattr(env.unwrapped, method)
+
+
 register_all()
 
-__all__ = ["REGISTRY", "env_class", "get_reward_fn", "make_env", "register_all", "registered"]
+__all__ = ["REGISTRY", "env_class", "get_objective", "get_reward_fn", "make_env", "objectives", "register_all",
+           "registered"]

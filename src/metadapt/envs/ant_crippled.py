@@ -20,6 +20,7 @@ from gymnasium.spaces import Box
 
 from metadapt.envs.base import EnvInfo, LimbEdits, TaskEnv, optional_index, split_task_kwargs
 from metadapt.envs.mujoco_model import load_model
+from metadapt.envs.posture import Legged
 from metadapt.envs.tasks import Task
 
 N_LEGS = 4
@@ -27,7 +28,7 @@ SHORTEN = 0.5
 _FOOT_GEOMS = ("left_ankle_geom", "right_ankle_geom", "third_ankle_geom", "fourth_ankle_geom")
 
 
-class AntSteps:
+class AntSteps(Legged):
     """What the metadapt ants share over Ant-v5: the model loaded through ``load_model``, the torso's mean x
     velocity over each step (``_last_velocity``, which the observation ends with and the reward uses), and the
     task switch at the start of every step and episode (``TaskEnv``)."""
@@ -44,7 +45,8 @@ class AntSteps:
         obs = self._get_obs()
         reward, reward_info = self._get_rew(self._last_velocity, action)
         terminated = (not self.is_healthy) and self._terminate_when_unhealthy
-        info = {"x_position": self.data.qpos[0], "x_velocity": self._last_velocity, **reward_info, **self.task_info()}
+        info = {"x_position": self.data.qpos[0], "x_velocity": self._last_velocity, **reward_info, **self.posture(),
+                **self.task_info()}
         if self.render_mode == "human":
             self.render()
         return obs, float(reward), bool(terminated), False, info
@@ -100,6 +102,7 @@ class AntCrippledEnv(AntSteps, TaskEnv, _GymAnt):
         if kwargs["contact_cost_weight"] != 0.0:
             raise ValueError("metadapt AntCrippled has no contact cost: contact forces are not observed")
         super().__init__(include_cfrc_ext_in_observation=False, **kwargs)
+        self.init_camera(kwargs)
         self._last_velocity = 0.0
         self.observation_space = Box(-np.inf, np.inf, shape=(28,), dtype=np.float64)
         m = self.model

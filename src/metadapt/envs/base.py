@@ -49,6 +49,10 @@ class TaskEnv:
     TRAIN: ClassVar[tuple[str, ...]] = ("normal",)
     TEST: ClassVar[tuple[str, ...]] = ("normal",)
     PRESETS: ClassVar[dict[str, Any]] = {}
+    # Planning objectives besides the reward (``planner.objective``): name -> the name of a method
+    # ``(obs, act, next_obs) -> N`` that scores transitions for the planner (higher is better). Evaluation,
+    # metrics and reports always use the reward of ``step``.
+    OBJECTIVES: ClassVar[dict[str, str]] = {}
     DEFAULT_SCHEDULE: ClassVar[Any] = {"type": "sampled"}
     INFO: ClassVar[EnvInfo]
 

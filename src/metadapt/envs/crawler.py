@@ -51,6 +51,7 @@ from gymnasium.spaces import Box
 
 from metadapt.envs.base import EnvInfo, LimbEdits, TaskEnv, split_task_kwargs
 from metadapt.envs.mujoco_model import load_model
+from metadapt.envs.posture import Legged
 from metadapt.envs.tasks import Task
 from metadapt.errors import ConfigError
 
@@ -94,7 +95,7 @@ def _rotation(quat: np.ndarray) -> np.ndarray:
     return rot.reshape(3, 3)
 
 
-class CrawlerEnv(TaskEnv, MujocoEnv):
+class CrawlerEnv(Legged, TaskEnv, MujocoEnv):
     """Six-legged crawler; task parameters ``disabled`` (joint indices 0-11) and ``command``.
 
     Observation (38): height, the world's up axis in torso coordinates (3), the
@@ -156,8 +157,8 @@ class CrawlerEnv(TaskEnv, MujocoEnv):
         self._ctrl_cost_weight = ctrl_cost_weight
         self._reset_noise_scale = reset_noise_scale
         obs_space = Box(-np.inf, np.inf, shape=(OBS_DIM,), dtype=np.float64)
-        kwargs.setdefault("default_camera_config", {"distance": 4.0})
         MujocoEnv.__init__(self, str(XML), frame_skip, observation_space=obs_space, **kwargs)
+        self.init_camera(kwargs)
         m = self.model
         feet = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, f"foot_{i}") for i in range(N_LEGS)]
         self._limbs = LimbEdits(m, feet, SHORTEN)
@@ -215,6 +216,7 @@ class CrawlerEnv(TaskEnv, MujocoEnv):
         dx, dy = self.data.qpos[:2] - xy_before
         forward_velocity = (dx * np.cos(heading) + dy * np.sin(heading)) / self.dt
         self._velocity = np.array([forward_velocity, yaw_rate])
+        posture = self.posture()  # before any righting
         torso_up = self._torso_up()
         righted = self._right_if_stuck(torso_up)
         obs = self._get_obs()
@@ -227,8 +229,7 @@ class CrawlerEnv(TaskEnv, MujocoEnv):
             "x_velocity": dx / self.dt,
             "forward_velocity": self._velocity[0],
             "yaw_rate": self._velocity[1],
-            # z component of the torso's up axis before any righting: 1 upright, below 0 on its back
-            "torso_up": torso_up,
+            **posture,
             "righted": float(righted),
             "reward_forward": forward,
             "reward_turn": turning,

@@ -71,6 +71,8 @@ class _TaskObservation:
 class _GoalCheetah(_TaskObservation, ParametricTasks, HalfCheetahEnv):
     """metadapt/HalfCheetah-v0 with a task-dependent reward and rllab's control cost (0.05)."""
 
+    OBJECTIVES: ClassVar[dict[str, str]] = {}  # the authors' cost rewards running forward, whatever the task
+
     def __init__(self, *, task_in_obs: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("ctrl_cost_weight", CHEETAH_CTRL_COST)
         self.task_in_obs = bool(task_in_obs)
@@ -219,6 +221,7 @@ class AntDirEnv(AntSteps, _TaskObservation, ParametricTasks, _GymAnt):
         schedule, sampler = split_task_kwargs(kwargs)
         self.task_in_obs = bool(task_in_obs)
         super().__init__(include_cfrc_ext_in_observation=True, **kwargs)
+        self.init_camera(kwargs)
         self._last_velocity = 0.0
         self.observation_space = Box(-np.inf, np.inf, shape=(ANT_OBS + self.task_in_obs,), dtype=np.float64)
         self._init_tasks(schedule, sampler)

@@ -23,12 +23,18 @@ from gymnasium.spaces import Box
 
 from metadapt.envs.base import EnvInfo, TaskEnv, split_task_kwargs
 from metadapt.envs.mujoco_model import load_model
+from metadapt.envs.posture import Legged
 
 N_ACTUATORS = 6
 ROBOT_NQ = 9  # rootx, rootz, rooty and six hinges; scenery joints (the pier's blocks) come after
+# The authors' planning cost: observation entries of the front thigh, shin and foot angles, the angle from
+# which each counts as the start of a flip, and the penalty for each.
+FRONT_THIGH, FRONT_FOOT = 5, 7
+FRONT_LIMITS = (0.2, 0.0, 0.0)
+POSTURE_PENALTY = 10.0
 
 
-class HalfCheetahEnv(TaskEnv, _GymHalfCheetah):
+class HalfCheetahEnv(Legged, TaskEnv, _GymHalfCheetah):
     """HalfCheetah-v5 plus the forward velocity observation its reward needs.
 
     Observation (18): the 17 of HalfCheetah-v5 (``qpos[1:9]``, ``qvel[:9]``), then
@@ -46,12 +52,15 @@ class HalfCheetahEnv(TaskEnv, _GymHalfCheetah):
         test="normal",
     )
     ADDED_PREFIX: ClassVar[str] = ""
+    PLANAR: ClassVar[bool] = True
+    OBJECTIVES: ClassVar[dict[str, str]] = {"authors": "authors_objective"}
 
     def __init__(self, **kwargs: Any) -> None:
         if kwargs.get("exclude_current_positions_from_observation") is False:
             raise ValueError("metadapt HalfCheetah excludes the x position from the observation")
         schedule, sampler = split_task_kwargs(kwargs)
         super().__init__(**kwargs)
+        self.init_camera(kwargs)
         self._last_velocity = 0.0
         self.observation_space = Box(-np.inf, np.inf, shape=(18,), dtype=np.float64)
         self._base_gain = self.model.actuator_gainprm[:, 0].copy()
@@ -84,7 +93,8 @@ class HalfCheetahEnv(TaskEnv, _GymHalfCheetah):
         self.after_step()
         obs = self._get_obs()
         reward, reward_info = self._get_rew(self._last_velocity, action)
-        info = {"x_position": self.data.qpos[0], "x_velocity": self._last_velocity, **reward_info, **self.task_info()}
+        info = {"x_position": self.data.qpos[0], "x_velocity": self._last_velocity, **reward_info, **self.posture(),
+                **self.task_info()}
         if self.render_mode == "human":
             self.render()
         return obs, float(reward), False, False, info
@@ -106,3 +116,15 @@ class HalfCheetahEnv(TaskEnv, _GymHalfCheetah):
     def reward_fn(self, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
         """Batched reward: ``N x 18, N x 6, N x 18 -> N``; equals ``env.step``'s reward."""
         return self._forward_reward_weight * next_obs[..., -1] - self._ctrl_cost_weight * act.pow(2).sum(-1)
+
+    def authors_objective(self, obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
+        """The GrBAL / MOLe code's HalfCheetah planning cost, negated: ``N x 18, N x 6, N x 18 -> N``.
+
+        Forward progress of the torso per second, minus ``POSTURE_PENALTY`` for each of the
+        three front-leg angles of the *current* state that precede a flip: thigh >= 0.2, shin >= 0,
+        foot >= 0 (observation entries 5, 6, 7: ``qpos[6:9]``). No control cost, as in the authors' code.
+        """
+        front = obs[..., FRONT_THIGH:FRONT_FOOT + 1]
+        limits = front.new_tensor(FRONT_LIMITS)
+        flips = (front >= limits).to(next_obs.dtype).sum(-1)
+        return next_obs[..., -1] - POSTURE_PENALTY * flips

@@ -48,6 +48,9 @@ SCHEMA: dict[str, Any] = {
         "dtype": _f("str", "auto", choices=("auto", "float32", "bfloat16"),
                     doc="planning rollout weights; auto: bfloat16 where the device has fast bfloat16 products"),
         "compile": _f("bool", False, doc="torch.compile the planning rollout (first call compiles for tens of s)"),
+        "objective": _f("str", "reward", doc="what the planner maximises: reward (the environment's) or one of the "
+                                             "environment's planning objectives (HalfCheetahs: authors, the GrBAL "
+                                             "and MOLe code's cost); returns and reports always use the reward"),
     },
     "learner": {  # + "type" and one section per registered learner type (experiments.components.LEARNERS)
         "window": _f("int", 16, low=1, doc="K, recent transitions handed to the learner (ts: the prior's M)"),

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from metadapt.adapt.base import OnlineLearner
-from metadapt.envs import env_obs_version, get_reward_fn, make_env
+from metadapt.envs import env_obs_version, get_objective, make_env
 from metadapt.errors import CheckpointError, ConfigError, MetadaptError
 from metadapt.experiments.configuration import components
 from metadapt.experiments.configuration.components import LEARNERS, MODELS, PLANNERS, BuildContext
@@ -47,7 +47,8 @@ def load_untrusted(path: str | Path, what: str, load: Callable[[], T]) -> T:
 def build_env(
     cfg: dict[str, Any], max_episode_steps: int | None = None, render: bool = False
 ) -> tuple[gym.Env, RewardFn]:
-    """The configured environment and its batched reward; ``render``: RGB frames of 480 x 320."""
+    """The configured environment and the batched objective its planner maximises (``planner.objective``: the
+    reward, or one of the environment's planning objectives); ``render``: RGB frames of 480 x 320."""
     kwargs = dict(cfg["env"]["kwargs"])
     if render:
         kwargs.update(render_mode="rgb_array", width=480, height=320)
@@ -56,7 +57,11 @@ def build_env(
     env = make_env(cfg["env"]["id"], **kwargs)
     if not isinstance(env.action_space, gym.spaces.Box):
         raise MetadaptError(f"environment '{cfg['env']['id']}' needs a Box action space")
-    return env, get_reward_fn(env)
+    try:
+        return env, get_objective(env, cfg["planner"]["objective"])
+    except MetadaptError as exc:
+        env.close()
+        raise ConfigError(f"config key 'planner.objective': {exc}") from None
 
 
 def dims(env: gym.Env) -> tuple[int, int]:

@@ -93,14 +93,14 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
     seed_everything(cfg["seed"])
     device = _device(cfg)
     replay = _replayed_data(cfg)
-    env, reward_fn = build.build_env(cfg)
+    env, objective = build.build_env(cfg)
     try:
-        return _train(cfg, run_dir, reporter, resume, env, reward_fn, replay, device)
+        return _train(cfg, run_dir, reporter, resume, env, objective, replay, device)
     finally:
         env.close()
 
 
-def _train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool, env: Any, reward_fn: Any,
+def _train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool, env: Any, objective: Any,
            replay: ReplayedData | None, device: torch.device) -> tuple[DynamicsModel, Params]:
     build.check_resources(cfg, env)
     if resume:
@@ -119,10 +119,10 @@ def _train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool,
     trainer: IterativeTrainer
     if cfg["meta"]["enabled"] and cfg["meta"]["method"] == "rebal":
         build.meta_settings(cfg)  # the same window-size checks
-        trainer = RecurrentTrainer(env, reward_fn, build.build_recurrent(cfg, env), *common,
+        trainer = RecurrentTrainer(env, objective, build.build_recurrent(cfg, env), *common,
                                    recurrent=build.recurrent_settings(cfg), env_id=cfg["env"]["id"], **placed)
     else:
-        trainer = IterativeTrainer(env, reward_fn, build.build_model(cfg, env), *common,
+        trainer = IterativeTrainer(env, objective, build.build_model(cfg, env), *common,
                                    meta=build.meta_settings(cfg), env_id=cfg["env"]["id"], **placed)
     try:
         params = trainer.run(resume=resume)
@@ -223,7 +223,7 @@ def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter, video: bool = Fa
     """
     device = _device(cfg)
     _check_model_source(cfg)
-    env, reward_fn = build.build_env(cfg, max_episode_steps=cfg["trial"]["episode_length"], render=video)
+    env, objective = build.build_env(cfg, max_episode_steps=cfg["trial"]["episode_length"], render=video)
     build.check_schedule(cfg, env)
     if not cfg["model"]["checkpoint"]:
         build.check_resources(cfg, env)  # training's, before it starts
@@ -267,7 +267,7 @@ def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter, video: bool = Fa
         window = prior.past if prior is not None and kind == "ts" else cfg["learner"]["window"]
         learner = build.build_learner(cfg, params, prior, model, recurrent)
         agent = MPCAgent(
-            model, learner, build.build_planner(cfg, env, trial_seed), reward_fn,
+            model, learner, build.build_planner(cfg, env, trial_seed), objective,
             window, build.DTYPES[cfg["planner"]["dtype"]], build.planner_compile(cfg),
         )
         res = run_trial(env, agent, cfg["trial"]["steps"], trial_seed, out_dir / f"trial_{i}", reporter,

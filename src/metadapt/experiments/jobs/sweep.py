@@ -617,7 +617,9 @@ def write_sweep_report(out_dir: str | Path) -> Path:
         lines += ["", "Adaptation metrics (mean over seeds, ± the 95% CI half-width): task recovery is the adjusted "
                   "Rand index of the chosen component against the true task, steps within K of a switch excluded; "
                   "effective components are those chosen for at least 5% of the steps; first/last 500 are the "
-                  "returns of the first and last 500 steps spent in the trial's first task.", "",
+                  "returns of the first and last 500 steps spent in the trial's first task; upside_down is the "
+                  "share of steps a legged robot ends with its torso's up axis below the horizon, "
+                  "forward_velocity its mean forward velocity (m/s).", "",
                   "| " + " | ".join([*group_keys, *present]) + " |", "|" + "---|" * len(group_keys)
                   + "---:|" * len(present)]
         for g in table:

@@ -14,7 +14,7 @@ from metadapt.agent import MPCAgent
 from metadapt.errors import MetadaptError
 from metadapt.experiments.configuration.files import write_json
 from metadapt.experiments.jobs.rollout import Callback, EpisodeEnd, Step, rollout
-from metadapt.experiments.reporting.metrics import trial_analysis
+from metadapt.experiments.reporting.metrics import UPSIDE_DOWN, VELOCITY_COLUMNS, trial_analysis
 from metadapt.experiments.reporting.progress import Reporter
 from metadapt.experiments.reporting.video import TrialVideo
 
@@ -102,8 +102,8 @@ class _TrialLog(Callback):
         self.nonfinite = 0
         self.nonfinite_observations = 0
         # The columns trial_analysis reads, kept in memory rather than re-read from the CSV.
-        self.columns: dict[str, list[float]] = {"reward": [], "task_id": [], "chosen": [], "components": [],
-                                                "created": []}
+        self.columns: dict[str, list[float]] = {
+            k: [] for k in ("reward", "task_id", "chosen", "components", "created", UPSIDE_DOWN, *VELOCITY_COLUMNS)}
         self.writer: csv.DictWriter[str] | None = None
         self.env_keys: list[str] | None = None
 
@@ -139,7 +139,7 @@ class _TrialLog(Callback):
                     self.tb.add_scalar(key, value, s.t)
         for key, values in self.columns.items():
             if key in row:
-                values.append(float(row[key]))
+                values.append(float(row[key]) if row[key] != "" else float("nan"))
         self.reporter.advance(self.label, ret=self.total)
 
     def on_episode_end(self, end: EpisodeEnd) -> None:

@@ -66,7 +66,12 @@ def segments(task_ids: Sequence[int]) -> list[tuple[int, int, int]]:
 
 # The scalar results of trial_analysis that sweeps tabulate (averaged over a run's trials).
 ANALYSIS_FIELDS = ("task_recovery_ari", "effective_components", "components", "created_per_switch",
-                   "first_500", "last_500")
+                   "first_500", "last_500", "upside_down", "forward_velocity")
+
+# Per-step columns of a legged robot's trial (``metrics.csv``, from the env's ``info``): 1.0 on steps that
+# end with the torso's up axis below the horizon, and the forward velocity (the crawler's along its heading).
+UPSIDE_DOWN = "env/upside_down"
+VELOCITY_COLUMNS = ("env/forward_velocity", "env/x_velocity")
 
 
 def mean_analysis(analyses: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -90,7 +95,9 @@ def trial_analysis(columns: dict[str, np.ndarray], window: int) -> dict[str, flo
         ``segment_returns`` (reward summed over each run of one task),
         ``true_tasks``, ``switches``, ``first_500`` and ``last_500`` (returns of
         the first and last 500 steps spent in the first task: forgetting is their
-        ratio), and for MOLe ``task_recovery_ari``, ``components``,
+        ratio); for legged robots ``upside_down`` (fraction of the steps that
+        end upside down) and ``forward_velocity`` (mean, m/s), each also per
+        segment (``segment_upside_down``, ``segment_velocity``); and for MOLe ``task_recovery_ari``, ``components``,
         ``effective_components``, ``created`` and ``created_per_switch``.
     """
     reward, tasks = np.asarray(columns["reward"], float), np.asarray(columns["task_id"]).astype(int)
@@ -105,6 +112,16 @@ def trial_analysis(columns: dict[str, np.ndarray], window: int) -> dict[str, flo
         if first.size >= 1000:
             out["first_500"] = float(reward[first[:500]].sum())
             out["last_500"] = float(reward[first[-500:]].sum())
+    if UPSIDE_DOWN in columns:
+        flipped = np.asarray(columns[UPSIDE_DOWN], float)
+        out["upside_down"] = float(flipped.mean()) if flipped.size else float("nan")
+        out["segment_upside_down"] = [float(flipped[a:b].mean()) for a, b, _ in segs]
+    velocity = next((c for c in VELOCITY_COLUMNS if c in columns), None)
+    if velocity is not None:
+        v = np.asarray(columns[velocity], float)
+        out["forward_velocity"] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+        out["segment_velocity"] = [float(np.nanmean(v[a:b])) if np.isfinite(v[a:b]).any() else float("nan")
+                                   for a, b, _ in segs]
     if "chosen" in columns:
         chosen = np.asarray(columns["chosen"]).astype(int)
         keep = away_from_switches(tasks, window)

@@ -168,8 +168,10 @@ def _trial_section(run_dir: Path, lines: list[str]) -> None:
     trials = sorted(p for p in run_dir.glob("trial_*") if (p / "metrics.csv").is_file())
     if not trials:
         return
-    lines += ["## Trials", "", "| trial | steps | return | mean plan ms | mean model error | non-finite returns |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += ["## Trials", "", "Upside down: the share of steps that end with the torso's up axis below the horizon "
+              "(legged robots); velocity: the mean forward velocity (m/s).", "",
+              "| trial | steps | return | upside down | velocity | mean plan ms | mean model error | "
+              "non-finite returns |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     task_figures: list[str] = []
     for t in trials:
@@ -179,7 +181,8 @@ def _trial_section(run_dir: Path, lines: list[str]) -> None:
             numeric_columns(m, t / "metrics.csv", ("step", "return", "task_id"))
         lines.append(
             f"| {t.name} | {fmt(s.get('steps', len(m.get('step', []))), '.0f')} | "
-            f"{fmt(s.get('total_return'), '.1f')} | {fmt(s.get('mean_plan_ms'), '.1f')} | "
+            f"{fmt(s.get('total_return'), '.1f')} | {fmt(_analysis(s, 'upside_down'), '.1%')} | "
+            f"{fmt(_analysis(s, 'forward_velocity'), '.2f')} | {fmt(s.get('mean_plan_ms'), '.1f')} | "
             f"{fmt(s.get('mean_model_error'), '.4f')} | {fmt(s.get('nonfinite_returns', 0), '.0f')} |"
         )
         if m:
@@ -201,6 +204,12 @@ def _trial_section(run_dir: Path, lines: list[str]) -> None:
         count = len(returns) if isinstance(returns, list) else "?"
         lines += [f"Mean return over {count} trial(s): **{fmt(s.get('mean_return'), '.1f')}** "
                   f"(std {fmt(s.get('std_return'), '.1f')}).", ""]
+
+
+def _analysis(summary: dict[str, Any], name: str) -> Any:
+    """A trial summary's ``analysis[name]``, or None (``fmt`` writes n/a) where the trial has none."""
+    analysis = summary.get("analysis")
+    return analysis.get(name) if isinstance(analysis, dict) else None
 
 
 def _key(cfg: Any, *path: str) -> Any:
