@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean install
+.PHONY: demo test lint bench clean install docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,15 @@ demo: $(STAMP)
 	$(VENV)/bin/metadapt demo
 
 # The import layers (pyproject.toml's [tool.importlinter]) first: a broken contract stops here, before pytest.
+# The documentation site next (mkdocs.yml, --strict: a broken link or a stale API name stops here), into build/.
 test: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir build/docs-site
 	$(PY) -m pytest tests
+
+# The documentation site in site/ (open site/index.html); `$(VENV)/bin/mkdocs serve` previews it live.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests examples benchmarks
@@ -35,4 +41,4 @@ bench: $(STAMP)
 	$(VENV)/bin/metadapt bench planner
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
+	rm -rf $(VENV) runs build site *.egg-info src/*.egg-info

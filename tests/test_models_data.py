@@ -443,3 +443,14 @@ def test_stacked_forward_reads_a_member_listed_twice_as_changed_once():
         assert cache.hits == hits + 1
         results.append(loss.clone())
     torch.testing.assert_close(results[0], results[1])
+
+
+def test_report_smoothing_is_causal_a_step_never_moves_the_curve_before_it():
+    """Regression: the centred 25-step mean made the model error rise up to 12 steps before a task switch."""
+    from metadapt.experiments.reporting.report import smooth
+
+    x = np.r_[np.ones(100), np.full(100, 5.0)]  # the error jumps at step 100
+    out = smooth(x)
+    assert np.array_equal(out[:100], np.ones(100))
+    assert out[100] == (24 + 5) / 25 and out[124] == 5.0
+    np.testing.assert_allclose(smooth(np.arange(4.0), width=2), [0.0, 0.5, 1.5, 2.5])

@@ -1,4 +1,8 @@
-"""The ``metadapt`` command: demo | train | run | check | report | envs | bench.
+"""The ``metadapt`` command: demo | train | run | check | sweep | report | configs | envs | bench.
+
+Options and ``key=value`` overrides may come in any order after the sub-command.
+A CONFIG or SWEEP argument is a file, or the name of a config shipped inside the
+package (``metadapt configs`` lists them): a path that exists wins.
 
 Every failure is one line on stderr: a user's mistake (a bad config, file,
 option or a resource the machine lacks) exits with code 2; an unexpected
@@ -16,6 +20,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -27,6 +32,34 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
+
+
+class _CommandParser(_Parser):
+    """A sub-command's parser: options and positional arguments in any order (``run CONFIG seed=1 --out DIR
+    planner.horizon=5``). Plain argparse stops collecting ``overrides`` at the first option, and the top-level
+    parser cannot parse intermixed itself (its sub-commands are a positional that takes the rest)."""
+
+    _intermixing = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._intermixing:  # the two passes of parse_known_intermixed_args (Python 3.11) come back here
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("metadapt")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def positive_int(text: str) -> int:
@@ -43,19 +76,32 @@ def positive_int(text: str) -> int:
 DEBUG_HELP = "print full tracebacks instead of one error line"
 
 
+CONFIG_HELP = "a YAML config file, or the name of a shipped config (metadapt configs lists them)"
+OVERRIDES_HELP = "key=value overrides (values are YAML), before or after the options, e.g. planner.horizon=15"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="metadapt", description="Model-based RL agents that keep adapting while they act.")
+    p.add_argument("--version", action="version", version=f"metadapt {_version()}")
     p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     # Each sub-command takes --debug too (after its own arguments); SUPPRESS keeps one given before it.
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
 
-    t = sub.add_parser("train", parents=[common],
-                       help="train what a config describes: a dynamics model (MB), a meta-learned prior "
-                            "(GrBAL, ReBAL), few-shot supervised MAML (system: supervised) or MAML-RL (system: rl)")
-    t.add_argument("config", nargs="?", help="YAML config (see configs/)")
-    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.iterations=3")
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        """A sub-command: ``summary`` in ``metadapt --help``, ``description`` in ``metadapt NAME --help``."""
+        return sub.add_parser(name, parents=[common], help=summary, description=description)
+
+    t = command("train", "train what a config describes: an MB dynamics model, a meta-learned prior (GrBAL, "
+                         "ReBAL), few-shot supervised MAML or MAML-RL",
+                "Train what a config describes and write it to a run directory: an MB dynamics model "
+                "(iterative data collection and fitting, model.pt), a meta-learned dynamics prior (meta.enabled=true: "
+                "GrBAL with meta.method=maml, prior.pt; ReBAL's recurrent model with meta.method=rebal, rebal.pt), "
+                "few-shot supervised MAML (system: supervised) or MAML-RL (system: rl). A killed run continues "
+                "with --resume.")
+    t.add_argument("config", nargs="?", help=CONFIG_HELP)
+    t.add_argument("overrides", nargs="*", default=[], help=OVERRIDES_HELP)
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last completed iteration")
     t.add_argument("--out", metavar="DIR", help="run directory (default runs/<name>)")
     t.add_argument("--force", action="store_true", help="write into an existing --out directory (start over)")
@@ -64,9 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="system rl: adaptation.mp4, the adapted policy on a held-out task after each inner step")
     t.set_defaults(func="cmd_train")
 
-    r = sub.add_parser("run", parents=[common], help="run trials (training first unless model.checkpoint is set)")
-    r.add_argument("config", help="YAML config")
-    r.add_argument("overrides", nargs="*", help="key=value overrides, e.g. planner.horizon=15")
+    r = command("run", "run trials (training first unless model.checkpoint is set)",
+                "Run the config's trials: the planner acts with the online learner (learner.type) in the "
+                "environment and its task schedule, then report.md. Without model.checkpoint the model or prior "
+                "is trained first, as train would.")
+    r.add_argument("config", help=CONFIG_HELP)
+    r.add_argument("overrides", nargs="*", default=[], help=OVERRIDES_HELP)
     r.add_argument("--out", metavar="DIR", help="run directory (default runs/<name>)")
     r.add_argument("--force", action="store_true", help="write over an existing --out directory")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -74,41 +123,64 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write trial_<i>/trial.mp4 with the true task and the chosen component on each frame")
     r.set_defaults(func="cmd_run")
 
-    c = sub.add_parser("check", parents=[common],
-                       help="validate and resolve a config (its checkpoint, environment, schedule and the memory it "
-                            "needs) without running anything; print the resolved config")
-    c.add_argument("config", help="YAML config")
-    c.add_argument("overrides", nargs="*", help="key=value overrides")
+    c = command("check", "validate and resolve a config without running anything; print the resolved config",
+                "Validate and resolve a config as run and train would: its keys, its checkpoint (loaded and "
+                "matched to the environment), the environment and its schedule, and the memory it needs. Nothing "
+                "runs and nothing is written; the resolved config is printed as YAML.")
+    c.add_argument("config", help=CONFIG_HELP)
+    c.add_argument("overrides", nargs="*", default=[], help=OVERRIDES_HELP)
     c.set_defaults(func="cmd_check")
 
-    d = sub.add_parser("demo", parents=[common],
-                       help="the showcase: MOLe, TS and GS with the shipped HalfCheetah prior on an alternating "
-                            "motor malfunction, then a report")
+    d = command("demo", "the showcase: MOLe, TS and GS with the shipped HalfCheetah prior on an alternating "
+                        "motor malfunction, then a report",
+                "The showcase: the shipped sweep 'demo' (metadapt configs --show demo), MOLe, TS and GS with the "
+                "shipped HalfCheetah motor-malfunction prior, normal and every motor reversed alternating every 500 "
+                "steps, then report.md. Runs from any folder (it writes under ./runs/demo); overrides apply to "
+                "every run, e.g. trial.steps=200 for a short one.")
+    d.add_argument("overrides", nargs="*", default=[], help="key=value overrides for every run, e.g. trial.steps=200")
     d.add_argument("--out", metavar="DIR", help="run directory (default runs/demo)")
+    d.add_argument("--workers", type=positive_int, default=None, help="local processes (default: the cores)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func="cmd_demo")
 
-    sw = sub.add_parser("sweep", parents=[common], help="run a grid of configs (resumable), then aggregate")
-    sw.add_argument("sweep", help="sweep YAML (see configs/sweeps/)")
+    sw = command("sweep", "run a grid of configs (resumable), then aggregate",
+                 "Run every point of a sweep file's grid as its own run (in parallel, resumable: rerun to "
+                 "continue), then aggregate them over seeds into results.csv and report.md. Overrides apply to "
+                 "every run; a key the sweep's grid or methods set per point cannot be overridden.")
+    sw.add_argument("sweep", help="a sweep YAML file, or the name of a shipped sweep (metadapt configs lists them)")
+    sw.add_argument("overrides", nargs="*", default=[], help="key=value overrides for every run, e.g. trial.steps=200")
     sw.add_argument("--out", help="sweep directory (default runs/sweeps/NAME); rerun to resume")
     sw.add_argument("--workers", type=positive_int, default=None, help="local processes (default: the cores)")
     sw.add_argument("--threads", type=positive_int, default=None,
                     help="torch threads per local run (default: the cores shared among the workers)")
     sw.add_argument("--backend", choices=["local", "ray"], default="local")
     sw.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start one locally)")
-    sw.add_argument("--quiet", action="store_true")
+    sw.add_argument("--quiet", action="store_true", help="no progress bars")
     sw.set_defaults(func="cmd_sweep")
 
-    rp = sub.add_parser("report", parents=[common], help="(re)write report.md for a run or sweep directory")
-    rp.add_argument("run_dir")
+    rp = command("report", "(re)write report.md for a run or sweep directory",
+                 "Rewrite report.md and its figures from the files a run, a training run or a sweep directory "
+                 "holds (metrics, summaries, results.csv); nothing is rerun.")
+    rp.add_argument("run_dir", help="a run, training run or sweep directory")
     rp.set_defaults(func="cmd_report")
 
-    e = sub.add_parser("envs", parents=[common], help="list registered environments")
+    cf = command("configs", "list the configs and sweeps shipped with metadapt",
+                 "List the configs and sweeps shipped inside the package: name, kind (config or sweep) and the "
+                 "first line of the file's description. run, train, check and sweep take these names in place "
+                 "of a file.")
+    cf.add_argument("--show", metavar="NAME", help="print one shipped config or sweep file (to copy and edit)")
+    cf.set_defaults(func="cmd_configs")
+
+    e = command("envs", "list registered environments",
+                "List the registered environments with a line each; --show prints one environment's tasks and "
+                "preset schedules (env.kwargs.schedule).")
     e.add_argument("--show", metavar="ID", help="print one environment's tasks and preset schedules")
     e.add_argument("--markdown", action="store_true", help="print the README's table of environments")
     e.set_defaults(func="cmd_envs")
 
-    b = sub.add_parser("bench", parents=[common], help="benchmarks that print ratios measured in one run")
+    b = command("bench", "benchmarks that print ratios measured in one run",
+                "Benchmarks that print ratios measured in one run (planners, learners, sweeps, MAML, sampling, "
+                "adaptation errors); each choice is described below.")
     b.add_argument("which", choices=["planner", "speed", "adaptation", "sweep", "maml", "sampling"],
                    help="planner: planners vs the matrix-product peak; speed: planners, learners, control steps "
                         "and meta-training vs the bfloat16 floor; adaptation: K-step errors on held-out "

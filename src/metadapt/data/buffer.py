@@ -166,6 +166,27 @@ class ReplayBuffer:
         self.total_added += n
         self._starts_cache = {}
 
+    def ensure_validation(self, by_episode: bool) -> int:
+        """Hold out the newest episode (``by_episode``) or the newest transition when nothing stored is held out.
+
+        Validation marks are drawn at random per episode or transition, so a small ``val_fraction`` can leave
+        none, and early stopping would then compare NaN losses. Nothing changes when some data is already held
+        out, or when holding out would leave no training data. Returns how many transitions it marked.
+        """
+        order = self._order()
+        if len(order) < 2 or bool(self._data["val"][order].any()):
+            return 0
+        if by_episode:
+            episodes = self._data["episode"][order]
+            newest = order[episodes == episodes[-1]]
+            if len(newest) == len(order):
+                return 0
+        else:
+            newest = order[-1:]
+        self._data["val"][newest] = True
+        self._starts_cache = {}
+        return len(newest)
+
     def _order(self) -> torch.Tensor:
         if self._size < self.capacity:
             return torch.arange(self._size)

@@ -5,19 +5,27 @@ changes the compiled model (``apply_task``); this mixin parses the
 ``schedule`` / ``task_sampler`` keyword arguments, switches tasks between
 steps without touching the simulator state, and reports the true task in
 ``info["task_id"]`` / ``info["task"]`` only.
+
+Any environment's tasks can be extended without code by *perturbations*
+(``metadapt.envs.perturb``: named tasks that set or scale fields of the MuJoCo
+model, composed with a built-in task); ``make_env(id, perturbations=...)``
+installs them, and schedules then name them like the catalog's tasks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import mujoco
 import numpy as np
 
 from metadapt.envs.tasks import Resolve, Task, TaskSchedule, TaskSpec, parametric_id, parse_sampler, parse_schedule
 from metadapt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from metadapt.envs.perturb import Perturbations
 
 
 @dataclass(frozen=True)
@@ -55,15 +63,17 @@ class TaskEnv:
     OBJECTIVES: ClassVar[dict[str, str]] = {}
     DEFAULT_SCHEDULE: ClassVar[Any] = {"type": "sampled"}
     INFO: ClassVar[EnvInfo]
+    # Perturbation tasks beside the catalog (``metadapt.envs.perturb.install``); ``None``: none.
+    _perturbations: Perturbations | None = None
 
     def _init_tasks(self, schedule: Any, task_sampler: Any) -> None:
         self._catalog_keys = {self.canonical(p)[0]: i for i, p in enumerate(self.CATALOG.values())}
         self.schedule: TaskSchedule = parse_schedule(
-            self.DEFAULT_SCHEDULE if schedule is None else schedule, self.resolve_task, self.PRESETS
+            self.DEFAULT_SCHEDULE if schedule is None else schedule, self._resolve, self.PRESETS
         )
         self._sample = parse_sampler(
             "train" if task_sampler is None else task_sampler, self.sample_train_task, self.sample_test_task,
-            self.resolve_task,
+            self._resolve,
         )
         self._task: Task | None = None
         self._step_in_episode = 0
@@ -78,11 +88,20 @@ class TaskEnv:
             raise ConfigError(f"this environment's tasks take no parameters, got {dict(params)}")
         return "normal", {}
 
+    def _resolve(self, spec: TaskSpec) -> Task:
+        """``resolve_task``, with the perturbation tasks first (a subclass's own ``resolve_task`` may not know them)."""
+        if self._perturbations is not None and (task := self._perturbations.lookup(spec)) is not None:
+            return task
+        return self.resolve_task(spec)
+
     def resolve_task(self, spec: TaskSpec) -> Task:
-        """A catalog name or a parameter mapping -> ``Task`` (one error line for anything else)."""
+        """A catalog name, a perturbation's name or a parameter mapping -> ``Task`` (one error line otherwise)."""
+        if self._perturbations is not None and (task := self._perturbations.lookup(spec)) is not None:
+            return task
         if isinstance(spec, str):
             if spec not in self.CATALOG:
-                raise ConfigError(f"unknown task '{spec}' (tasks: {', '.join(self.CATALOG)})")
+                extra = list(self._perturbations.tasks) if self._perturbations is not None else []
+                raise ConfigError(f"unknown task '{spec}' (tasks: {', '.join([*self.CATALOG, *extra])})")
             key, params = self.canonical(self.CATALOG[spec])
             return Task(spec, list(self.CATALOG).index(spec), params)
         if isinstance(spec, Mapping):
@@ -117,7 +136,7 @@ class TaskEnv:
             self._next_task = None
             return
         try:
-            self._next_task = self.resolve_task(spec.params if isinstance(spec, Task) else spec)
+            self._next_task = self._resolve(spec.params if isinstance(spec, Task) else spec)
         except ConfigError as exc:
             raise ConfigError(f"next_task: {exc}") from None
 
@@ -143,7 +162,10 @@ class TaskEnv:
 
     def _set_task(self, task: Task) -> None:
         if self._task is None or task.task_id != self._task.task_id:
-            self.apply_task(task)
+            if self._perturbations is None:
+                self.apply_task(task)
+            else:  # unperturbed fields, then the built-in task, then the perturbation's edits
+                self._perturbations.switch(self, task)
             self._task = task
 
     def _begin_episode(self, rng: np.random.Generator) -> None:

@@ -16,8 +16,13 @@ YAML configs say the same thing::
     schedule: {type: sampled}            # a new task from the task sampler at every reset
     task_sampler: train                  # train | test | [task, task, ...]
 
-A task is written as a catalog name (``metadapt envs --show ID`` lists them) or
-as a mapping of the environment's task parameters.
+A task is written as a catalog name (``metadapt envs --show ID`` lists them),
+as a mapping of the environment's task parameters, or as the name of a
+perturbation: a task declared in data that sets or scales fields of the MuJoCo
+model (``env.perturbations`` in a config, ``make_env(id, perturbations=...)``;
+see ``metadapt.envs.perturb``), e.g. a payload from step 1000::
+
+    schedule: {type: sequence, entries: [[0, normal], [1000, payload]]}
 """
 
 from __future__ import annotations
@@ -236,7 +241,17 @@ def parse_schedule(spec: Any, resolve: Resolve, presets: Mapping[str, Any] | Non
     if isinstance(spec, str):
         if presets and spec in presets:
             return parse_schedule(presets[spec], resolve)
-        return Constant(resolve(spec))
+        try:
+            return Constant(resolve(spec))
+        except ConfigError as exc:
+            if not presets:
+                raise
+            # The presets before the tasks: a long task list is cut at the end of the line. The catalog's own
+            # message is "unknown task 'x' (tasks: ...)": its list is kept, its first words would repeat this.
+            why, lead = str(exc), f"unknown task '{spec}' ("
+            tasks = why[len(lead):-1] if why.startswith(lead) and why.endswith(")") else why
+            raise ConfigError(f"unknown task '{spec}', and no preset schedule of that name (metadapt envs --show ID "
+                              f"lists them; presets: {', '.join(presets)}; {tasks})") from None
     if not isinstance(spec, Mapping):
         raise ConfigError(f"schedule must be a task name or a mapping with a 'type', got {spec!r}")
     kind = spec.get("type")

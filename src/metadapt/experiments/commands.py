@@ -9,21 +9,88 @@ as one line with exit code 2. Once a command knows its run directory it sets
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from metadapt.errors import ConfigError, MetadaptError
 
-DEMO_SWEEP = "sweeps/demo.yaml"
+# The configs and sweeps shipped inside the package (package data: a plain install has them; the repository's
+# top-level configs/ is a link to this folder). Sweeps name their base config relative to themselves.
+SHIPPED = Path(__file__).resolve().parents[1] / "configs"
+DEMO_SWEEP = "demo"
 
 
-def _configs_dir() -> Path:
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "configs" / DEMO_SWEEP).is_file():
-            return parent / "configs"
-    return Path("configs")
+@dataclass(frozen=True)
+class ShippedConfig:
+    """One shipped file: its name (the file's stem), kind (config or sweep), path and one-line description."""
+
+    name: str
+    kind: str
+    path: Path
+    description: str
+
+
+def _description(path: Path) -> str:
+    """The file's first comment line, without the ``#`` (nor a comma or colon that leads on to the next line)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip().startswith("#"):
+                    return line.strip().lstrip("#").strip().rstrip(",;:")
+    except (OSError, UnicodeDecodeError):
+        pass
+    return ""
+
+
+def shipped_configs() -> list[ShippedConfig]:
+    """The shipped configs, then the shipped sweeps, each sorted by name."""
+    if not SHIPPED.is_dir():
+        raise MetadaptError(f"this installation of metadapt lacks its shipped configs ({SHIPPED} is missing): "
+                            "reinstall it (pip install metadapt)")
+    return [ShippedConfig(p.stem, kind, p, _description(p))
+            for kind, folder in (("config", SHIPPED), ("sweep", SHIPPED / "sweeps"))
+            for p in sorted(folder.glob("*.yaml"))]
+
+
+def _shipped_name(text: str) -> str:
+    """``configs/sweeps/demo.yaml``, ``sweeps/demo`` or ``demo`` -> ``demo``: the README's paths name shipped files
+    from any folder."""
+    name = text.removesuffix(".yaml").removesuffix(".yml")
+    for prefix in ("./", "configs/", "sweeps/"):
+        name = name.removeprefix(prefix)
+    return name
+
+
+def resolve_file(text: str, kind: str) -> str:
+    """A CONFIG (``kind`` config) or SWEEP (``kind`` sweep) argument: a file that exists as given, else the shipped
+    file of that name; anything else is one line naming the closest shipped names."""
+    what = f"{kind} file"
+    if "\0" in text:  # no file name holds one
+        raise ConfigError(f"{what} not found: {text!r}")
+    if Path(text).is_file():
+        return text
+    name = _shipped_name(text)
+    if "/" in name or os.sep in name:  # a path, not a name
+        raise ConfigError(f"{what} not found: {text} (shipped {kind}s are named without a folder: metadapt configs "
+                          "lists them)")
+    shipped = shipped_configs()
+    for item in shipped:
+        if item.name == name and item.kind == kind:
+            return str(item.path)
+    other = next((i for i in shipped if i.name == name), None)
+    if other is not None:
+        command = "metadapt sweep" if other.kind == "sweep" else "metadapt run (or train, check)"
+        raise ConfigError(f"{what} not found: {text}: '{name}' is a shipped {other.kind}, not a {kind}: "
+                          f"use it with {command} {name}")
+    names = [i.name for i in shipped if i.kind == kind]
+    close = difflib.get_close_matches(name, names, n=4, cutoff=0.6)
+    close += [n for n in names if name and name.lower() in n.lower() and n not in close]
+    hint = f"close shipped {kind}s: {', '.join(close[:4])}; " if close else ""
+    raise ConfigError(f"{what} not found: {text} (no such file, and no shipped {kind} of that name; {hint}"
+                      "metadapt configs lists the shipped ones)")
 
 
 def _reporter(quiet: bool):
@@ -74,7 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             if not args.config:
                 raise MetadaptError("train needs a CONFIG file (or --resume RUN_DIR)")
-            cfg = load_config(args.config, args.overrides)
+            cfg = load_config(resolve_file(args.config, "config"), args.overrides)
             if args.out and (Path(args.out) / "checkpoints").exists() and not args.force:
                 raise MetadaptError(f"{args.out} already holds a training run: use --resume {args.out} "
                                     "(or --force to start it over)")
@@ -94,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from metadapt.experiments.configuration.config import load_config
     from metadapt.experiments.jobs import runner
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(resolve_file(args.config, "config"), args.overrides)
     if args.video:
         from metadapt.experiments.reporting.video import check_video_writer, gl_backend
 
@@ -115,16 +182,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     from metadapt.experiments import jobs
     from metadapt.experiments.configuration.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(resolve_file(args.config, "config"), args.overrides)
     jobs.check(cfg)
     print(yaml.safe_dump(cfg, sort_keys=False), end="")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    args.sweep = str(_configs_dir() / DEMO_SWEEP)
+    """The shipped sweep ``demo`` into ``runs/demo`` (under the working folder), with the overrides on every run."""
+    demo = SHIPPED / "sweeps" / f"{DEMO_SWEEP}.yaml"
+    if not demo.is_file():
+        raise MetadaptError(f"this installation of metadapt lacks its shipped demo sweep ({demo} is missing): "
+                            "reinstall it (pip install metadapt)")
+    args.sweep = str(demo)
     args.out = args.out or str(Path("runs") / "demo")
-    args.workers, args.backend, args.ray_address, args.threads = None, "local", None, None
+    args.backend, args.ray_address, args.threads = "local", None, None
     return cmd_sweep(args)
 
 
@@ -149,19 +221,70 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    import tempfile
+
     from metadapt.experiments.jobs.sweep import load_sweep, sweep_lock
 
-    sweep = load_sweep(args.sweep)
-    out = Path(args.out) if args.out else Path("runs") / "sweeps" / sweep.name
-    if out.exists() and not out.is_dir():
-        raise MetadaptError(f"--out {out} is a file, not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MetadaptError(f"cannot create the sweep directory {out}: {exc.strerror or exc}") from None
-    args.log_dir = out
-    with sweep_lock(out):  # a second sweep on this folder is refused before it writes anything
-        return _sweep(args, sweep, out)
+    args.sweep = resolve_file(args.sweep, "sweep")
+    with tempfile.TemporaryDirectory(prefix="metadapt-sweep-") as tmp:
+        if getattr(args, "overrides", None):
+            args.sweep = str(_sweep_with_overrides(Path(args.sweep), args.overrides, Path(tmp)))
+        sweep = load_sweep(args.sweep)
+        out = Path(args.out) if args.out else Path("runs") / "sweeps" / sweep.name
+        if out.exists() and not out.is_dir():
+            raise MetadaptError(f"--out {out} is a file, not a directory")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MetadaptError(f"cannot create the sweep directory {out}: {exc.strerror or exc}") from None
+        args.log_dir = out
+        with sweep_lock(out):  # a second sweep on this folder is refused before it writes anything
+            return _sweep(args, sweep, out)
+
+
+def _overlaps(key: str, other: str) -> bool:
+    """Whether two dotted config keys name the same value or one holds the other."""
+    return key == other or key.startswith(f"{other}.") or other.startswith(f"{key}.")
+
+
+def _sweep_with_overrides(path: Path, overrides: list[str], tmp: Path) -> Path:
+    """A copy of the sweep file ``path`` in ``tmp`` whose ``set`` ends with ``overrides`` (so they reach every
+    run) and whose ``base`` is an absolute path; the sweep folder keeps this copy as its ``sweep.yaml``.
+
+    A key that the sweep's grid or methods set point by point is refused: the point's own value would win.
+    A file that is not a sweep is left to ``load_sweep``'s messages.
+    """
+    import yaml
+
+    from metadapt.experiments.configuration.config import parse_override
+    from metadapt.experiments.configuration.files import read_yaml_file
+
+    spec = read_yaml_file(path, "sweep file")
+    if not isinstance(spec, dict):
+        return path
+    fixed, grid, methods = (spec.get(k) or {} for k in ("set", "grid", "methods"))
+    bundles = list(methods.values()) if isinstance(methods, dict) else []
+    if not all(isinstance(m, dict) for m in (fixed, grid, methods, *bundles)):
+        return path
+    per_point = ({"method": "its methods"} if methods else {}) | {str(k): "its grid" for k in grid}
+    for bundle in bundles:
+        per_point.update({str(k): "its methods" for k in bundle if str(k) not in per_point})
+    fixed = dict(fixed)
+    for text in overrides:
+        parts, value = parse_override(text)
+        key = ".".join(parts)
+        if clash := next((k for k in per_point if _overlaps(key, k)), None):
+            raise ConfigError(f"override '{text}': sweep {spec.get('name', path.stem)} sets {clash} point by point "
+                              f"({per_point[clash]}), which would win over it: override other keys, or copy the "
+                              f"sweep file and edit it")
+        fixed[key] = value
+    spec["set"] = fixed
+    if isinstance(spec.get("base"), str):
+        spec["base"] = os.path.normpath(path.absolute().parent / spec["base"])
+    copy = tmp / "sweep.yaml"
+    copy.write_text(f"# {path} with the command line's overrides: {' '.join(overrides)}\n"
+                    + yaml.safe_dump(spec, sort_keys=False))
+    return copy
 
 
 def _sweep(args: argparse.Namespace, sweep: Any, out: Path) -> int:
@@ -218,6 +341,24 @@ def _sweep(args: argparse.Namespace, sweep: Any, out: Path) -> int:
     if results and len(failed) == len(results):
         raise MetadaptError(f"sweep {sweep.name}: every one of its {total} runs failed (the first: "
                             f"{failed[0].get('error') or 'see its error.txt'}); see {out / 'report.md'}")
+    return 0
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    """The shipped configs and sweeps (name, kind, description), or one file's text with ``--show``."""
+    if args.show:
+        name = _shipped_name(args.show)
+        found = [i for i in shipped_configs() if i.name == name]
+        if not found:
+            close = difflib.get_close_matches(name, [i.name for i in shipped_configs()], n=4, cutoff=0.6)
+            hint = f" (close: {', '.join(close)})" if close else ""
+            raise ConfigError(f"no shipped config or sweep named '{args.show}'{hint}: metadapt configs lists them")
+        print(found[0].path.read_text(encoding="utf-8"), end="")
+        return 0
+    items = shipped_configs()
+    width = max(len(i.name) for i in items)
+    for item in items:
+        print(f"{item.name:<{width}}  {item.kind:<6}  {item.description}")
     return 0
 
 

@@ -10,7 +10,7 @@ import yaml
 
 from metadapt.experiments.jobs.sweep import load_sweep, run_sweep
 
-ROOT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "mb_halfcheetah.yaml"
+ROOT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "mb_halfcheetah.yaml"  # the shipped configs
 SMALL = {
     "train.iterations": 2, "train.steps_per_iteration": 300, "train.rollout_length": 150, "train.epochs": 5,
     "model.hidden": [64, 64], "planner.num_samples": 200, "planner.horizon": 5, "trial.steps": 200,

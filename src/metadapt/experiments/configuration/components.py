@@ -79,6 +79,21 @@ class Registry:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, Component] = {}
+        self._hints: dict[str, str] = {}  # names people try that are not types of this kind -> what to use
+
+    def hint(self, name: str, text: str) -> None:
+        """Refuse ``name`` (in any case) as a type with ``text``: what it is called here, what to use instead."""
+        self._hints[name.lower()] = text
+
+    def hinted(self, name: object) -> bool:
+        """Whether ``name`` is not a type but has a hint (``unknown`` says it)."""
+        return isinstance(name, str) and name not in self._items and name.lower() in self._hints
+
+    def unknown(self, name: object) -> ConfigError:
+        """The one line refusing ``name`` as the config key ``<kind>.type``, with its hint if it has one."""
+        hint = self._hints.get(name.lower()) if isinstance(name, str) else None
+        why = f"is not a {self.kind} type: {hint}" if hint else "is not allowed"
+        return ConfigError(f"config key '{self.kind}.type': {name!r} {why} (allowed: one of {', '.join(self._items)})")
 
     def register(self, name: str, build: Callable[[dict[str, Any], BuildContext], Any],
                  fields: dict[str, Field] | None = None, needs: str = "model", doc: str = "",
@@ -105,8 +120,7 @@ class Registry:
 
     def __getitem__(self, name: str) -> Component:
         if name not in self._items:
-            raise ConfigError(f"config key '{self.kind}.type': {name!r} is not allowed "
-                              f"(allowed: one of {', '.join(self._items)})")
+            raise self.unknown(name)
         return self._items[name]
 
 
@@ -219,6 +233,8 @@ LEARNERS.register("mole", _mole, needs="prior", doc="MOLe: an online mixture of 
     "max_components": Field("int", None, low=1, nullable=True, doc="cap (null: none, as in the paper)"),
 })
 LEARNERS.register("rebal", _rebal, needs="recurrent", doc="ReBAL: a recurrent context over the last steps")
+LEARNERS.hint("grbal", "GrBAL at run time is learner.type=ts, k-shot adaptation of the meta-learned prior "
+                       "(model.checkpoint, or meta.enabled=true) on the last steps")
 
 
 def _bounds(ctx: BuildContext) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,8 +30,16 @@ SCHEMA: dict[str, Any] = {
     "seed": _f("int", 0, low=0, doc="seeds every generator of the run"),
     "device": _f("str", "cpu", choices=("cpu", "cuda")),
     "env": {
-        "id": _f("str", "metadapt/HalfCheetah-v0", doc="registered Gymnasium id"),
+        "id": _f("str", "metadapt/HalfCheetah-v0", doc="registered Gymnasium id, or module:id for your own "
+                                                        "(importing module registers id; its folder on PYTHONPATH)"),
         "kwargs": _f("mapping", {}, doc="keyword arguments for gym.make"),
+        "reward_fn": _f("str", None, nullable=True,
+                        doc="module:function, the batched reward (obs, act, next_obs) -> N the planner maximises "
+                            "for planner.objective=reward; null: the environment's own reward_fn"),
+        "perturbations": _f("mapping", None, nullable=True,
+                            doc="named tasks that set/scale/add to MuJoCo model fields, usable in env.kwargs.schedule"
+                                " and task_sampler: {task: [{element: body, name: torso, field: mass, scale: 2.0}, "
+                                "...]} or {task: {task: BUILTIN_TASK, edits: [...]}} (see metadapt.envs.perturb)"),
     },
     "model": {  # + "type" and one section per registered model type (experiments.components.MODELS)
         "hidden": _f("ints", [500, 500, 500]),
@@ -190,6 +198,9 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"config key 'system': {system!r} is not allowed (allowed: one of {', '.join(SYSTEMS)})")
     schema, check = SYSTEMS[system]
     typed = TYPED_SECTIONS.get(system, {})
+    for section, (registry, _) in typed.items():  # a name that is not a type but has a hint (learner.type=grbal)
+        if isinstance(raw.get(section), dict) and registry.hinted(chosen := raw[section].get("type")):
+            raise registry.unknown(chosen)
     cfg = validate_section(raw, _with_registered_types(schema, typed), "")
     _keep_chosen_types(cfg, typed)
     check(cfg)
@@ -240,6 +251,21 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def dump_config(cfg: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def with_later_defaults(started: dict[str, Any]) -> dict[str, Any]:
+    """A model-based config recorded by an earlier metadapt, with the keys added since at their defaults.
+
+    A new key's default keeps what the code computed before it existed (``planner.objective: reward``), so a
+    run started before the key was added resumes unless the user set it to something else.
+    """
+    def fill(value: Any, default: Any) -> Any:
+        if isinstance(value, dict) and isinstance(default, dict):
+            return {**{k: v for k, v in default.items() if k not in value},
+                    **{k: fill(v, default.get(k)) for k, v in value.items()}}
+        return value
+
+    return fill(started, schema_defaults(SCHEMA))
 
 
 def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:

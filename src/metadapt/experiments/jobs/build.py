@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from metadapt.adapt.base import OnlineLearner
-from metadapt.envs import env_obs_version, get_objective, make_env
+from metadapt.envs import env_obs_version, get_objective, load_reward_fn, make_env, task_env
 from metadapt.errors import CheckpointError, ConfigError, MetadaptError
 from metadapt.experiments.configuration import components
 from metadapt.experiments.configuration.components import LEARNERS, MODELS, PLANNERS, BuildContext
@@ -21,7 +21,7 @@ from metadapt.experiments.jobs.iterate import IterationSettings
 from metadapt.experiments.jobs.rebal_training import RecurrentSettings
 from metadapt.meta.checkpoint import load_model
 from metadapt.meta.maml import MetaSettings
-from metadapt.meta.prior import Prior, load_prior
+from metadapt.meta.prior import BUILTIN, Prior, load_prior
 from metadapt.meta.rebal import load_recurrent
 from metadapt.models.base import DynamicsModel
 from metadapt.models.recurrent import RecurrentDynamics
@@ -48,15 +48,27 @@ def build_env(
     cfg: dict[str, Any], max_episode_steps: int | None = None, render: bool = False
 ) -> tuple[gym.Env, RewardFn]:
     """The configured environment and the batched objective its planner maximises (``planner.objective``: the
-    reward, or one of the environment's planning objectives); ``render``: RGB frames of 480 x 320."""
+    reward, or one of the environment's planning objectives); ``render``: RGB frames of 480 x 320.
+
+    ``env.id`` may be ``module:id`` (a user's environment), ``env.perturbations`` adds model-editing tasks
+    (checked against the model here), and ``env.reward_fn`` (``module:function``) replaces the environment's
+    own batched reward as the ``reward`` objective."""
     kwargs = dict(cfg["env"]["kwargs"])
     if render:
         kwargs.update(render_mode="rgb_array", width=480, height=320)
     if max_episode_steps is not None:
         kwargs["max_episode_steps"] = max_episode_steps
-    env = make_env(cfg["env"]["id"], **kwargs)
+    env = make_env(cfg["env"]["id"], perturbations=cfg["env"].get("perturbations"), **kwargs)
     if not isinstance(env.action_space, gym.spaces.Box):
         raise MetadaptError(f"environment '{cfg['env']['id']}' needs a Box action space")
+    if cfg["env"].get("reward_fn"):
+        try:
+            reward = load_reward_fn(cfg["env"]["reward_fn"], *dims(env))
+        except MetadaptError as exc:
+            env.close()
+            raise ConfigError(f"config key 'env.reward_fn': {exc}") from None
+        if cfg["planner"]["objective"] == "reward":
+            return env, reward
     try:
         return env, get_objective(env, cfg["planner"]["objective"])
     except MetadaptError as exc:
@@ -74,8 +86,25 @@ def build_model(cfg: dict[str, Any], env: gym.Env) -> DynamicsModel:
     return components.build(MODELS, cfg["model"], ctx)
 
 
+def refuse_builtin_prior(checkpoint: str | Path, learner: str) -> None:
+    """``builtin:<name>`` names a shipped meta-learned prior: one line saying so when ``learner`` plans with another
+    kind of model (MB and DE an MB dynamics model, ReBAL a recurrent one) and what to use instead."""
+    text = str(checkpoint)
+    if not text.startswith(BUILTIN):
+        return
+    with_prior = "|".join(n for n in LEARNERS.names() if LEARNERS[n].needs == "prior")
+    if learner in LEARNERS and LEARNERS[learner].needs == "recurrent":
+        want, train = "a ReBAL model", "a ReBAL run (metadapt train CONFIG meta.enabled=true meta.method=rebal)"
+    else:
+        want, train = "an MB dynamics model", "an MB run (metadapt train CONFIG meta.enabled=false)"
+    raise CheckpointError(f"model.checkpoint={text} is a shipped meta-learned prior, not {want} "
+                          f"(learner.type={learner}): use it with learner.type={with_prior}, or point "
+                          f"model.checkpoint at {train}")
+
+
 def load_trained(cfg: dict[str, Any], env: gym.Env) -> tuple[DynamicsModel, Params]:
     """The model named by ``model.checkpoint`` (a ``model.pt`` or a run directory holding one)."""
+    refuse_builtin_prior(cfg["model"]["checkpoint"], cfg["learner"]["type"])
     path = Path(cfg["model"]["checkpoint"])
     if path.is_dir():
         path = path / "model.pt"
@@ -165,6 +194,7 @@ def load_trained_recurrent(
     path: str | Path, env: gym.Env, env_id: str | None = None
 ) -> tuple[RecurrentDynamics, Params]:
     """A ReBAL model (``rebal.pt`` or a run directory holding one) that fits ``env`` (``env_id``'s layout)."""
+    refuse_builtin_prior(path, "rebal")
     model, params = load_untrusted(path, "ReBAL model", lambda: load_recurrent(path, env_id, env_obs_version(env)))
     if (model.obs_dim, model.act_dim) != dims(env):
         raise MetadaptError(f"ReBAL model {path} is for obs/action sizes {model.obs_dim}/{model.act_dim}, "
@@ -226,10 +256,23 @@ def check_resources(cfg: dict[str, Any], env: gym.Env, shapes: dict[str, tuple[i
     check_memory(memory_needs(cfg, *dims(env), shapes), cfg["device"])
 
 
+def schedule_warning(cfg: dict[str, Any], env: gym.Env) -> str | None:
+    """A line to log when a periodic schedule never switches within a trial (``alternating_500`` in a 300-step
+    trial runs one task throughout): allowed, for short test runs, but said rather than silent."""
+    schedule = getattr(task_env(env), "schedule", None)
+    period, tasks = getattr(schedule, "period", None), getattr(schedule, "tasks", [])
+    length = min(cfg["trial"]["steps"], cfg["trial"]["episode_length"])
+    if isinstance(period, int) and len(tasks) > 1 and period >= length:
+        return (f"note: the schedule's first switch (step {period}) comes after the trial's last step "
+                f"(trial.steps={cfg['trial']['steps']}, trial.episode_length={cfg['trial']['episode_length']}): "
+                f"every trial runs only '{tasks[0].name}'")
+    return None
+
+
 def check_schedule(cfg: dict[str, Any], env: gym.Env) -> None:
     """Refuse a task schedule with a switch the trial never reaches: trials reset the environment (and its
     schedule) every ``trial.episode_length`` steps and stop after ``trial.steps``."""
-    schedule = getattr(env.unwrapped, "schedule", None)
+    schedule = getattr(task_env(env), "schedule", None)
     starts = getattr(schedule, "starts", None)  # the explicit switch steps of a sequence schedule
     if starts is None:
         return

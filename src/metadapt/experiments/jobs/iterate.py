@@ -457,6 +457,10 @@ class IterativeTrainer:
             if (dropped := self.buffer.dropped_nonfinite - dropped) > 0:
                 self.reporter.log(f"iteration {iteration}: dropped {dropped} transitions with non-finite numbers "
                                   "from the training data")
+            by_episode = self.meta is not None or self.per_episode_validation
+            if held := self.buffer.ensure_validation(by_episode):
+                self.reporter.log(f"iteration {iteration}: train.val_fraction drew no validation data; holding out "
+                                  f"the newest {'episode' if by_episode else 'transition'} ({held} steps) instead")
             t1 = time.perf_counter()
             fit = self.fit(iteration)
             t2 = time.perf_counter()
@@ -472,6 +476,7 @@ class IterativeTrainer:
                 "dropped_nonfinite": self.buffer.dropped_nonfinite,
             }
             self.history.append(row)
+            self.reporter.scalars("iteration", row, iteration)
             self.completed = iteration
             self.save()
             self.write_metrics()

@@ -31,7 +31,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metadapt.envs import make_env
+from metadapt.envs import make_env, registered_id
 from metadapt.errors import CheckpointError, ConfigError, MetadaptError
 from metadapt.experiments.configuration.config import dump_config
 from metadapt.experiments.configuration.files import write_json
@@ -75,7 +75,8 @@ class TaskFamily:
                               f"({exc}) (allowed: false for this environment)") from None
         if not hasattr(self.probe.unwrapped, "sample_train_task"):
             raise ConfigError(f"config key 'env.id': {e['id']} is not a task family (it has no task distribution)")
-        spec = gym.spec(e["id"])
+        gym_id = registered_id(e["id"])  # module:id -> the id its module registered
+        spec = gym.spec(gym_id)
         horizon = e["horizon"] or spec.max_episode_steps
         if horizon is None:
             raise ConfigError(f"config key 'env.horizon': {e['id']} has no time limit, set the horizon")
@@ -83,7 +84,7 @@ class TaskFamily:
         native = e["vector"] == "auto" and spec.vector_entry_point is not None
         n = e["num_envs"] or (m["meta_batch"] * m["episodes"] if native else m["episodes"])
         try:
-            self.envs = make_vector_env(e["id"], n, e["vector"], kwargs)
+            self.envs = make_vector_env(gym_id, n, e["vector"], kwargs)
         except (TypeError, ValueError, gym.error.Error) as exc:
             raise ConfigError(f"config key 'env': {e['id']} cannot be vectorised ({exc})") from exc
         self.obs_dim = int(np.prod(self.envs.single_observation_space.shape))

@@ -13,14 +13,14 @@ import torch
 from metadapt.adapt.static import StaticLearner
 from metadapt.agent import MPCAgent
 from metadapt.errors import CheckpointError, ConfigError, MetadaptError
-from metadapt.experiments.configuration.config import changed_keys, dump_config, load_config
+from metadapt.experiments.configuration.config import changed_keys, dump_config, load_config, with_later_defaults
 from metadapt.experiments.configuration.files import plain_json, write_json
 from metadapt.experiments.jobs import build
 from metadapt.experiments.jobs.iterate import CHECKPOINT, IterativeTrainer, ReplayedData, iteration_seed
 from metadapt.experiments.jobs.rebal_training import RecurrentTrainer
 from metadapt.experiments.jobs.trial import TrialResult, run_trial
 from metadapt.experiments.reporting.metrics import mean_analysis
-from metadapt.experiments.reporting.progress import Reporter
+from metadapt.experiments.reporting.progress import Reporter, TensorBoardReporter, check_tensorboard, tensorboard_writer
 from metadapt.experiments.reporting.report import write_report
 from metadapt.models.base import DynamicsModel
 from metadapt.types import Params
@@ -77,7 +77,7 @@ def _check_resumable(cfg: dict[str, Any], run_dir: Path) -> None:
         started = json.loads(path.read_text())
     except (ValueError, OSError) as exc:
         raise CheckpointError(f"{path} is corrupt ({exc}): start a new run") from None
-    changed = [k for k in changed_keys(started, plain_json(cfg))
+    changed = [k for k in changed_keys(with_later_defaults(started), plain_json(cfg))
                if not any(k == free or k.startswith(free + ".") for free in RESUME_MAY_CHANGE)]
     if changed:
         raise CheckpointError(f"{run_dir}/config.yaml differs from the config the run started with in "
@@ -95,7 +95,11 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
     replay = _replayed_data(cfg)
     env, objective = build.build_env(cfg)
     try:
-        return _train(cfg, run_dir, reporter, resume, env, objective, replay, device)
+        if not cfg["logging"]["tensorboard"]:
+            return _train(cfg, run_dir, reporter, resume, env, objective, replay, device)
+        # Written while training runs (each epoch's losses, each iteration's metrics row), not only after it.
+        with TensorBoardReporter(reporter, tensorboard_writer(run_dir / "tb")) as tb:
+            return _train(cfg, run_dir, tb, resume, env, objective, replay, device)
     finally:
         env.close()
 
@@ -223,8 +227,12 @@ def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter, video: bool = Fa
     """
     device = _device(cfg)
     _check_model_source(cfg)
+    if cfg["logging"]["tensorboard"]:
+        check_tensorboard()  # before training, not after it
     env, objective = build.build_env(cfg, max_episode_steps=cfg["trial"]["episode_length"], render=video)
     build.check_schedule(cfg, env)
+    if (note := build.schedule_warning(cfg, env)) is not None:
+        reporter.log(note)
     if not cfg["model"]["checkpoint"]:
         build.check_resources(cfg, env)  # training's, before it starts
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,7 @@ from metadapt.errors import ConfigError, MetadaptError, one_line
 from metadapt.experiments.configuration.config import dump_config, load_config
 from metadapt.experiments.configuration.files import plain_json, read_yaml_file, write_json
 from metadapt.experiments.configuration.schema import check_name
-from metadapt.experiments.reporting.metrics import ANALYSIS_FIELDS, mean_analysis
+from metadapt.experiments.reporting.metrics import ANALYSIS_FIELDS, mean_analysis, method_name
 
 RESULT_FIELDS = ("run", "status", "mean_return", "std_return", "trials", "seconds")
 _KEYS = {"name", "base", "command", "set", "methods", "grid", "resources"}
@@ -527,29 +527,102 @@ def aggregate(rows: list[dict[str, str]], group_keys: list[str]) -> list[dict[st
     return out
 
 
+def paired_differences(rows: list[dict[str, str]], group_keys: list[str]) -> list[dict[str, Any]]:
+    """Per-seed differences of mean return between every two methods run on the same seeds.
+
+    Methods that share a seed share its task schedule and initial states, so the per-seed difference removes
+    what the seed does to both; an unpaired table can show overlapping intervals for a method that wins on every
+    seed. One entry per (the other grid keys, method a, method b), with the mean difference ``a - b``, its 95%
+    interval (Student's t over the seeds both completed), ``wins`` (seeds where a's return is higher), ``losses``
+    and ``n``. Empty unless the sweep has a ``method`` axis and a ``seed`` column.
+    """
+    if "method" not in group_keys or not rows or "seed" not in rows[0]:
+        return []
+    others = [k for k in group_keys if k != "method"]
+    returns: dict[tuple[str, ...], dict[str, dict[str, float]]] = {}
+    for r in rows:
+        value = _number(r.get("mean_return"))
+        if r["status"] == "done" and math.isfinite(value):
+            key = tuple(r.get(k, "") for k in others)
+            returns.setdefault(key, {}).setdefault(r["method"], {})[r["seed"]] = value
+    out = []
+    for key, by_method in returns.items():
+        methods = list(by_method)
+        for i, a in enumerate(methods):
+            for b in methods[i + 1:]:
+                seeds = sorted(set(by_method[a]) & set(by_method[b]))
+                if not seeds:
+                    continue
+                diffs = [by_method[a][s] - by_method[b][s] for s in seeds]
+                mean, _, ci, n = mean_ci(diffs)
+                out.append({**dict(zip(others, key, strict=True)), "a": a, "b": b, "mean": mean, "ci95": ci, "n": n,
+                            "wins": sum(d > 0 for d in diffs), "losses": sum(d < 0 for d in diffs)})
+    return out
+
+
+def _paired_lines(pairs: list[dict[str, Any]], others: list[str]) -> list[str]:
+    if not pairs:
+        return []
+    lines = ["", "Paired by seed (methods on one seed share its task schedule): the mean over seeds of each seed's "
+             "return difference, its 95% interval, and on how many seeds the first method's return is higher.", "",
+             "| " + " | ".join([*others, "difference", "mean", "95% CI", "wins", "losses", "seeds"]) + " |",
+             "|" + "---|" * (len(others) + 1) + "---:|---:|---:|---:|---:|"]
+    for p in pairs:
+        ci = f"± {p['ci95']:.1f}" if math.isfinite(p["ci95"]) else "n/a"
+        lines.append("| " + " | ".join([*(str(p[k]) for k in others),
+                                        f"{method_name(p['a'])} − {method_name(p['b'])}", f"{p['mean']:+.1f}", ci,
+                                        str(p["wins"]), str(p["losses"]), str(p["n"])]) + " |")
+    return lines
+
+
+def _cells(g: dict[str, Any], keys: list[str]) -> list[str]:
+    """A group's grid values as table cells, methods as the papers name them."""
+    return [method_name(g[k]) if k == "method" else str(g[k]) for k in keys]
+
+
+def _label(g: dict[str, Any], keys: list[str]) -> str:
+    """A group's name in tables and legends: its grid values, methods as the papers name them."""
+    return " / ".join(_cells(g, keys)) or "all"
+
+
 def _curve_figures(out: Path, rows: list[dict[str, str]], group_keys: list[str]) -> list[str]:
     """Cumulative reward per group (mean over seeds, first trial) and one MOLe run's task probabilities."""
-    from metadapt.experiments.reporting.report import plot_task_probabilities, plt, read_csv, save_figure, smooth
+    from metadapt.experiments.reporting.report import (
+        mark_switches,
+        plot_task_probabilities,
+        plt,
+        read_csv,
+        read_posterior,
+        save_figure,
+        smooth,
+    )
 
     curves: dict[str, list[np.ndarray]] = {}
     errors: dict[str, list[np.ndarray]] = {}
-    mole: tuple[str, dict[str, np.ndarray]] | None = None
+    mole: tuple[str, dict[str, np.ndarray], tuple[list[int], np.ndarray]] | None = None
+    first: dict[str, np.ndarray] | None = None  # the first run's steps and tasks: where the switches are marked
     for r in rows:
-        m = read_csv(out / "runs" / r["run"] / "trial_0" / "metrics.csv") if r["status"] == "done" else {}
+        trial = out / "runs" / r["run"] / "trial_0"
+        m = read_csv(trial / "metrics.csv") if r["status"] == "done" else {}
         if "return" not in m or m["return"].dtype == object:
             continue
-        label = " / ".join(str(r.get(k, "")) for k in group_keys) or "all"
+        if first is None and all(k in m and m[k].dtype != object for k in ("step", "task_id")):
+            first = m
+        label = _label(r, group_keys)
         curves.setdefault(label, []).append(m["return"])
         if "model_error" in m and m["model_error"].dtype != object:
             errors.setdefault(label, []).append(m["model_error"])
-        if mole is None and "posterior" in m:
-            mole = (f"{label}, run {r['run']}", m)
+        posterior = read_posterior(trial, m) if mole is None else None
+        if posterior is not None:
+            mole = (f"{label}, run {r['run']}", m, posterior)
     lines = []
     if curves:
         fig, ax = plt.subplots(figsize=(8, 3.8))
         for label, runs in curves.items():
             n = min(len(c) for c in runs)
             ax.plot(np.mean([c[:n] for c in runs], axis=0), lw=1.2, label=f"{label} (n={len(runs)})")
+        if first is not None:
+            mark_switches(ax, first)
         ax.set_xlabel("step")
         ax.set_ylabel("cumulative reward (mean over seeds)")
         ax.legend(fontsize=7)
@@ -560,13 +633,16 @@ def _curve_figures(out: Path, rows: list[dict[str, str]], group_keys: list[str])
         for label, runs in errors.items():
             n = min(len(c) for c in runs)
             ax.semilogy(smooth(np.nanmean([c[:n] for c in runs], axis=0)), lw=1, label=f"{label} (n={len(runs)})")
+        if first is not None:
+            mark_switches(ax, first)
         ax.set_xlabel("step")
-        ax.set_ylabel("one-step model error of the planning\nparameters (normalized MSE, 25-step mean)")
+        ax.set_ylabel("one-step model error of the planning\nparameters (normalized MSE, mean of the last 25 steps)")
         ax.legend(fontsize=7)
         save_figure(fig, out / "model_error.png")
         lines += ["", "![model error per group](model_error.png)"]
     if mole is not None:
-        plot_task_probabilities(mole[1], out / "task_probabilities.png", f"MOLe task probabilities ({mole[0]})")
+        plot_task_probabilities(mole[1], mole[2], out / "task_probabilities.png",
+                                f"MOLe task probabilities ({mole[0]})")
         lines += ["", "![MOLe task probabilities, true task shaded](task_probabilities.png)"]
     return lines
 
@@ -610,8 +686,9 @@ def write_sweep_report(out_dir: str | Path) -> Path:
              "|" + "---|" * len(group_keys) + "---:|---:|---:|---:|---:|"]
     for g in table:
         ci = f"± {g['ci95']:.1f}" if math.isfinite(g["ci95"]) else "n/a"
-        lines.append("| " + " | ".join([*(str(g[k]) for k in group_keys), f"{g['mean']:.1f}", f"{g['std']:.1f}",
+        lines.append("| " + " | ".join([*_cells(g, group_keys), f"{g['mean']:.1f}", f"{g['std']:.1f}",
                                         ci, str(g["n"]), str(g["failed"])]) + " |")
+    lines += _paired_lines(paired_differences(rows, group_keys), [k for k in group_keys if k != "method"])
     present = [f for f in ANALYSIS_FIELDS if any(f in g for g in table)]
     if present:
         lines += ["", "Adaptation metrics (mean over seeds, ± the 95% CI half-width): task recovery is the adjusted "
@@ -625,10 +702,10 @@ def write_sweep_report(out_dir: str | Path) -> Path:
         for g in table:
             cells = [f"{g[f]:.3g} ± {g[f + '_ci95']:.2g}" if f in g and math.isfinite(g[f + "_ci95"])
                      else (f"{g[f]:.3g}" if f in g else "") for f in present]
-            lines.append("| " + " | ".join([*(str(g[k]) for k in group_keys), *cells]) + " |")
+            lines.append("| " + " | ".join([*_cells(g, group_keys), *cells]) + " |")
     if table:
         fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(table)), 3.5))
-        labels = [" / ".join(str(g[k]) for k in group_keys) or "all" for g in table]
+        labels = [_label(g, group_keys) for g in table]
         means = [g["mean"] for g in table]
         errs = [0.0 if not math.isfinite(g["ci95"]) else g["ci95"] for g in table]
         ax.bar(range(len(table)), means, yerr=errs, capsize=4, color="#7aa6c2")

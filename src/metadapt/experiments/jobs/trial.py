@@ -11,14 +11,21 @@ import gymnasium as gym
 import numpy as np
 
 from metadapt.agent import MPCAgent
-from metadapt.errors import MetadaptError
 from metadapt.experiments.configuration.files import write_json
 from metadapt.experiments.jobs.rollout import Callback, EpisodeEnd, Step, rollout
-from metadapt.experiments.reporting.metrics import UPSIDE_DOWN, VELOCITY_COLUMNS, trial_analysis
-from metadapt.experiments.reporting.progress import Reporter
+from metadapt.experiments.reporting.metrics import (
+    POSTERIOR_FILE,
+    POSTERIOR_PREFIX,
+    UPSIDE_DOWN,
+    VELOCITY_COLUMNS,
+    trial_analysis,
+)
+from metadapt.experiments.reporting.progress import Reporter, tensorboard_writer
 from metadapt.experiments.reporting.video import TrialVideo
 
 BASE_FIELDS = ("step", "episode", "reward", "return", "task_id", "plan_ms", "learner_ms", "nonfinite")
+# MOLe's posterior over its components: a step-info entry, written to its own file with a column per component.
+POSTERIOR = "posterior"
 
 
 @dataclass(frozen=True)
@@ -57,8 +64,9 @@ def run_trial(
     The learner is reset once, at the start: adaptation carries across
     episodes of the same trial. Writes ``metrics.csv`` (one row per step, with
     the environment's numeric ``info`` entries of the first step as ``env/<key>``
-    columns: positions, velocities, reward terms) and
-    ``summary.json`` into ``out_dir``; with ``tensorboard``, also every numeric
+    columns: positions, velocities, reward terms), ``summary.json`` and, for
+    MOLe, ``posterior.csv`` (every component's posterior at every step) into
+    ``out_dir``; with ``tensorboard``, also every numeric
     per-step column as TensorBoard scalars in ``out_dir/tb``; with ``video``
     (``env`` made with ``render_mode="rgb_array"``), ``out_dir/trial.mp4`` with
     the true task and the learner's chosen component on every frame.
@@ -66,12 +74,14 @@ def run_trial(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     reporter = reporter or Reporter()
-    tb = _tensorboard_writer(out / "tb") if tensorboard else None
+    tb = tensorboard_writer(out / "tb") if tensorboard else None
     movie = TrialVideo(out / "trial.mp4") if video else None
     reporter.start(label, label, steps)
     with open(out / "metrics.csv", "w", newline="") as f:
         log = _TrialLog(f, env, agent, reporter, label, tb, movie)
         rollout(env, agent, steps, seed, callbacks=[log])
+    if log.posteriors:
+        write_posterior(out / POSTERIOR_FILE, log.posteriors)
     if tb is not None:
         tb.close()
     if movie is not None:
@@ -104,6 +114,7 @@ class _TrialLog(Callback):
         # The columns trial_analysis reads, kept in memory rather than re-read from the CSV.
         self.columns: dict[str, list[float]] = {
             k: [] for k in ("reward", "task_id", "chosen", "components", "created", UPSIDE_DOWN, *VELOCITY_COLUMNS)}
+        self.posteriors: list[tuple[int, dict[int, float]]] = []
         self.writer: csv.DictWriter[str] | None = None
         self.env_keys: list[str] | None = None
 
@@ -118,6 +129,10 @@ class _TrialLog(Callback):
             self.nonfinite_observations += 1
         elif "model_error" in learner_metrics:
             self.errors.append(learner_metrics["model_error"])
+        packed = learner_metrics.get(POSTERIOR)
+        if packed is not None:  # MOLe: its own file, one column per component (posterior.csv)
+            learner_metrics = {k: v for k, v in learner_metrics.items() if k != POSTERIOR}
+            self.posteriors.append((s.t, _unpack(packed)))
         row: dict[str, Any] = {
             "step": s.t, "episode": s.episode, "reward": s.reward, "return": self.total,
             "task_id": int(info.get("task_id", 0)), "plan_ms": self.plan_ms[-1], "learner_ms": s.observe_seconds * 1e3,
@@ -148,6 +163,24 @@ class _TrialLog(Callback):
             self.episode_returns.append(end.total_return)
 
 
+def _unpack(packed: Any) -> dict[int, float]:
+    """MOLe's step info ``"id:p;id:p"`` (or a mapping) -> ``{component id: probability}``."""
+    if isinstance(packed, dict):
+        return {int(k): float(v) for k, v in packed.items()}
+    return {int(i): float(p) for i, p in (kv.split(":") for kv in str(packed).split(";") if kv)}
+
+
+def write_posterior(path: Path, posteriors: list[tuple[int, dict[int, float]]]) -> None:
+    """``posterior.csv``: a row per step, ``step`` then ``component_<id>`` for every component the trial ever had
+    (0 before it was created and after it was merged away)."""
+    ids = sorted({i for _, p in posteriors for i in p})
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", *(f"{POSTERIOR_PREFIX}{i}" for i in ids)])
+        for step, p in posteriors:
+            w.writerow([step, *(repr(p.get(i, 0.0)) for i in ids)])
+
+
 def _finite(observation: Any) -> bool:
     """Whether every number of an observation (an array) is finite."""
     return bool(np.isfinite(np.asarray(observation, dtype=np.float64)).all())
@@ -155,14 +188,6 @@ def _finite(observation: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
-
-
-def _tensorboard_writer(path: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise MetadaptError("logging.tensorboard needs TensorBoard: pip install 'metadapt[tensorboard]'") from None
-    return SummaryWriter(str(path))
 
 
 def _caption(step: int, total: float, info: dict[str, Any], metrics: dict[str, Any]) -> list[str]:

@@ -68,6 +68,20 @@ def segments(task_ids: Sequence[int]) -> list[tuple[int, int, int]]:
 ANALYSIS_FIELDS = ("task_recovery_ari", "effective_components", "components", "created_per_switch",
                    "first_500", "last_500", "upside_down", "forward_velocity")
 
+# MOLe's posterior over its components at every step: a trial's own file, ``step`` then one column per component.
+POSTERIOR_FILE = "posterior.csv"
+POSTERIOR_PREFIX = "component_"
+
+# How the papers name the methods (learner types and method labels of sweeps -> the name in reports).
+METHOD_NAMES = {"mole": "MOLe", "grbal": "GrBAL", "rebal": "ReBAL", "ts": "TS", "gs": "GS", "mb": "MB", "de": "DE",
+                "static": "MB", "maml": "MAML", "fomaml": "FO-MAML", "pretrained": "pretrained", "oracle": "oracle"}
+
+
+def method_name(label: str) -> str:
+    """``mole`` -> ``MOLe``: a learner type or a sweep's method label as the papers write it (others unchanged)."""
+    return METHOD_NAMES.get(str(label).lower(), str(label))
+
+
 # Per-step columns of a legged robot's trial (``metrics.csv``, from the env's ``info``): 1.0 on steps that
 # end with the torso's up axis below the horizon, and the forward velocity (the crawler's along its heading).
 UPSIDE_DOWN = "env/upside_down"

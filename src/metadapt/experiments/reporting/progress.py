@@ -16,6 +16,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from metadapt.errors import MetadaptError
+
 
 class Reporter:
     """No-op progress reporting; subclasses draw bars."""
@@ -34,6 +36,66 @@ class Reporter:
 
     def log(self, message: str) -> None:
         """A line above the bars."""
+
+    def scalars(self, prefix: str, values: dict[str, Any], step: int) -> None:
+        """Numbers worth plotting over ``step`` (an iteration's metrics row); ``TensorBoardReporter`` writes them."""
+
+
+class TensorBoardReporter(Reporter):
+    """Forwards everything to ``inner`` and writes TensorBoard scalars while the job runs: every numeric field of
+    ``advance(key, ...)`` as ``<key>/<field>`` over that bar's count (each training epoch's losses, a
+    collection's running return) and every ``scalars(prefix, ...)`` number as ``<prefix>/<name>``."""
+
+    def __init__(self, inner: Reporter, writer: Any) -> None:
+        self.inner, self.writer = inner, writer
+        self._counts: dict[str, int] = {}
+
+    def __enter__(self) -> TensorBoardReporter:
+        return self  # ``inner`` is its owner's to start and stop
+
+    def __exit__(self, *exc: Any) -> None:
+        self.writer.close()
+
+    def start(self, key: str, description: str, total: int) -> None:
+        self.inner.start(key, description, total)
+
+    def advance(self, key: str, amount: int = 1, **fields: Any) -> None:
+        self.inner.advance(key, amount, **fields)
+        # A bar restarted for the next iteration keeps counting on: one curve over the whole job.
+        self._counts[key] = self._counts.get(key, 0) + amount
+        for name, value in fields.items():
+            if _is_scalar(value):
+                self.writer.add_scalar(f"{key}/{name}", float(value), self._counts[key])
+
+    def log(self, message: str) -> None:
+        self.inner.log(message)
+
+    def scalars(self, prefix: str, values: dict[str, Any], step: int) -> None:
+        for name, value in values.items():
+            if _is_scalar(value):
+                self.writer.add_scalar(f"{prefix}/{name}", float(value), step)
+        self.writer.flush()
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def tensorboard_writer(path: Any) -> Any:
+    """A ``torch.utils.tensorboard.SummaryWriter`` on ``path``; one line saying what to install when it is missing."""
+    check_tensorboard()
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(path))
+
+
+def check_tensorboard() -> None:
+    """Refuse ``logging.tensorboard`` before any work when TensorBoard is not installed (one line)."""
+    try:
+        import tensorboard  # noqa: F401
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        raise MetadaptError("logging.tensorboard needs TensorBoard: pip install 'metadapt[tensorboard]'") from None
 
 
 class RichReporter(Reporter):
