@@ -254,3 +254,14 @@ def test_a_folder_of_a_shipped_name_does_not_hide_it_and_a_missing_path_says_nam
     assert yaml.safe_load(capsys.readouterr().out)["name"] == "mb_small"
     _fails(capsys, ["run", "elsewhere/mb_smal.yaml"], "config file not found: elsewhere/mb_smal.yaml",
            "shipped configs are named without a folder: metadapt configs lists them")
+
+
+def test_a_sweep_file_without_a_name_keeps_its_own_name_with_overrides(tmp_path):
+    """Regression: with overrides, a sweep without ``name`` was named after the temporary copy (``sweep``)."""
+    from metadapt.experiments.jobs.sweep import load_sweep
+
+    mine = tmp_path / "my_grid.yaml"
+    mine.write_text(f"base: {SHIPPED / 'mb_small.yaml'}\ncommand: run\ngrid:\n  seed: [0, 1]\n")
+    (tmp_path / "copy").mkdir()
+    copy = commands._sweep_with_overrides(mine, ["trial.steps=20"], tmp_path / "copy")
+    assert load_sweep(copy).name == "my_grid"

@@ -18,6 +18,7 @@ from metadapt.adapt.ts import KShotLearner
 from metadapt.agent import MPCAgent
 from metadapt.cli import main
 from metadapt.envs import get_objective, get_reward_fn, make_env, objectives
+from metadapt.envs.posture import Legged
 from metadapt.errors import MetadaptError
 from metadapt.experiments.jobs.rollout import rollout
 from metadapt.experiments.jobs.trial import run_trial
@@ -59,6 +60,28 @@ def test_a_robot_on_its_back_reads_upside_down_and_an_upright_one_does_not(env_i
         qpos[2] = 2 * math.pi + 0.2
         robot.set_state(qpos, np.zeros(robot.model.nv))
         assert robot.posture()["torso_pitch"] == pytest.approx(0.2) and robot.posture()["upside_down"] == 0.0
+
+
+def _rollout(env_id: str, steps: int = 30) -> tuple[np.ndarray, list[float]]:
+    env = make_env(env_id)
+    env.reset(seed=5)
+    rng = np.random.default_rng(0)
+    observations, rewards = [], []
+    for _ in range(steps):
+        obs, reward, *_ = env.step(rng.uniform(-1, 1, env.action_space.shape))
+        observations.append(obs)
+        rewards.append(reward)
+    return np.array(observations), rewards
+
+
+@pytest.mark.parametrize("env_id", LEGGED)
+def test_measuring_posture_changes_no_observation_or_reward(env_id, monkeypatch):
+    """Regression: posture() ran mj_kinematics on the live MjData, and the ants' velocity (read from body
+    positions) changed by up to 0.03 m/s per step."""
+    measured = _rollout(env_id)
+    monkeypatch.setattr(Legged, "posture", lambda self: {})
+    unmeasured = _rollout(env_id)
+    assert np.array_equal(measured[0], unmeasured[0]) and measured[1] == unmeasured[1]
 
 
 def test_the_step_info_reports_the_posture_of_the_state_it_ends_in():

@@ -212,7 +212,8 @@ def test_a_small_val_fraction_that_draws_no_validation_data_still_validates(tmp_
     assert one.ensure_validation(by_episode=False) == 1
 
     out = tmp_path / "t"
-    assert main(["train", str(ROOT / "configs/mb_small.yaml"), *TINY, "meta.enabled=true", "meta.past=4",
+    assert main(["train", str(ROOT / "configs/mb_small.yaml"), *TINY, "train.val_fraction=0.001",
+                 "meta.enabled=true", "meta.past=4",
                  "meta.future=4", "meta.meta_batch=4", "meta.batches_per_epoch=2", "meta.val_batches=1",
                  "env.id=metadapt/HalfCheetahMalfunction-v0", "learner.type=ts", "--out", str(out), "--quiet"]) == 0
     losses = [float(r["val_loss"]) for r in _rows(out / "metrics.csv")]

@@ -175,3 +175,15 @@ def test_preload_imports_what_runs_would_import_lazily():
             "assert not any(m in sys.modules for m in lazy), [m for m in lazy if m in sys.modules]; "
             "preload(); assert all(m in sys.modules for m in lazy)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_run_ids_of_sweeps_written_before_later_keys_existed_stay_the_same():
+    """Keys added to the schema later (planner.objective, env.reward_fn, env.perturbations) at their defaults
+    leave a point's run id as it was, so a sweep folder from before them resumes instead of rerunning."""
+    from metadapt.experiments.jobs.sweep import load_sweep
+
+    ids = [p.run_id for p in load_sweep(ROOT / "configs/sweeps/crawler_stc.yaml").points]
+    # the ids release 7b2a334 (before the three keys) gave these points
+    assert ids[:4] == ["a7814b12ed1a", "dd7f1290fbe9", "670f1adcb852", "99e9ebd002ab"]
+    changed = [p.run_id for p in load_sweep(ROOT / "configs/sweeps/crawler_stc.yaml").points]
+    assert changed == ids

@@ -504,3 +504,19 @@ def test_make_env_errors_name_the_id():
         make_env("Nope-v9")
     with pytest.raises(MetadaptError, match="environment 'metadapt/HalfCheetah-v0': unknown task 'x'"):
         make_env(CHEETAH, perturbations={"payload": PAYLOAD}, schedule="x")
+
+
+def test_the_wrapper_sets_the_episodes_task_before_the_reset_computes_the_first_state():
+    """Regression: PerturbedEnv reset the inner env (pose, first forward pass) under the previous task's model."""
+    tasks = {"heavy": [{"element": "body", "name": "pole", "field": "mass", "scale": 3.0}]}
+    env = make_env("InvertedPendulum-v5", perturbations=tasks, schedule="normal")
+    env.reset(seed=0)
+    normal = env.unwrapped.data.cinert.copy()
+    env.next_task = "heavy"
+    _, info = env.reset(seed=0)
+    assert info["task"] == "heavy"
+    # the body inertias of the reset's forward pass is the heavy pole's
+    assert not np.allclose(env.unwrapped.data.cinert, normal)
+    fresh = make_env("InvertedPendulum-v5", perturbations=tasks, schedule="heavy")
+    fresh.reset(seed=0)
+    np.testing.assert_array_equal(env.unwrapped.data.cinert, fresh.unwrapped.data.cinert)

@@ -153,7 +153,9 @@ def task_env(env: gym.Env) -> TaskEnv | None:
 
 
 def load_reward_fn(path: str, obs_dim: int | None = None, act_dim: int | None = None) -> RewardFn:
-    """The batched reward ``module:function`` names (``function`` may be dotted: ``module:MyEnv.reward_fn``).
+    """The batched reward ``module:function`` names: a module-level function, or a dotted path to any callable
+    that needs no instance (``module:MyEnv.reward_fn`` for a ``@staticmethod``; a plain method would lack its
+    ``self``).
 
     With ``obs_dim`` and ``act_dim`` it is tried once on a batch of two zero
     transitions (``2 x O, 2 x A, 2 x O``) and must return 2 rewards. One

@@ -74,6 +74,7 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import mujoco
 import numpy as np
+from gymnasium.utils import seeding
 
 from metadapt.envs.base import TaskEnv
 from metadapt.envs.tasks import Task, TaskSpec
@@ -440,6 +441,7 @@ class PerturbedEnv(TaskEnv, gym.Wrapper):
 
     def __init__(self, env: gym.Env, perturbations: Any, schedule: Any = None, task_sampler: Any = None) -> None:
         gym.Wrapper.__init__(self, env)
+        self._task_rng: np.random.Generator | None = None
         specs = parse_perturbations(perturbations)
         self._names = ("normal", *specs)
         install(self, mujoco_model(env), specs, schedule, task_sampler)
@@ -453,8 +455,13 @@ class PerturbedEnv(TaskEnv, gym.Wrapper):
         return self._uniform(self._names, rng)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        # The episode's task (and so the model) is set before the inner reset draws the pose and runs the first
+        # forward pass, as metadapt's own environments do; its draws come from the wrapper's own generator,
+        # seeded with the same seed.
+        if seed is not None or self._task_rng is None:
+            self._task_rng, _ = seeding.np_random(seed)
+        self._begin_episode(self._task_rng)
         obs, info = self.env.reset(seed=seed, options=options)
-        self._begin_episode(self.np_random)
         return obs, {**info, **self.task_info()}
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:

@@ -39,10 +39,14 @@ class Legged:
         """``torso_up`` (world-z component of the torso's up axis: 1 upright, -1 on its back), ``torso_pitch``
         (radians; planar robots: the full angle, 0 upright, +-pi on the back), ``torso_roll`` (3-D robots only) and
         ``upside_down`` (1.0 when the up axis points below the horizon, else 0.0)."""
-        # After mj_step the body frames lag qpos by one substep; recompute them from qpos (the next mj_step
-        # recomputes them anyway, so the physics is unchanged).
-        mujoco.mj_kinematics(self.model, self.data)
-        r = self.data.xmat[self._posture_body_id].reshape(3, 3)
+        # After mj_step the body frames in ``data`` lag qpos by one substep. They are recomputed from qpos on a
+        # scratch MjData: ``data`` itself stays as the step left it (the ants' velocity reads its xpos).
+        scratch = self.__dict__.get("_posture_scratch")
+        if scratch is None:
+            scratch = self.__dict__["_posture_scratch"] = mujoco.MjData(self.model)
+        scratch.qpos[:] = self.data.qpos
+        mujoco.mj_kinematics(self.model, scratch)
+        r = scratch.xmat[self._posture_body_id].reshape(3, 3)
         up = float(r[2, 2])
         out = {"torso_up": up}
         if self.PLANAR:

@@ -279,6 +279,7 @@ def _sweep_with_overrides(path: Path, overrides: list[str], tmp: Path) -> Path:
                               f"sweep file and edit it")
         fixed[key] = value
     spec["set"] = fixed
+    spec.setdefault("name", path.stem)  # the copy's own name would be "sweep"
     if isinstance(spec.get("base"), str):
         spec["base"] = os.path.normpath(path.absolute().parent / spec["base"])
     copy = tmp / "sweep.yaml"

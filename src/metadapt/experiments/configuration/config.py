@@ -253,6 +253,26 @@ def dump_config(cfg: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
+# Model-based keys added after the first release, with the default that keeps what the code computed before
+# them. A run id (a hash of the resolved config) leaves them out while they hold that default, so sweep folders
+# written before a key existed resume instead of running every point again.
+LATER_KEYS: dict[tuple[str, str], Any] = {
+    ("planner", "objective"): "reward",
+    ("env", "reward_fn"): None,
+    ("env", "perturbations"): None,
+}
+
+
+def without_later_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` without the ``LATER_KEYS`` that hold their defaults (a copy; ``cfg`` is not changed)."""
+    out = dict(cfg)
+    for (section, key), default in LATER_KEYS.items():
+        part = out.get(section)
+        if isinstance(part, dict) and key in part and part[key] == default:
+            out[section] = {k: v for k, v in part.items() if k != key}
+    return out
+
+
 def with_later_defaults(started: dict[str, Any]) -> dict[str, Any]:
     """A model-based config recorded by an earlier metadapt, with the keys added since at their defaults.
 

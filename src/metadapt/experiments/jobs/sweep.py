@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from metadapt.errors import ConfigError, MetadaptError, one_line
-from metadapt.experiments.configuration.config import dump_config, load_config
+from metadapt.experiments.configuration.config import dump_config, load_config, without_later_defaults
 from metadapt.experiments.configuration.files import plain_json, read_yaml_file, write_json
 from metadapt.experiments.configuration.schema import check_name
 from metadapt.experiments.reporting.metrics import ANALYSIS_FIELDS, mean_analysis, method_name
@@ -89,8 +89,10 @@ def _override_text(key: str, value: Any) -> str:
 
 
 def config_hash(cfg: dict[str, Any]) -> str:
-    """Stable id of a resolved config (the run directory's name)."""
-    return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    """Stable id of a resolved config (the run directory's name); keys added to the schema later count only
+    when they differ from their defaults (``configuration.config.LATER_KEYS``), so older sweeps resume."""
+    stable = without_later_defaults(cfg)
+    return hashlib.sha1(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _config_keys(value: Any, path: Path, what: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from metadapt.experiments.reporting.metrics import (
     UPSIDE_DOWN,
     VELOCITY_COLUMNS,
     trial_analysis,
+    unpack_posterior,
 )
 from metadapt.experiments.reporting.progress import Reporter, tensorboard_writer
 from metadapt.experiments.reporting.video import TrialVideo
@@ -132,7 +133,7 @@ class _TrialLog(Callback):
         packed = learner_metrics.get(POSTERIOR)
         if packed is not None:  # MOLe: its own file, one column per component (posterior.csv)
             learner_metrics = {k: v for k, v in learner_metrics.items() if k != POSTERIOR}
-            self.posteriors.append((s.t, _unpack(packed)))
+            self.posteriors.append((s.t, unpack_posterior(packed)))
         row: dict[str, Any] = {
             "step": s.t, "episode": s.episode, "reward": s.reward, "return": self.total,
             "task_id": int(info.get("task_id", 0)), "plan_ms": self.plan_ms[-1], "learner_ms": s.observe_seconds * 1e3,
@@ -161,13 +162,6 @@ class _TrialLog(Callback):
         # An unfinished last episode counts unless its return is exactly 0 after finished ones.
         if end.done or end.total_return != 0.0 or not self.episode_returns:
             self.episode_returns.append(end.total_return)
-
-
-def _unpack(packed: Any) -> dict[int, float]:
-    """MOLe's step info ``"id:p;id:p"`` (or a mapping) -> ``{component id: probability}``."""
-    if isinstance(packed, dict):
-        return {int(k): float(v) for k, v in packed.items()}
-    return {int(i): float(p) for i, p in (kv.split(":") for kv in str(packed).split(";") if kv)}
 
 
 def write_posterior(path: Path, posteriors: list[tuple[int, dict[int, float]]]) -> None:

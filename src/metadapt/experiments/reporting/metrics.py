@@ -97,6 +97,19 @@ def mean_analysis(analyses: Sequence[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def _nanmean(x: np.ndarray) -> float:
+    """The mean of the finite entries (a missing cell is NaN), NaN when there are none."""
+    finite = x[np.isfinite(x)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def unpack_posterior(packed: Any) -> dict[int, float]:
+    """MOLe's step-info ``posterior`` (``"id:p;id:p"``, or a mapping) -> ``{component id: probability}``."""
+    if isinstance(packed, dict):
+        return {int(k): float(v) for k, v in packed.items()}
+    return {int(i): float(p) for i, p in (kv.split(":") for kv in str(packed).split(";") if kv)}
+
+
 def trial_analysis(columns: dict[str, np.ndarray], window: int) -> dict[str, float | list[float]]:
     """What a trial's per-step log says about adaptation.
 
@@ -128,14 +141,13 @@ def trial_analysis(columns: dict[str, np.ndarray], window: int) -> dict[str, flo
             out["last_500"] = float(reward[first[-500:]].sum())
     if UPSIDE_DOWN in columns:
         flipped = np.asarray(columns[UPSIDE_DOWN], float)
-        out["upside_down"] = float(flipped.mean()) if flipped.size else float("nan")
-        out["segment_upside_down"] = [float(flipped[a:b].mean()) for a, b, _ in segs]
+        out["upside_down"] = _nanmean(flipped)
+        out["segment_upside_down"] = [_nanmean(flipped[a:b]) for a, b, _ in segs]
     velocity = next((c for c in VELOCITY_COLUMNS if c in columns), None)
     if velocity is not None:
         v = np.asarray(columns[velocity], float)
-        out["forward_velocity"] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-        out["segment_velocity"] = [float(np.nanmean(v[a:b])) if np.isfinite(v[a:b]).any() else float("nan")
-                                   for a, b, _ in segs]
+        out["forward_velocity"] = _nanmean(v)
+        out["segment_velocity"] = [_nanmean(v[a:b]) for a, b, _ in segs]
     if "chosen" in columns:
         chosen = np.asarray(columns["chosen"]).astype(int)
         keep = away_from_switches(tasks, window)

@@ -16,7 +16,7 @@ import numpy as np
 
 from metadapt.errors import MetadaptError, one_line
 from metadapt.experiments.configuration.files import read_yaml_file
-from metadapt.experiments.reporting.metrics import POSTERIOR_FILE, POSTERIOR_PREFIX, method_name
+from metadapt.experiments.reporting.metrics import POSTERIOR_FILE, POSTERIOR_PREFIX, method_name, unpack_posterior
 
 
 def read_csv(path: Path) -> dict[str, np.ndarray]:
@@ -75,7 +75,7 @@ def fmt(value: Any, spec: str) -> str:
 def posterior_matrix(column: np.ndarray) -> tuple[list[int], np.ndarray]:
     """A ``posterior`` column of the packed form runs before ``posterior.csv`` wrote ("id:p;id:p") ->
     (component ids, ``T x C`` probabilities)."""
-    parsed = [dict((int(i), float(p)) for i, p in (kv.split(":") for kv in str(cell).split(";"))) for cell in column]
+    parsed = [unpack_posterior(cell) for cell in column]
     ids = sorted({i for row in parsed for i in row})
     return ids, np.array([[row.get(i, 0.0) for i in ids] for row in parsed])
 
