@@ -218,3 +218,25 @@ def test_a_small_val_fraction_that_draws_no_validation_data_still_validates(tmp_
                  "env.id=metadapt/HalfCheetahMalfunction-v0", "learner.type=ts", "--out", str(out), "--quiet"]) == 0
     losses = [float(r["val_loss"]) for r in _rows(out / "metrics.csv")]
     assert losses and all(math.isfinite(v) for v in losses)
+
+
+def test_a_resumed_training_continues_its_tensorboard_curves(tmp_path):
+    """Regression: after --resume the per-epoch curves started again at step 1 over the first run's."""
+    pytest.importorskip("tensorboard")
+    import yaml
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "t"
+    tiny = [t for t in TINY if not t.startswith("train.iterations")]
+    assert main(["train", str(ROOT / "configs/mb_small.yaml"), *tiny, "train.iterations=1",
+                 "logging.tensorboard=true", "--out", str(out), "--quiet"]) == 0
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    cfg["train"]["iterations"] = 2  # a resume may add iterations
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("fit/train")]
+    epochs = [int(float(r["epochs"])) for r in _rows(out / "metrics.csv")]
+    assert steps == list(range(1, sum(epochs) + 1))  # one curve, no step written twice
+    assert [e.step for e in events.Scalars("iteration/val_loss")] == [0, 1]

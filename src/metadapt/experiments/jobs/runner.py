@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -84,6 +85,21 @@ def _check_resumable(cfg: dict[str, Any], run_dir: Path) -> None:
                               f"{', '.join(changed)}: resume continues the same run (start a new run to change it)")
 
 
+def _completed_counts(run_dir: Path) -> dict[str, int]:
+    """How far the completed iterations of ``run_dir`` moved the ``fit`` (epochs) and ``collect`` (steps) bars,
+    from its ``metrics.csv``: a resumed run's TensorBoard curves go on from there instead of starting over."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return {}
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        return {"fit": sum(int(float(r["epochs"])) for r in rows),
+                "collect": int(float(rows[-1]["env_steps"])) if rows else 0}
+    except (OSError, KeyError, ValueError, TypeError, csv.Error):
+        return {}  # the curves then restart at 0; the checkpoint's own checks judge the run
+
+
 def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool = False) -> tuple[DynamicsModel, Params]:
     """Iterative model training (MB) into ``run_dir``; resumes from its checkpoint if asked.
 
@@ -98,7 +114,8 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
         if not cfg["logging"]["tensorboard"]:
             return _train(cfg, run_dir, reporter, resume, env, objective, replay, device)
         # Written while training runs (each epoch's losses, each iteration's metrics row), not only after it.
-        with TensorBoardReporter(reporter, tensorboard_writer(run_dir / "tb")) as tb:
+        done = _completed_counts(run_dir) if resume else {}
+        with TensorBoardReporter(reporter, tensorboard_writer(run_dir / "tb"), done) as tb:
             return _train(cfg, run_dir, tb, resume, env, objective, replay, device)
     finally:
         env.close()

@@ -46,9 +46,10 @@ class TensorBoardReporter(Reporter):
     ``advance(key, ...)`` as ``<key>/<field>`` over that bar's count (each training epoch's losses, a
     collection's running return) and every ``scalars(prefix, ...)`` number as ``<prefix>/<name>``."""
 
-    def __init__(self, inner: Reporter, writer: Any) -> None:
+    def __init__(self, inner: Reporter, writer: Any, counts: dict[str, int] | None = None) -> None:
+        """``counts``: where each bar's curve goes on from (a resumed job's completed epochs and steps)."""
         self.inner, self.writer = inner, writer
-        self._counts: dict[str, int] = {}
+        self._counts: dict[str, int] = dict(counts or {})
 
     def __enter__(self) -> TensorBoardReporter:
         return self  # ``inner`` is its owner's to start and stop
