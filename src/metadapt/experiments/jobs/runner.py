@@ -38,23 +38,6 @@ def unique_dir(base: str | Path) -> Path:
     return Path(f"{base}-{i}")
 
 
-def preload() -> None:
-    """Import what every run imports lazily: the environments (MuJoCo, Gymnasium's MuJoCo base) and
-    ``torch._dynamo``, which ``torch.optim`` imports on the first optimizer (about 1.5 s together).
-
-    A sweep calls it before forking its workers, so each inherits the modules instead of importing
-    them again before its first run.
-    """
-    import importlib
-
-    import torch._dynamo  # noqa: F401
-
-    from metadapt.envs import REGISTRY
-
-    for entry, _ in REGISTRY.values():
-        importlib.import_module(entry.split(":")[0])
-
-
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)

@@ -38,7 +38,6 @@ import json
 import math
 import multiprocessing
 import os
-import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -382,16 +381,10 @@ def _run_sweep(
         results.update(_run_ray(sweep, todo, runs, ray_address, emit))
     elif backend == "local":
         threads = threads_per_run or max(1, cores // workers)
-        # Forked workers inherit what is imported here instead of each importing it before its first run
-        # (fork asked for by name: Python 3.14 starts Linux workers with forkserver by default).
-        ctx = multiprocessing.get_context("fork") if sys.platform == "linux" else None
-        if todo:
-            try:
-                from metadapt.experiments.jobs.runner import preload
-
-                preload()
-            except Exception:  # a run that cannot import fails alone, with its traceback in its directory
-                pass
+        # Spawned, not forked: a process that has run torch's OpenMP thread pool (a notebook, a test session,
+        # anything that trained before calling run_sweep) deadlocks its forked children in their first
+        # parallel torch op. A spawned worker imports torch and MuJoCo once (seconds) and runs many points.
+        ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent, mp_context=ctx) as pool:
             pending: dict[Future[dict[str, Any]], Point] = {}
             queue = list(todo)
