@@ -500,7 +500,7 @@ def test_check_refuses_in_one_line_what_run_would_refuse(tmp_path, capsys):
     _fails(capsys, ["check", MB, "learner.type=mole", "model.checkpoint=builtin:nope"], needle="no shipped prior")
     _fails(capsys, ["check", MB, "meta.enabled=true", "meta.past=600"], needle="meta.past")
     _fails(capsys, ["check", str(ROOT / "configs/mole_halfcheetah_malfunction.yaml"),
-                    "env.id=metadapt/Crawler-v0", "env.kwargs={}"], needle="prior for")
+                    "env.id=metadapt/Crawler-v0", "env.kwargs={}", "planner.objective=reward"], needle="prior for")
     _fails(capsys, ["check", str(ROOT / "configs/maml_sinusoid.yaml"), "task.data=/x"], needle="task.data")
     assert not any(tmp_path.iterdir())  # nothing written
 
