@@ -516,29 +516,14 @@ print("ok")
 """
 
 
-def _gl_backend() -> str | None:
-    for backend in ("egl", "osmesa"):
-        probe = subprocess.run([sys.executable, "-c", "import mujoco; mujoco.GLContext(8, 8)"],
-                               env={**os.environ, "MUJOCO_GL": backend}, capture_output=True)
-        if probe.returncode == 0:
-            return backend
-    return None
-
-
 @pytest.mark.parametrize("env_id", sorted(REGISTRY))
-def test_renders_rgb_frames(env_id):
-    backend = _gl_backend()
-    if backend is None:
-        pytest.skip("no OpenGL backend: EGL and OSMesa are both missing (apt-get install libosmesa6)")
-    proc = subprocess.run([sys.executable, "-c", _RENDER, env_id], env={**os.environ, "MUJOCO_GL": backend},
+def test_renders_rgb_frames(env_id, gl_backend):
+    proc = subprocess.run([sys.executable, "-c", _RENDER, env_id], env={**os.environ, "MUJOCO_GL": gl_backend},
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-def test_run_video_writes_an_mp4_with_a_frame_per_step(tmp_path):
-    backend = _gl_backend()
-    if backend is None:
-        pytest.skip("no OpenGL backend: EGL and OSMesa are both missing (apt-get install libosmesa6)")
+def test_run_video_writes_an_mp4_with_a_frame_per_step(tmp_path, gl_backend):
     pytest.importorskip("imageio_ffmpeg")
     import imageio.v2 as imageio
 
@@ -549,7 +534,7 @@ def test_run_video_writes_an_mp4_with_a_frame_per_step(tmp_path):
          "train.iterations=1", "train.steps_per_iteration=60", "train.rollout_length=60", "train.epochs=1",
          "model.hidden=[16]", "planner.num_samples=10", "planner.horizon=2", "trial.steps=12",
          "--video", "--quiet", "--out", str(out)],
-        env={**os.environ, "MUJOCO_GL": backend}, capture_output=True, text=True)
+        env={**os.environ, "MUJOCO_GL": gl_backend}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     frames = imageio.mimread(out / "trial_0" / "trial.mp4")
     assert len(frames) == 12 and frames[0].shape == (320, 480, 3)
