@@ -102,7 +102,7 @@ class AntCrippledEnv(AntSteps, TaskEnv, _GymAnt):
         if kwargs["contact_cost_weight"] != 0.0:
             raise ValueError("metadapt AntCrippled has no contact cost: contact forces are not observed")
         super().__init__(include_cfrc_ext_in_observation=False, **kwargs)
-        self.init_camera(kwargs)
+        self.init_legged(kwargs)
         self._last_velocity = 0.0
         self.observation_space = Box(-np.inf, np.inf, shape=(28,), dtype=np.float64)
         m = self.model

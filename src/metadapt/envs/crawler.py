@@ -158,7 +158,7 @@ class CrawlerEnv(Legged, TaskEnv, MujocoEnv):
         self._reset_noise_scale = reset_noise_scale
         obs_space = Box(-np.inf, np.inf, shape=(OBS_DIM,), dtype=np.float64)
         MujocoEnv.__init__(self, str(XML), frame_skip, observation_space=obs_space, **kwargs)
-        self.init_camera(kwargs)
+        self.init_legged(kwargs)
         m = self.model
         feet = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, f"foot_{i}") for i in range(N_LEGS)]
         self._limbs = LimbEdits(m, feet, SHORTEN)

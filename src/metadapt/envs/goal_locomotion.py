@@ -221,7 +221,7 @@ class AntDirEnv(AntSteps, _TaskObservation, ParametricTasks, _GymAnt):
         schedule, sampler = split_task_kwargs(kwargs)
         self.task_in_obs = bool(task_in_obs)
         super().__init__(include_cfrc_ext_in_observation=True, **kwargs)
-        self.init_camera(kwargs)
+        self.init_legged(kwargs)
         self._last_velocity = 0.0
         self.observation_space = Box(-np.inf, np.inf, shape=(ANT_OBS + self.task_in_obs,), dtype=np.float64)
         self._init_tasks(schedule, sampler)

@@ -60,7 +60,7 @@ class HalfCheetahEnv(Legged, TaskEnv, _GymHalfCheetah):
             raise ValueError("metadapt HalfCheetah excludes the x position from the observation")
         schedule, sampler = split_task_kwargs(kwargs)
         super().__init__(**kwargs)
-        self.init_camera(kwargs)
+        self.init_legged(kwargs)
         self._last_velocity = 0.0
         self.observation_space = Box(-np.inf, np.inf, shape=(18,), dtype=np.float64)
         self._base_gain = self.model.actuator_gainprm[:, 0].copy()

@@ -34,6 +34,8 @@ class Legged:
     model: mujoco.MjModel
     data: mujoco.MjData
     mujoco_renderer: Any
+    _posture_body_id: int
+    _posture_scratch: mujoco.MjData
 
     def posture(self) -> dict[str, float]:
         """``torso_up`` (world-z component of the torso's up axis: 1 upright, -1 on its back), ``torso_pitch``
@@ -41,9 +43,7 @@ class Legged:
         ``upside_down`` (1.0 when the up axis points below the horizon, else 0.0)."""
         # After mj_step the body frames in ``data`` lag qpos by one substep. They are recomputed from qpos on a
         # scratch MjData: ``data`` itself stays as the step left it (the ants' velocity reads its xpos).
-        scratch = self.__dict__.get("_posture_scratch")
-        if scratch is None:
-            scratch = self.__dict__["_posture_scratch"] = mujoco.MjData(self.model)
+        scratch = self._posture_scratch
         scratch.qpos[:] = self.data.qpos
         mujoco.mj_kinematics(self.model, scratch)
         r = scratch.xmat[self._posture_body_id].reshape(3, 3)
@@ -57,23 +57,18 @@ class Legged:
         out["upside_down"] = float(up < 0.0)
         return out
 
-    @property
-    def _posture_body_id(self) -> int:
-        body = self.__dict__.get("_posture_body")
-        if body is None:
-            body = self.__dict__["_posture_body"] = mujoco.mj_name2id(
-                self.model, mujoco.mjtObj.mjOBJ_BODY, self.POSTURE_BODY)
-            if body < 0:
-                raise ValueError(f"{type(self).__name__}: no body named '{self.POSTURE_BODY}'")
-        return body
-
-    def init_camera(self, kwargs: dict[str, Any]) -> None:
-        """After ``MujocoEnv.__init__(**kwargs)``: follow the robot unless the caller chose a ``default_camera_config``.
+    def init_legged(self, kwargs: dict[str, Any]) -> None:
+        """After ``MujocoEnv.__init__(**kwargs)``: find the torso, make the posture's scratch data, and follow the
+        robot with the camera unless the caller chose a ``default_camera_config``.
 
         A fixed camera loses a running HalfCheetah after about 90 steps; the
         followed view keeps the torso in the middle of every frame, seen from the
         side at ``FOLLOW_DISTANCE``.
         """
+        self._posture_body_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, self.POSTURE_BODY)
+        if self._posture_body_id < 0:
+            raise ValueError(f"{type(self).__name__}: no body named '{self.POSTURE_BODY}'")
+        self._posture_scratch = mujoco.MjData(self.model)
         self._follow = "default_camera_config" not in kwargs
         if self._follow:
             self.mujoco_renderer.default_cam_config = {
