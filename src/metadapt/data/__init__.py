@@ -1,5 +1,6 @@
-"""Raw transition storage and window sampling."""
+"""Raw transition storage and window sampling (the replay buffer, the lifelong frame stream)."""
 
 from metadapt.data.buffer import ReplayBuffer, Windows
+from metadapt.data.stream import FrameStream
 
-__all__ = ["ReplayBuffer", "Windows"]
+__all__ = ["FrameStream", "ReplayBuffer", "Windows"]

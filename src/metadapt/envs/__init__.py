@@ -23,8 +23,8 @@ from metadapt.types import RewardFn
 if TYPE_CHECKING:
     from metadapt.envs.base import TaskEnv
 
-# id -> (entry point, default episode length)
-REGISTRY: dict[str, tuple[str, int]] = {
+# id -> (entry point, default episode length; None: no TimeLimit, the environment ends its episodes itself)
+REGISTRY: dict[str, tuple[str, int | None]] = {
     "metadapt/HalfCheetah-v0": ("metadapt.envs.halfcheetah:HalfCheetahEnv", 1000),
     "metadapt/HalfCheetahMalfunction-v0": ("metadapt.envs.halfcheetah_malfunction:HalfCheetahMalfunctionEnv", 1000),
     "metadapt/HalfCheetahDisabledJoint-v0": ("metadapt.envs.halfcheetah_disabled:HalfCheetahDisabledJointEnv", 1000),
@@ -36,6 +36,7 @@ REGISTRY: dict[str, tuple[str, int]] = {
     "metadapt/HalfCheetahVel-v0": ("metadapt.envs.goal_locomotion:HalfCheetahVelEnv", 200),
     "metadapt/HalfCheetahDir-v0": ("metadapt.envs.goal_locomotion:HalfCheetahDirEnv", 200),
     "metadapt/AntDir-v0": ("metadapt.envs.goal_locomotion:AntDirEnv", 200),
+    "metadapt/RotatingMaze-v0": ("metadapt.envs.rotating_maze:RotatingMazeEnv", None),
 }
 
 

@@ -185,6 +185,10 @@ class TaskEnv:
         self._set_task(self._task_at(self._step_in_episode))
         self._step_in_episode += 1
 
+    def upcoming_task(self) -> Task:
+        """The task the next ``step`` runs with: what an oracle baseline is told (no learner reads it)."""
+        return self._task_at(self._step_in_episode)
+
     def task_info(self) -> dict[str, Any]:
         return {"task_id": self.task.task_id, "task": self.task.name}
 

@@ -158,10 +158,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from metadapt.experiments.configuration.config import load_config
+    from metadapt.experiments.configuration.config import load_config, system_of
     from metadapt.experiments.jobs import runner
 
     cfg = load_config(resolve_file(args.config, "config"), args.overrides)
+    if system_of(cfg) != "mbrl":  # a system whose training is its evaluation (meta-RL, lifelong streams)
+        from metadapt.experiments import jobs
+
+        if args.video:
+            raise MetadaptError(f"run --video is for model-based trials (system: {system_of(cfg)} writes its own "
+                                "videos from its config)")
+        jobs.check(cfg)
+        out = _run_dir(args, cfg["name"])
+        with _reporter(args.quiet) as rep:
+            jobs.train(cfg, out, rep)
+        print(f"report: {out / 'report.md'}")
+        return 0
     if args.video:
         from metadapt.experiments.reporting.video import check_video_writer, gl_backend
 
@@ -394,6 +406,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         bench_maml(repeats=args.repeats)
+        return 0
+    if args.which == "gcg":
+        from metadapt.experiments.benchmarks.bench_gcg import bench_gcg
+
+        torch.set_num_threads(args.threads or 1)  # the CPU configuration's runs: one thread per run
+        bench_gcg(repeats=min(args.repeats, 5), seed=args.seed)
         return 0
     if args.which == "sweep":
         from metadapt.experiments.benchmarks.bench_sweep import bench_sweep

@@ -107,6 +107,9 @@ def _spec_of(state: dict[str, Any], source: str) -> dict[str, Any]:
     if fmt == MLP_FORMAT_V1:  # the first format, MLP only: its fields at the top level
         keys = ("obs_dim", "act_dim", "hidden", "activation", "sigma", "action_gain", "normalizer")
         return {"type": "mlp", **{k: state[k] for k in keys if k in state}}
+    if isinstance(fmt, str) and fmt.startswith("metadapt.gcg_"):
+        raise CheckpointError(f"{source} is an image model of a system: gcg run (format {fmt!r}), not a dynamics "
+                              "model over states: a state-based run cannot use it")
     raise CheckpointError(f"{source} is not a metadapt dynamics model (format {fmt!r})")
 
 

@@ -58,6 +58,13 @@ class WarmStart:
         """Store ``sequence`` (``H x A``) shifted by one step."""
         self._mean = torch.cat([sequence[1:], self.default[None].to(sequence)], dim=0)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The stored plan (none: an empty dict), for a checkpoint that must resume planning bit for bit."""
+        return {} if self._mean is None else {"mean": self._mean.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._mean = state["mean"].to(self.default.device) if "mean" in state else None
+
 
 class Planner(ABC):
     """Maximises an objective over action sequences inside box bounds.

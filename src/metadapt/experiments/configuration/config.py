@@ -15,6 +15,7 @@ import yaml
 from metadapt.errors import ConfigError
 from metadapt.experiments.configuration.components import LEARNERS, MODELS, PLANNERS, TASKS, Registry
 from metadapt.experiments.configuration.files import parse_yaml, read_yaml_file
+from metadapt.experiments.configuration.gcg_schema import GCG_SCHEMA, check_gcg
 from metadapt.experiments.configuration.rl_schema import RL_SCHEMA, check_rl
 from metadapt.experiments.configuration.schema import Field, validate_section
 from metadapt.experiments.configuration.schema import defaults as schema_defaults
@@ -144,6 +145,7 @@ SYSTEMS: dict[str, tuple[dict[str, Any], Any]] = {
     "mbrl": (SCHEMA, _resolve_mbrl),
     "supervised": (SUPERVISED_SCHEMA, check_supervised),
     "rl": (RL_SCHEMA, check_rl),
+    "gcg": (GCG_SCHEMA, check_gcg),
 }
 DEFAULT_SYSTEM = "mbrl"
 

@@ -21,6 +21,7 @@ JOBS: dict[str, tuple[str, str | None]] = {
     "mbrl": ("metadapt.experiments.jobs.runner:train", None),
     "supervised": ("metadapt.experiments.jobs.supervised:train", "metadapt.experiments.jobs.supervised:report_run"),
     "rl": ("metadapt.experiments.jobs.rl:train", "metadapt.experiments.jobs.rl:report_run"),
+    "gcg": ("metadapt.experiments.jobs.gcg:train", "metadapt.experiments.jobs.gcg:report_run"),
 }
 
 
@@ -30,6 +31,7 @@ CHECKS: dict[str, str] = {
     "mbrl": "metadapt.experiments.jobs.runner:check",
     "supervised": "metadapt.experiments.jobs.supervised:check",
     "rl": "metadapt.experiments.jobs.rl:check",
+    "gcg": "metadapt.experiments.jobs.gcg:check",
 }
 
 

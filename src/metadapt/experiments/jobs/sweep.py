@@ -50,10 +50,10 @@ from typing import Any
 import numpy as np
 
 from metadapt.errors import ConfigError, MetadaptError, one_line
-from metadapt.experiments.configuration.config import dump_config, load_config, without_later_defaults
+from metadapt.experiments.configuration.config import dump_config, load_config, system_of, without_later_defaults
 from metadapt.experiments.configuration.files import plain_json, read_yaml_file, write_json
 from metadapt.experiments.configuration.schema import check_name
-from metadapt.experiments.reporting.metrics import ANALYSIS_FIELDS, mean_analysis, method_name
+from metadapt.experiments.reporting.metrics import ANALYSIS_FIELDS, LIFELONG_FIELDS, mean_analysis, method_name
 
 RESULT_FIELDS = ("run", "status", "mean_return", "std_return", "trials", "seconds")
 _KEYS = {"name", "base", "command", "set", "methods", "grid", "resources"}
@@ -265,7 +265,15 @@ def execute_point(command: str, config: dict[str, Any], run_dir: str, threads: i
 
         torch.set_num_threads(max(1, threads))
         out.mkdir(parents=True, exist_ok=True)
-        if command == "train":
+        if (system := system_of(config)) != "mbrl":  # its training is its evaluation; its summary has the numbers
+            from metadapt.experiments import jobs
+
+            summary = jobs.train(config, out, Reporter(), resume=(out / "checkpoints").is_dir())
+            if not isinstance(summary, dict) or "mean_return" not in summary:
+                raise MetadaptError(f"system {system} gives no result a sweep can aggregate")
+            result.update(mean_return=float(summary["mean_return"]), std_return=0.0, trials=1)
+            result.update({k: float(summary[k]) for k in LIFELONG_FIELDS if k in summary})
+        elif command == "train":
             resume = (out / "checkpoints" / "latest.pt").is_file()
             runner.train(config, out, Reporter(), resume=resume)
         else:
@@ -453,11 +461,12 @@ def write_results(sweep: Sweep, results: list[dict[str, Any]], out: Path) -> Pat
     path = out / "results.csv"
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
-        fields = [*RESULT_FIELDS, *ANALYSIS_FIELDS, *sweep.grid_keys, "error"]
+        lifelong = [k for k in LIFELONG_FIELDS if any(k in r for r in results)]  # only a lifelong sweep has them
+        fields = [*RESULT_FIELDS, *ANALYSIS_FIELDS, *lifelong, *sweep.grid_keys, "error"]
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for p, r in zip(sweep.points, results, strict=True):
-            w.writerow({**{k: r.get(k, "") for k in (*RESULT_FIELDS, *ANALYSIS_FIELDS)}, **p.labels,
+            w.writerow({**{k: r.get(k, "") for k in (*RESULT_FIELDS, *ANALYSIS_FIELDS, *lifelong)}, **p.labels,
                         "error": r.get("error", "")})
     tmp.replace(path)
     return path
@@ -555,17 +564,18 @@ def paired_differences(rows: list[dict[str, str]], group_keys: list[str]) -> lis
     return out
 
 
-def _paired_lines(pairs: list[dict[str, Any]], others: list[str]) -> list[str]:
+def _paired_lines(pairs: list[dict[str, Any]], others: list[str], digits: int = 1, what: str = "return") -> list[str]:
     if not pairs:
         return []
     lines = ["", "Paired by seed (methods on one seed share its task schedule): the mean over seeds of each seed's "
-             "return difference, its 95% interval, and on how many seeds the first method's return is higher.", "",
+             f"{what} difference, its 95% interval, and on how many seeds the first method's {what} is higher.", "",
              "| " + " | ".join([*others, "difference", "mean", "95% CI", "wins", "losses", "seeds"]) + " |",
              "|" + "---|" * (len(others) + 1) + "---:|---:|---:|---:|---:|"]
     for p in pairs:
-        ci = f"± {p['ci95']:.1f}" if math.isfinite(p["ci95"]) else "n/a"
+        ci = f"± {p['ci95']:.{digits}f}" if math.isfinite(p["ci95"]) else "n/a"
         lines.append("| " + " | ".join([*(str(p[k]) for k in others),
-                                        f"{method_name(p['a'])} − {method_name(p['b'])}", f"{p['mean']:+.1f}", ci,
+                                        f"{method_name(p['a'])} − {method_name(p['b'])}",
+                                        f"{p['mean']:+.{digits}f}", ci,
                                         str(p["wins"]), str(p["losses"]), str(p["n"])]) + " |")
     return lines
 
@@ -670,8 +680,10 @@ def write_sweep_report(out_dir: str | Path) -> Path:
     out = Path(out_dir)
     rows = read_results(out / "results.csv")
     grid_keys = [k for k in (rows[0].keys() if rows else [])
-                 if isinstance(k, str) and k not in (*RESULT_FIELDS, *ANALYSIS_FIELDS, "error")]
+                 if isinstance(k, str) and k not in (*RESULT_FIELDS, *ANALYSIS_FIELDS, *LIFELONG_FIELDS, "error")]
     group_keys = [k for k in grid_keys if k != "seed"]
+    if rows and "j_average" in rows[0]:
+        return _lifelong_sweep_report(out, rows, group_keys)
     table = aggregate(rows, group_keys)
     done = sum(r["status"] == "done" for r in rows)
     lines = [f"# metadapt sweep report: {out.name}", "",
@@ -718,6 +730,62 @@ def write_sweep_report(out_dir: str | Path) -> Path:
     if failures:
         lines += ["", "## Failed runs", ""]
         lines += [f"- `{r['run']}`: {r.get('error', '')} (see runs/{r['run']}/error.txt)" for r in failures]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _lifelong_sweep_report(out: Path, rows: list[dict[str, str]], group_keys: list[str]) -> Path:
+    """The report of a sweep of lifelong runs (``system: gcg``): J_average at the end, recovery and adaptation per
+    group with 95% intervals over seeds, paired differences, and J_average(T) of every group on one figure."""
+    from metadapt.experiments.reporting.lifelong import read_steps, switch_steps
+    from metadapt.experiments.reporting.lifelong_report import lifelong_figure
+
+    done = [r for r in rows if r["status"] == "done"]
+    groups: dict[tuple[str, ...], list[dict[str, str]]] = {}
+    for r in done:
+        groups.setdefault(tuple(r.get(k, "") for k in group_keys), []).append(r)
+
+    def cell(values: list[float], digits: int) -> str:
+        mean, _, ci, n = mean_ci(values)
+        if not n:
+            return "-"
+        return f"{mean:.{digits}f} ± {ci:.{digits}f}" if math.isfinite(ci) else f"{mean:.{digits}f}"
+
+    heads = ["J_average at the end", "steps to recover", "censored share", "CE before → after adapting",
+             "after switches: before → after", "seeds"]
+    lines = [f"# metadapt sweep report: {out.name}", "",
+             f"{len(rows)} runs: {len(done)} done, {len(rows) - len(done)} failed. Lifelong runs: J_average is each "
+             "run's mean reward over its whole stream; recovery, the steps after a rotation switch until the reward "
+             "rate is back to its share of the pre-switch rate (censored: the next switch came first); CE, the "
+             "reward-prediction cross-entropy of the next steps before and after each online adaptation. Mean over "
+             "seeds ± the 95% interval of the mean (Student's t).", "",
+             "| " + " | ".join([*group_keys, *heads]) + " |", "|" + "---|" * len(group_keys) + "---:|" * len(heads)]
+    for key, runs in groups.items():
+        col = {f: [_number(r.get(f)) for r in runs] for f in LIFELONG_FIELDS}
+        g = dict(zip(group_keys, key, strict=True))
+        lines.append("| " + " | ".join([*_cells(g, group_keys), cell(col["j_average"], 4),
+                                        cell(col["recovery_steps"], 0), cell(col["recovery_censored"], 2),
+                                        f"{cell(col['ce_before'], 3)} → {cell(col['ce_after'], 3)}",
+                                        f"{cell(col['ce_before_after_switch'], 3)} → "
+                                        f"{cell(col['ce_after_after_switch'], 3)}", str(len(runs))]) + " |")
+    lines += _paired_lines(paired_differences(rows, group_keys), [k for k in group_keys if k != "method"],
+                           digits=4, what="J_average")
+    curves: dict[str, list[np.ndarray]] = {}
+    switches = np.zeros(0, dtype=int)
+    for key, runs in groups.items():
+        label = _label(dict(zip(group_keys, key, strict=True)), group_keys)
+        for r in runs:
+            steps = out / "runs" / r["run"] / "steps.csv"
+            if steps.is_file():
+                cols = read_steps(steps)
+                curves.setdefault(label, []).append(cols["reward"])
+                if not switches.size:  # one seed's switches; other seeds switch elsewhere
+                    switches = switch_steps(cols["rotation"])
+    if curves:
+        lifelong_figure(curves, switches, out / "j_average.png",
+                        title="mean over seeds, band: min to max; dotted: the first seed's switches")
+        lines += ["", "![J_average per method](j_average.png)"]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -68,13 +68,19 @@ def segments(task_ids: Sequence[int]) -> list[tuple[int, int, int]]:
 ANALYSIS_FIELDS = ("task_recovery_ari", "effective_components", "components", "created_per_switch",
                    "first_500", "last_500", "upside_down", "forward_velocity")
 
+# What a lifelong run (system: gcg) adds to a sweep's results.csv: its summary's numbers (see reporting/lifelong.py)
+LIFELONG_FIELDS = ("j_average", "recovery_steps", "recovery_censored", "ce_before", "ce_after",
+                   "ce_before_after_switch", "ce_after_after_switch", "ce_lower_share", "switches")
+
 # MOLe's posterior over its components at every step: a trial's own file, ``step`` then one column per component.
 POSTERIOR_FILE = "posterior.csv"
 POSTERIOR_PREFIX = "component_"
 
 # How the papers name the methods (learner types and method labels of sweeps -> the name in reports).
 METHOD_NAMES = {"mole": "MOLe", "grbal": "GrBAL", "rebal": "ReBAL", "ts": "TS", "gs": "GS", "mb": "MB", "de": "DE",
-                "static": "MB", "maml": "MAML", "fomaml": "FO-MAML", "pretrained": "pretrained", "oracle": "oracle"}
+                "static": "MB", "maml": "MAML",
+                "meta_gcg": "Meta-GCG", "gcg": "GCG", "fomaml": "FO-MAML", "pretrained": "pretrained",
+                "oracle": "oracle"}
 
 
 def method_name(label: str) -> str:

@@ -1,0 +1,119 @@
+"""What a lifelong run measured (seed 001): J_average(T), recovery after switches, adaptation's effect.
+
+All functions take the per-step columns of a run's ``steps.csv`` as numpy arrays (``T``), so a sweep's report
+and a single run's report read the same numbers.
+
+- ``j_average``: ``J_average(T) = sum_{t<=T} r_t / T`` (Co-Reyes et al., Section 3), at every step.
+- ``switch_steps``: the steps whose task differs from the step before (the agent is never told).
+- ``recovery_steps``: for each switch at ``s`` with a positive pre-switch reward rate ``rho`` (the mean reward of
+  the ``window`` steps before ``s``), the first ``d`` such that the mean reward of the ``window`` steps ending at
+  ``s + d`` is at least ``fraction * rho``. The trailing mean counts only steps after the switch (a shorter
+  window until ``window`` steps have passed), so pre-switch steps never make a recovery. A switch whose next
+  switch (or the end) comes first is censored at that distance: it counts as the steps it had, and is flagged.
+- ``adaptation_losses``: the reward-prediction cross-entropy of the next steps before and after each online
+  adaptation, overall and in the ``after`` steps after each switch.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# steps.csv of a lifelong run: one row per environment step (empty cells: not measured at that step)
+COLUMNS = ("step", "reward", "rotation", "x", "episode", "explored", "plan_return", "train_loss",
+           "ce_before", "ce_after")
+
+
+def read_steps(path: Path) -> dict[str, np.ndarray]:
+    """``steps.csv`` as columns (empty cells are NaN)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {c: np.array([float(r[c]) if r.get(c, "") != "" else math.nan for r in rows]) for c in COLUMNS}
+
+
+def j_average(rewards: np.ndarray) -> np.ndarray:
+    """``T``: the average reward of steps ``0..T`` (inclusive) at every ``T``."""
+    r = np.asarray(rewards, dtype=np.float64)
+    return np.cumsum(r) / np.arange(1, r.size + 1)
+
+
+def switch_steps(tasks: np.ndarray) -> np.ndarray:
+    """The steps ``s > 0`` whose task differs from step ``s - 1``'s."""
+    t = np.asarray(tasks)
+    return np.flatnonzero(t[1:] != t[:-1]) + 1
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """One switch: its step, the pre-switch reward rate, the steps to recover and whether it was censored."""
+
+    step: int
+    rate_before: float
+    steps: int
+    censored: bool
+
+
+def recovery_steps(rewards: np.ndarray, switches: np.ndarray, window: int = 200,
+                   fraction: float = 0.8) -> list[Recovery]:
+    """Each switch's recovery (see the module docstring); switches with a pre-switch rate <= 0 are skipped
+    (there is nothing to recover to), as are switches with fewer than ``window`` steps before them."""
+    r = np.asarray(rewards, dtype=np.float64)
+    csum = np.concatenate([[0.0], np.cumsum(r)])
+    ends = [*switches[1:].tolist(), r.size] if switches.size else []
+    out = []
+    for s, end in zip(switches.tolist(), ends, strict=True):
+        if s < window:
+            continue
+        rate = (csum[s] - csum[s - window]) / window
+        if rate <= 0:
+            continue
+        target = fraction * rate
+        found = None
+        for t in range(s, end):  # t: the last step of the trailing window
+            lo = max(s, t - window + 1)
+            if (csum[t + 1] - csum[lo]) / (t + 1 - lo) >= target and t + 1 - lo >= min(window, 10):
+                found = t + 1 - s
+                break
+        out.append(Recovery(s, float(rate), found if found is not None else end - s, found is None))
+    return out
+
+
+def adaptation_losses(steps: np.ndarray, before: np.ndarray, after: np.ndarray, switches: np.ndarray,
+                      after_switch: int = 200) -> dict[str, float]:
+    """Mean cross-entropy before / after adaptation, over the stream and within ``after_switch`` steps after a
+    switch (rows where both are finite; NaN when there are none)."""
+    ok = np.isfinite(before) & np.isfinite(after)
+    near = np.zeros_like(ok)
+    for s in switches.tolist():
+        near |= (steps >= s) & (steps < s + after_switch)
+    out = {}
+    for name, mask in (("", ok), ("_after_switch", ok & near)):
+        out[f"ce_before{name}"] = float(before[mask].mean()) if mask.any() else math.nan
+        out[f"ce_after{name}"] = float(after[mask].mean()) if mask.any() else math.nan
+        out[f"ce_lower_share{name}"] = float((after[mask] < before[mask]).mean()) if mask.any() else math.nan
+    return out
+
+
+def summarize(rewards: np.ndarray, tasks: np.ndarray, steps: np.ndarray, ce_before: np.ndarray,
+              ce_after: np.ndarray, window: int = 200, fraction: float = 0.8,
+              after_switch: int = 200) -> dict[str, float]:
+    """The run's numbers: ``j_average`` at the end (also ``mean_return``, what sweeps aggregate), the mean
+    recovery and its censored share, the switch count and the adaptation losses."""
+    switches = switch_steps(tasks)
+    rec = recovery_steps(rewards, switches, window, fraction)
+    j = j_average(rewards)
+    out = {
+        "mean_return": float(j[-1]) if j.size else math.nan,
+        "j_average": float(j[-1]) if j.size else math.nan,
+        "total_reward": float(np.sum(rewards)),
+        "switches": float(switches.size),
+        "recovery_steps": float(np.mean([x.steps for x in rec])) if rec else math.nan,
+        "recovery_censored": float(np.mean([x.censored for x in rec])) if rec else math.nan,
+        "recoveries": float(len(rec)),
+    }
+    out.update(adaptation_losses(steps, ce_before, ce_after, switches, after_switch))
+    return out

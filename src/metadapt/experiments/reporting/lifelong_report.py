@@ -1,0 +1,139 @@
+"""``report.md`` of a lifelong run (``system: gcg``): J_average(T) with the switches, recovery, adaptation.
+
+Reads only the run directory (``config.yaml``, ``steps.csv``, ``summary.json``), so ``metadapt report RUN``
+rewrites it; ``lifelong_figure`` also draws several runs on one axis for a sweep's report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from metadapt.errors import MetadaptError
+from metadapt.experiments.reporting.lifelong import j_average, read_steps, switch_steps
+from metadapt.experiments.reporting.report import plt, save_figure
+
+METHOD_LABELS = {"meta_gcg": "Meta-GCG", "gcg": "GCG", "oracle": "oracle (rotation told)"}
+
+
+def _read(run_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
+    if not (run_dir / "steps.csv").is_file():
+        raise MetadaptError(f"{run_dir} has no steps.csv (not a gcg run, or it has not reached a checkpoint)")
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    return cfg, read_steps(run_dir / "steps.csv"), summary
+
+
+def lifelong_figure(curves: dict[str, list[np.ndarray]], switches: np.ndarray, path: Path,
+                    title: str = "") -> Path:
+    """J_average(T) per method (the mean over runs, a band of their min and max), switches as dotted lines.
+
+    ``curves``: method label -> per-run reward columns (``T`` each; cut to the shortest).
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    for label, runs in curves.items():
+        n = min(r.size for r in runs)
+        js = np.stack([j_average(r[:n]) for r in runs])
+        steps = np.arange(1, n + 1)
+        line, = ax.plot(steps, js.mean(0), lw=1.4, label=f"{label} (n={len(runs)})")
+        if len(runs) > 1:
+            ax.fill_between(steps, js.min(0), js.max(0), color=line.get_color(), alpha=0.15, lw=0)
+    for i, s in enumerate(switches.tolist()):
+        ax.axvline(s, color="0.5", lw=0.7, ls=":", label="rotation switch" if i == 0 else None)
+    ax.set_xlabel("environment step T")
+    ax.set_ylabel("J_average(T): mean reward so far")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+    return path
+
+
+def _adaptation_figure(cols: dict[str, np.ndarray], switches: np.ndarray, path: Path) -> Path | None:
+    ok = np.isfinite(cols["ce_before"]) & np.isfinite(cols["ce_after"])
+    if not ok.any():
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 3.0))
+    steps = cols["step"][ok]
+    k = max(1, int(ok.sum()) // 200)  # a causal trailing mean keeps the curve readable without looking ahead
+
+    def smooth(x: np.ndarray) -> np.ndarray:
+        c = np.cumsum(np.insert(x, 0, 0.0))
+        idx = np.arange(1, x.size + 1)
+        lo = np.maximum(0, idx - k)
+        return (c[idx] - c[lo]) / (idx - lo)
+
+    ax.plot(steps, smooth(cols["ce_before"][ok]), lw=1.1, label="before adapting (theta)")
+    ax.plot(steps, smooth(cols["ce_after"][ok]), lw=1.1, label="after adapting on the last steps")
+    for i, s in enumerate(switches.tolist()):
+        ax.axvline(s, color="0.5", lw=0.7, ls=":", label="rotation switch" if i == 0 else None)
+    ax.set_xlabel("environment step")
+    ax.set_ylabel("reward cross-entropy, next steps")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+    return path
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "-"
+    return "-" if not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def write_lifelong_report(run_dir: Path) -> Path:
+    cfg, cols, summary = _read(run_dir)
+    method = cfg.get("method", "meta_gcg")
+    label = METHOD_LABELS.get(method, method)
+    switches = switch_steps(cols["rotation"])
+    lifelong_figure({label: [cols["reward"]]}, switches, run_dir / "j_average.png")
+    adapt_fig = _adaptation_figure(cols, switches, run_dir / "adaptation.png")
+    kw = cfg["env"]["kwargs"]
+    m = cfg["meta"]
+    lines = [
+        f"# {label} on {cfg['env']['id']} ({kw.get('mode', 'episodic')}), seed {cfg['seed']}",
+        "",
+        f"{int(cols['step'].size)} of {cfg['env']['steps']} steps; model preset `{cfg['model']['preset']}`; "
+        f"CEM {cfg['planner']['samples']} x {cfg['planner']['iterations']} rounds, horizon "
+        f"{cfg['planner']['horizon']}; training every {m['train_every']} step(s) from step "
+        f"{m['start'] or m['window']}: "
+        + (f"MAML on windows of {m['window']} (meta-batch {m['meta_batch']}, batch {m['batch']}, "
+           f"{m['inner_steps']} inner steps at {m['inner_lr']}, {'first' if m['first_order'] else 'second'} order), "
+           f"adapted every {cfg['adapt']['every']} steps on the last {cfg['adapt']['window']}"
+           if method == "meta_gcg" else
+           f"Adam on {m['meta_batch'] * m['batch']} sequences of the stream, never adapted"
+           + ("; actions un-rotated with the true rotation" if method == "oracle" else "")) + ".",
+        "",
+        "| J_average at the end | total reward | switches | mean steps to recover (censored share) | "
+        "CE before → after adapting | in the steps after switches | share of adaptations that lowered it |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {_fmt(summary.get('j_average', np.mean(cols['reward'])))} | {_fmt(np.sum(cols['reward']), 0)} | "
+        f"{switches.size} | {_fmt(summary.get('recovery_steps'), 1)} ({_fmt(summary.get('recovery_censored'), 2)}) | "
+        f"{_fmt(summary.get('ce_before'))} → {_fmt(summary.get('ce_after'))} | "
+        f"{_fmt(summary.get('ce_before_after_switch'))} → {_fmt(summary.get('ce_after_after_switch'))} | "
+        f"{_fmt(summary.get('ce_lower_share'), 2)} |",
+        "",
+        "Recovery: steps after a switch until the mean reward of the trailing "
+        f"{cfg['eval']['rate_window']} steps (after the switch) is back to {cfg['eval']['recovery_fraction']:.0%} "
+        "of the rate before it. CE: the reward-prediction cross-entropy of the next "
+        f"{cfg['adapt']['every']} steps, of theta and of theta adapted on the {cfg['adapt']['window']} steps "
+        "before them" + ("" if method == "meta_gcg" else f" (scored only: {label} acts with theta)") + ".",
+        "",
+        "![J_average](j_average.png)",
+    ]
+    if adapt_fig is not None:
+        lines += ["", "![adaptation](adaptation.png)"]
+    if (run_dir / "video.mp4").is_file():
+        lines += ["", "Video of the last steps, true rotation and predicted return drawn on: [video.mp4](video.mp4)"]
+    if summary.get("steps_per_second"):
+        lines += ["", f"Speed: {summary['steps_per_second']:.1f} steps/s in its last session."]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
