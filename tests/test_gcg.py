@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tests.killing import kill_when
 
 from metadapt.experiments.reporting.lifelong import (
     adaptation_losses,
@@ -22,7 +23,6 @@ from metadapt.experiments.reporting.lifelong import (
     summarize,
     switch_steps,
 )
-from tests.killing import kill_when
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"encoder_channels": [4, 8, 8, 8], "hidden": 8, "reward_channels": 4, "reward_hidden": [16, 16]}

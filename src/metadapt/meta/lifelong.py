@@ -113,8 +113,9 @@ class LifelongLearner:
         return {k: v.detach() for k, v in fast.items()}
 
     def adapt(self, stream: Stream) -> Params | None:
-        """Adapt ``theta`` on the newest ``adapt_window`` steps (None when they hold no sequence: the stream's
-        ``last`` returns an empty batch, e.g. right after a reset); the result is what ``acting_params`` returns until the next adaptation or ``reset``."""
+        """Adapt ``theta`` on the newest ``adapt_window`` steps; None when they hold no sequence (the stream's
+        ``last`` is empty, e.g. right after a reset). The result is what ``acting_params`` returns until the next
+        adaptation or ``reset``."""
         batch = stream.last(self.settings.adapt_window, self.settings.sequence_length)
         self.adapted = None if batch[1].shape[0] == 0 else self.adapt_on(batch)
         return self.adapted

@@ -84,7 +84,7 @@ def bench_gcg(repeats: int = 5, seed: int = 0, print_fn: Callable[[str], Any] = 
         fractions = {}
         for dt, name in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
             objective = model.planning_objective(params, frames, dt, share_prefixes=False)  # the dense workload
-            seconds = _best(lambda objective=objective: objective(seqs), repeats)
+            seconds = _best(lambda objective=objective, seqs=seqs: objective(seqs), repeats)
             fractions[name] = flops / seconds / peak[dt]
             out[f"{preset}_rollout_{name}_gflops"] = flops / seconds / 1e9
             out[f"{preset}_rollout_{name}_fraction_of_peak"] = fractions[name]
