@@ -187,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "tasks; sweep: the same sweep with 1 and 2 workers; maml: a sinusoid meta-iteration against "
                         "reference loops (plain PyTorch, higher); sampling: the meta-RL sampler vs the raw "
                         "simulator, and one TRPO meta-iteration; gcg: Meta-GCG's planning per control step "
-                        "(paper and CPU widths), its latent rollout vs the matrix-product peak, a meta-training step, the maze's "
-                        "steps per second")
+                        "(paper and CPU widths), its latent rollout vs the matrix-product peak, a meta-training "
+                        "step, the maze's steps per second")
     b.add_argument("--runs", type=positive_int, default=8, help="sweep: equal runs in the sweep")
     b.add_argument("--num-samples", type=positive_int, default=1000)
     b.add_argument("--horizon", type=positive_int, default=10)
