@@ -125,6 +125,18 @@ def test_sigkilled_stream_resumes_to_the_same_result(runs: dict[str, Path], tmp_
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_video_shows_the_last_steps_with_their_rotation(tmp_path: Path) -> None:
+    ffmpeg = pytest.importorskip("imageio_ffmpeg")
+
+    out = tmp_path / "video"
+    r = cli("run", str(small_config(tmp_path, "meta_gcg", **{"env.steps": 60, "meta.window": 20,
+                                                               "eval.video_steps": 12})),
+            "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert ffmpeg.count_frames_and_secs(str(out / "video.mp4"))[0] == 12
+    assert "video.mp4" in (out / "report.md").read_text()
+
+
 def test_a_model_checkpoint_starts_a_new_stream(runs: dict[str, Path], tmp_path: Path) -> None:
     cfg = small_config(tmp_path, "gcg")
     r = cli("run", str(cfg), "--out", str(tmp_path / "warm"), "--quiet", f"model.checkpoint={runs['gcg']}")

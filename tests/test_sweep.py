@@ -203,3 +203,12 @@ def test_run_ids_of_sweeps_written_before_later_keys_existed_stay_the_same():
     assert ids[:4] == ["a7814b12ed1a", "dd7f1290fbe9", "670f1adcb852", "99e9ebd002ab"]
     changed = [p.run_id for p in load_sweep(ROOT / "configs/sweeps/crawler_stc.yaml").points]
     assert changed == ids
+
+
+def test_a_grid_key_named_method_sets_the_config_key_when_there_is_no_methods_axis():
+    # system: gcg has a top-level "method"; a grid over it must give one run per method (it was dropped as if it
+    # were the methods axis's label, so the points collapsed into one run each seed).
+    sweep = load_sweep(ROOT / "configs/sweeps/gcg_maze_lifelong.yaml")
+    assert len(sweep.points) == 15 and len({p.run_id for p in sweep.points}) == 15
+    assert [p.config["method"] for p in sweep.points[:3]] == ["meta_gcg", "gcg", "oracle"]
+    assert [p.labels["seed"] for p in sweep.points[:3]] == [0, 0, 0]  # seeds outer: whole seeds first

@@ -3,7 +3,7 @@
 Defaults are seed 001's Appendix A (Co-Reyes et al.): inner SGD 3 steps at 1e-2, outer Adam 1e-4, meta-batch 8,
 batch 32, sequences of 5, training windows of 400 split in halves, online adaptation every 10 steps on the last
 10, CEM with 500 sequences, the top 10 %, 4 rounds, horizon 5, over the paper's widths (``model.preset: paper``).
-The shipped CPU configs narrow the model and the planner (``model.preset: cpu``); see docs/methods/meta_gcg.md.
+The shipped CPU configs narrow the model and the planner (``model.preset: cpu``); see docs/methods/meta-gcg.md.
 """
 
 from __future__ import annotations

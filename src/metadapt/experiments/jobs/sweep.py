@@ -165,7 +165,9 @@ def load_sweep(path: str | Path) -> Sweep:
         labels = dict(zip(keys, combo, strict=True))
         bundle = methods[labels["method"]] if methods else {}
         overrides = [_override_text(k, v) for k, v in {**fixed, **bundle}.items()]
-        overrides += [_override_text(k, v) for k, v in labels.items() if k != "method"]
+        # "method" is the methods axis's label, not a config key; without a methods section it is the config's own
+        # key (system gcg's method), set like any other grid key.
+        overrides += [_override_text(k, v) for k, v in labels.items() if not (methods and k == "method")]
         try:
             cfg = load_config(base_path, overrides)
             point = Point(labels, overrides, cfg, None, config_hash(cfg))
