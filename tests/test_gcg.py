@@ -153,6 +153,9 @@ def test_a_model_checkpoint_starts_a_new_stream(runs: dict[str, Path], tmp_path:
     ({"env.id": "metadapt/HalfCheetah-v0", "env.kwargs": {}}, "frames"),
     ({"method": "maml"}, "method"),
     ({"model.widths": {"bogus": 3}}, "model.widths"),
+    ({"env.kwargs": {"mode": "episodic", "frame_stack": 2, "episode_steps": 30}}, "larger than the episodes"),
+    ({"env.kwargs": {"mode": "episodic", "frame_stack": 2, "episode_steps": 2}}, "hold no sequence"),
+    ({"method": "gcg", "meta.start": 2}, "meta.start"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, changes: dict, needle: str) -> None:
     cfg = small_config(tmp_path, "meta_gcg", **changes)
@@ -161,6 +164,22 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path, changes: dict, ne
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr and needle in lines[0], r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_episodic_streams_train_on_windows_inside_one_episode_and_adapt_within_it(tmp_path: Path) -> None:
+    out = tmp_path / "episodic"
+    cfg = small_config(tmp_path, "meta_gcg", **{"env.kwargs": {"mode": "episodic", "frame_stack": 2,
+                                                                "episode_steps": 40}})
+    r = cli("run", str(cfg), "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    cols = read_steps(out / "steps.csv")
+    assert cols["episode"].tolist() == [float(t // 40) for t in range(120)]
+    # An adaptation (every 6 steps) is scored on the 6 steps after it, and only within its own episode: the one at
+    # step t - 6 saw a sequence of 3 steps of the episode, which the scored steps did not end.
+    scored = np.flatnonzero(np.isfinite(cols["ce_before"]))
+    assert scored.size
+    assert all((t - 6) // 40 == t // 40 and (t - 6) % 40 >= 2 for t in scored)
+    assert 89 in scored  # adapted at step 83 on the new episode's first 4 steps, scored on the next 6
 
 
 def test_checkpoints_of_the_wrong_kind_are_refused(runs: dict[str, Path], tmp_path: Path) -> None:
@@ -182,12 +201,13 @@ def test_j_average_and_switches() -> None:
 
 
 def test_recovery_steps_known_answer() -> None:
-    # Rate 1 for 100 steps, a switch at 100: zeros for 30 steps, then ones again. With a trailing window of 20
-    # (after the switch only) and 80%, the mean of the window ending at 100 + d - 1 reaches 0.8 when 16 of its last
-    # 20 steps are ones: d = 30 + 16 = 46.
+    # Rate 1 for 100 steps, a switch at 100: zeros for 30 steps, then ones again. The first window of 20 steps
+    # after the switch with a mean >= 0.8 holds 16 ones: it starts at 126 and ends at 146, 46 steps after the switch
+    # (an outage of L reads L + 0.8 x 20).
     r = np.concatenate([np.ones(100), np.zeros(30), np.ones(100)])
-    rec = recovery_steps(r, np.array([100]), window=20, fraction=0.8)
+    rec = recovery_steps(r, np.array([100]), window=20, fraction=0.8, short=20)
     assert len(rec) == 1 and rec[0].steps == 46 and not rec[0].censored and rec[0].rate_before == 1.0
+    assert recovery_steps(r, np.array([100]), window=20, fraction=0.8, short=10)[0].steps == 38
     # Never recovering before the end: censored at the distance it had.
     rec = recovery_steps(np.concatenate([np.ones(100), np.zeros(50)]), np.array([100]), window=20)
     assert rec[0].censored and rec[0].steps == 50

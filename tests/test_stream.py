@@ -251,3 +251,35 @@ def test_window_sequence_starts_are_uniform_over_the_valid_ones():
     assert set(support.tolist()) == {40, 41, 42, 45, 46, 47}  # 43 and 44 would cross into the next episode
     assert counts[[40, 41, 42, 45, 46, 47]].min() > 0.8 * 6000 / 6  # 1000 expected each, sd about 29
     assert set(tasks.info["query_starts"].flatten().tolist()) == set(range(50, 58))
+
+
+def _two_episode_stream(first: int, second: int) -> FrameStream:
+    s = FrameStream(2, (4, 4))
+    for episode, steps in enumerate((first, second)):
+        frame = torch.full((4, 4), 10 * episode, dtype=torch.uint8)
+        obs = torch.stack([frame, frame])
+        s.begin(obs)
+        for t in range(steps):
+            nxt = torch.stack([obs[-1], torch.full((4, 4), 10 * episode + t + 1, dtype=torch.uint8)])
+            s.append(t % 4, 1.0, nxt)
+            obs = nxt
+    return s
+
+
+def test_last_never_reaches_into_an_earlier_episode() -> None:
+    # 7 steps of one episode, 3 of the next: of the newest 10 steps only the 3 of the current episode count.
+    s = _two_episode_stream(7, 3)
+    _, actions, _ = s.last(10, 3)
+    assert actions.shape[0] == 1 and actions[0].tolist() == [0, 1, 2]
+    assert s.last(10, 4)[1].shape[0] == 0  # no 4-step sequence in the current episode yet
+
+
+def test_window_tasks_within_one_episode() -> None:
+    s = _two_episode_stream(12, 12)
+    gen = torch.Generator().manual_seed(0)
+    tasks = s.window_tasks(200, 8, 2, 2, gen, within_episode=True)
+    starts = tasks.info["window_starts"]
+    assert bool(((starts + 7 < 12) | (starts >= 12)).all())  # no window spans the reset at transition 12
+    assert bool((starts < 12).any()) and bool((starts >= 12).any())  # both episodes drawn
+    with pytest.raises(ValueError, match="inside one episode"):
+        s.window_tasks(2, 14, 2, 2, gen, within_episode=True)

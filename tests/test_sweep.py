@@ -212,3 +212,12 @@ def test_a_grid_key_named_method_sets_the_config_key_when_there_is_no_methods_ax
     assert len(sweep.points) == 15 and len({p.run_id for p in sweep.points}) == 15
     assert [p.config["method"] for p in sweep.points[:3]] == ["meta_gcg", "gcg", "oracle"]
     assert [p.labels["seed"] for p in sweep.points[:3]] == [0, 0, 0]  # seeds outer: whole seeds first
+
+
+def test_a_sweep_of_a_system_without_an_aggregate_result_is_refused_before_it_runs(tmp_path):
+    sweep = tmp_path / "rl.yaml"
+    sweep.write_text(f"name: rl\nbase: {ROOT / 'configs/maml_rl_navigation.yaml'}\ngrid: {{seed: [0, 1]}}\n")
+    from metadapt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="system rl has no result a sweep can aggregate"):
+        load_sweep(sweep)

@@ -252,7 +252,8 @@ class FrameStream:
         return self.sequences(pick, length, device)
 
     def window_tasks(self, num_tasks: int, window: int, batch: int, length: int, generator: torch.Generator,
-                     newest_only: bool = False, device: torch.device | str | None = None) -> TaskBatch:
+                     newest_only: bool = False, device: torch.device | str | None = None,
+                     within_episode: bool = False) -> TaskBatch:
         """Meta-GCG's tasks: ``num_tasks`` windows of ``window`` consecutive transitions, split in halves.
 
         A window starts at a position drawn uniformly among those where both halves
@@ -261,7 +262,9 @@ class FrameStream:
         transitions). The first half has ``M = window // 2`` transitions, the second
         the rest; support is ``batch`` sequences lying inside the first half, query
         ``batch`` inside the second, each start drawn uniformly with replacement
-        among the valid ones. A window may cross an episode boundary; no sequence does.
+        among the valid ones. A window may cross an episode boundary (no sequence does) unless
+        ``within_episode``: then only windows inside one episode are drawn, as episodic tasks need (an episode's
+        rotation is drawn at its reset, so the halves of a window across a reset would hold two tasks).
 
         Returns ``TaskBatch(support, query, info)`` with support and query
         ``(frames B x n x K x H x W uint8, actions B x n x L int64, rewards B x n x L
@@ -284,12 +287,16 @@ class FrameStream:
         w0 = torch.arange(self._len - window + 1)
         if newest_only:
             w0 = w0[-1:]
+        if within_episode:
+            episodes = self.episodes
+            w0 = w0[episodes[w0] == episodes[w0 + window - 1]]
         in_first = counts[w0 + half - length + 1] - counts[w0]  # starts in [w0, w0 + half - length]
         in_second = counts[w0 + window - length + 1] - counts[w0 + half]
         w0 = w0[(in_first > 0) & (in_second > 0)]
         if w0.numel() == 0:
             raise ValueError(f"window_tasks: no {'newest ' if newest_only else ''}window of {window} transitions "
-                             f"has a sequence of {length} steps of one episode in each half")
+                             + ("inside one episode " if within_episode else "")
+                             + f"has a sequence of {length} steps of one episode in each half")
         windows = w0[torch.randint(w0.numel(), (num_tasks,), generator=generator)]
 
         def draw(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -313,15 +320,18 @@ class FrameStream:
         return TaskBatch(gather(support_starts), gather(query_starts), info)
 
     def last(self, steps: int, length: int, device: torch.device | str | None = None) -> Sequences:
-        """Every sequence of ``length`` lying inside the newest ``steps`` transitions and one episode.
+        """Every sequence of ``length`` lying inside the newest ``steps`` transitions of the current episode.
 
         What online adaptation steps on (``steps=10, length=5``: 6 sequences, starts
-        ``T-10 .. T-5``). With fewer transitions stored it uses those there are; when
-        no sequence fits, the batch is empty (``N = 0``) and the caller skips adapting.
+        ``T-10 .. T-5``). With fewer transitions stored, or fewer since the current
+        episode began, it uses those there are (never an earlier episode's: its task
+        may be another); when no sequence fits, the batch is empty (``N = 0``) and the
+        caller skips adapting.
         """
         if steps < 1:
             raise ValueError(f"last: steps must be >= 1, got {steps}")
-        starts = self.valid_starts(max(0, self._len - steps), self._len, length)
+        current = int(self._starts[self._num_episodes - 1]) if self._num_episodes else 0
+        starts = self.valid_starts(max(0, self._len - steps, current), self._len, length)
         if starts.numel() == 0:  # sequences() of no rows: the empty batch with the right trailing shapes
             frames = torch.zeros(0, self.frame_stack, *self.frame_shape, dtype=torch.uint8)
             out = (frames, torch.zeros(0, length, dtype=torch.long), torch.zeros(0, length))

@@ -304,6 +304,11 @@ class RotatingMazeEnv(TaskEnv, gym.Env):
         truncated = self.mode == "episodic" and self._step_in_episode >= self.episode_steps
         return self._stack.copy(), reward, False, truncated, self._info(blocked)
 
+    def oracle_action(self, move: int) -> int:
+        """The action that makes the next step move the agent in maze direction ``move`` (0 up, 1 right, 2 down,
+        3 left) under that step's rotation: what an oracle baseline is told. No learner calls it."""
+        return int(action_for(move, self.upcoming_task().params["rotation"]))
+
     def render(self) -> np.ndarray | None:
         """``height x width x 3`` uint8: the newest frame scaled to the render size (default 4x, 256 x 256), grey."""
         if self.render_mode != "rgb_array":

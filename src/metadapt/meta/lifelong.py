@@ -33,7 +33,7 @@ class Stream(Protocol):
     def __len__(self) -> int: ...
 
     def window_tasks(self, num_tasks: int, window: int, batch: int, length: int,
-                     generator: torch.Generator) -> TaskBatch: ...
+                     generator: torch.Generator, *, within_episode: bool = False) -> TaskBatch: ...
 
     def sample_sequences(self, lo: int, hi: int, n: int, length: int, generator: torch.Generator) -> Batch: ...
 
@@ -46,6 +46,7 @@ class LifelongSettings:
 
     ``meta``: MAML outer steps on windows (Meta-GCG), else Adam on sequences of the stream (GCG).
     ``adapt``: adapt online every ``adapt_every`` steps on the newest ``adapt_window`` steps.
+    ``within_episode``: training windows lie inside one episode (episodic tasks: each reset draws a new one).
     """
 
     meta: bool = True
@@ -60,6 +61,7 @@ class LifelongSettings:
     sequence_length: int = 5
     adapt_window: int = 10
     adapt_steps: int = 3
+    within_episode: bool = False
 
 
 class LifelongLearner:
@@ -90,11 +92,13 @@ class LifelongLearner:
         """One optimizer step on data drawn from the stream with ``generator``; returns its loss.
 
         Meta-GCG: the MAML outer loss of ``meta_batch`` windows (query loss after ``inner_steps`` inner steps on
-        the support half). GCG: the loss of ``meta_batch x batch`` sequences drawn uniformly from the stream.
+        the support half). GCG: the loss of ``meta_batch x batch`` sequences drawn uniformly from the stream,
+        as many as Meta-GCG's outer loss scores (its query halves; the support halves only adapt).
         """
         s = self.settings
         if s.meta:
-            tasks = stream.window_tasks(s.meta_batch, s.window, s.batch, s.sequence_length, generator)
+            tasks = stream.window_tasks(s.meta_batch, s.window, s.batch, s.sequence_length, generator,
+                                        within_episode=s.within_episode)
             return self.maml.step(_tasks_to(tasks, self.device))
         batch = _to(stream.sample_sequences(0, len(stream), s.meta_batch * s.batch, s.sequence_length, generator),
                     self.device)

@@ -67,6 +67,9 @@ GCG_SCHEMA: dict[str, Any] = {
         "train_steps": Field("int", 1, low=1, doc="optimizer steps per training event"),
         "start": Field("int", None, low=1, nullable=True,
                        doc="stream length at which training starts (null: meta.window, for every method)"),
+        "within_episode": Field("bool", None, nullable=True,
+                                doc="training windows inside one episode (null: when the environment's episodes "
+                                    "end, i.e. the maze's episodic mode: each reset draws a new rotation)"),
     },
     "adapt": {
         "window": Field("int", 10, low=1, doc="newest steps adapted on"),
@@ -80,7 +83,10 @@ GCG_SCHEMA: dict[str, Any] = {
     "eval": {
         "recovery_fraction": Field("float", 0.8, low=0, high=1, low_open=True,
                                    doc="recovered: the reward rate back to this share of the pre-switch rate"),
-        "rate_window": Field("int", 200, low=1, doc="steps a reward rate averages over"),
+        "rate_window": Field("int", 200, low=1, doc="steps the pre-switch reward rate averages over"),
+        "recovery_window": Field("int", 20, low=1,
+                                 doc="recovered: the first window of this many steps after a switch whose mean "
+                                     "reward is back to recovery_fraction of the pre-switch rate (counted to its end)"),
         "after_switch": Field("int", 200, low=1, doc="steps after a switch the adaptation metrics look at"),
         "video_steps": Field("int", 0, low=0, doc="the last steps written as video.mp4 (0: none)"),
     },
@@ -99,6 +105,9 @@ def check_gcg(cfg: dict[str, Any]) -> None:
     if cfg["method"] == "meta_gcg" and start < m["window"]:
         raise ConfigError(f"config key 'meta.start': {start} is shorter than a training window of {m['window']} "
                           f"(allowed: >= {m['window']})")
+    if start < m["sequence_length"]:
+        raise ConfigError(f"config key 'meta.start': {start} steps hold no sequence of meta.sequence_length="
+                          f"{m['sequence_length']} (allowed: >= {m['sequence_length']})")
     if start > e["steps"]:
         what = "a training window" if m["start"] is None else "meta.start"
         raise ConfigError(f"config key 'meta.window': {what} of {start} steps is larger than the stream of "

@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +70,38 @@ def make_stream_env(cfg: dict[str, Any]) -> gym.Env:
         env.close()
         raise ConfigError(f"config key 'env.id': {e['id']} has actions {act_space}; Meta-GCG plans over "
                           "discrete actions (allowed: a Discrete action space)")
-    if cfg["method"] == "oracle" and not hasattr(env.unwrapped, "upcoming_task"):
+    if cfg["method"] == "oracle" and not hasattr(env.unwrapped, "oracle_action"):
         env.close()
-        raise ConfigError(f"config key 'method': the oracle needs an environment with tasks, {e['id']} has none")
+        raise ConfigError(f"config key 'method': the oracle needs an environment that can un-rotate its actions "
+                          f"(an oracle_action method), {e['id']} has none (allowed: meta_gcg, gcg)")
+    m = cfg["meta"]
+    length = episode_length(env)
+    if length is not None and length < m["sequence_length"]:
+        env.close()
+        raise ConfigError(f"config key 'env.kwargs': episodes of {length} steps hold no sequence of "
+                          f"meta.sequence_length={m['sequence_length']}")
+    if within_episode(cfg, env) and cfg["method"] == "meta_gcg" and length is not None and length < m["window"]:
+        env.close()
+        raise ConfigError(f"config key 'meta.window': a window of {m['window']} steps is larger than the episodes "
+                          f"of {length} steps allow (training windows lie inside one episode; allowed: <= {length})")
     return env
+
+
+def episode_length(env: gym.Env) -> int | None:
+    """Steps of the environment's episodes: None for an endless one (the maze's lifelong mode) or no known limit."""
+    u = env.unwrapped
+    if getattr(u, "mode", None) == "lifelong":
+        return None
+    if isinstance(getattr(u, "episode_steps", None), int):
+        return int(u.episode_steps)
+    return env.spec.max_episode_steps if env.spec is not None else None
+
+
+def within_episode(cfg: dict[str, Any], env: gym.Env) -> bool:
+    """Whether training windows must lie inside one episode: ``meta.within_episode``, or (null) whenever the
+    environment's episodes end (each reset may draw another task)."""
+    chosen = cfg["meta"]["within_episode"]
+    return bool(chosen) if chosen is not None else getattr(env.unwrapped, "mode", None) != "lifelong"
 
 
 def build_model(cfg: dict[str, Any], env: gym.Env) -> LatentImageModel:
@@ -87,13 +116,14 @@ def build_model(cfg: dict[str, Any], env: gym.Env) -> LatentImageModel:
         raise ConfigError(f"config key 'model.widths': {exc}") from None
 
 
-def settings(cfg: dict[str, Any]) -> LifelongSettings:
+def settings(cfg: dict[str, Any], env: gym.Env) -> LifelongSettings:
     m, a = cfg["meta"], cfg["adapt"]
     return LifelongSettings(
         meta=cfg["method"] == "meta_gcg", adapt=cfg["method"] == "meta_gcg", inner_lr=m["inner_lr"],
         inner_steps=m["inner_steps"], first_order=m["first_order"], outer_lr=m["outer_lr"],
         meta_batch=m["meta_batch"], batch=m["batch"], window=m["window"], sequence_length=m["sequence_length"],
         adapt_window=a["window"], adapt_steps=a["steps"] or m["inner_steps"],
+        within_episode=within_episode(cfg, env),
     )
 
 
@@ -143,7 +173,7 @@ class _Run:
             params = {k: v.to(device) for k, v in load_gcg_model(cfg["model"]["checkpoint"], self.model).items()}
         else:
             params = self.model.init_params(torch.Generator().manual_seed(derive_seed(seed, INIT)), device)
-        self.learner = LifelongLearner(self.model.loss, params, settings(cfg), device)
+        self.learner = LifelongLearner(self.model.loss, params, settings(cfg, self.env), device)
         p = cfg["planner"]
         self.planner = DiscreteCEM(int(self.env.action_space.n), p["horizon"], num_samples=p["samples"],
                                    iterations=p["iterations"], elite_fraction=p["elite_fraction"],
@@ -170,9 +200,6 @@ class _Run:
         self.warm.reset()
         self.pending = None
 
-    def rotation(self) -> int:
-        return int(self.env.unwrapped.upcoming_task().params["rotation"])
-
     def env_step(self, model_action: int, env_action: int) -> tuple[float, dict[str, Any], bool]:
         obs, reward, terminated, truncated, info = self.env.step(env_action)
         self.stream.append(model_action, float(reward), obs)
@@ -184,21 +211,21 @@ class _Run:
     def to_env(self, model_action: int) -> int:
         if self.cfg["method"] != "oracle":
             return model_action
-        from metadapt.envs.rotating_maze import action_for
-
-        return int(action_for(model_action, self.rotation()))
+        return int(self.env.unwrapped.oracle_action(model_action))
 
     # ---- acting -------------------------------------------------------------------------------------------------
-    def act(self) -> tuple[int, float, bool]:
-        """The model action (a movement for the oracle), the plan's predicted return, whether it explored."""
+    def act(self) -> tuple[int, float, float, bool]:
+        """The model action (a movement for the oracle), the plan's predicted return over the horizon, the
+        predicted reward of its first action, whether it explored (then both predictions are NaN)."""
         n = int(self.env.action_space.n)
         if float(torch.rand((), generator=self.explore_gen)) < self.cfg["planner"]["epsilon"]:
-            return int(torch.randint(n, (), generator=self.explore_gen)), math.nan, True
+            return int(torch.randint(n, (), generator=self.explore_gen)), math.nan, math.nan, True
         frames = torch.as_tensor(self.obs, device=self.device)[None]
         objective = self.model.planning_objective(self.learner.acting_params(), frames, self.dtype)
         with torch.no_grad():
             plan = self.planner.plan(objective, self.warm)
-        return int(plan.action), float(plan.expected_return), False
+            first = float(objective(plan.sequence[None, :1])[0])
+        return int(plan.action), float(plan.expected_return), first, False
 
     # ---- learning -----------------------------------------------------------------------------------------------
     def learn(self, t: int) -> tuple[float, float, float]:
@@ -220,9 +247,9 @@ class _Run:
         return loss, ce_before, ce_after
 
     def record(self, t: int, reward: float, info: dict[str, Any], explored: bool, plan_return: float,
-               learned: tuple[float, float, float]) -> None:
+               predicted: float, learned: tuple[float, float, float]) -> None:
         row = (t, reward, float(info.get("rotation", info.get("task_id", 0))), float(info.get("x", math.nan)),
-               self.episode, float(explored), plan_return, *learned)
+               self.episode, float(explored), plan_return, predicted, *learned)
         for c, v in zip(COLUMNS, row, strict=True):
             self.columns[c].append(float(v))
 
@@ -239,8 +266,10 @@ class _Run:
             "pending": pending, "episode": self.episode,
         }
 
-    def restore(self, state: dict[str, Any], source: Path) -> int:
-        """Replay the saved actions through a fresh environment and stream, then load the learning state."""
+    def restore(self, state: dict[str, Any], source: Path,
+                on_step: Callable[[int, float, dict[str, Any]], None] | None = None) -> int:
+        """Replay the saved actions through a fresh environment and stream, then load the learning state.
+        ``on_step(t, reward, info)`` sees every replayed step (the video's frames of the steps before the kill)."""
         if state.get("format") != STATE_FORMAT:
             raise CheckpointError(f"{source} is not a gcg run's checkpoint (format {state.get('format')!r})")
         step = int(state["step"])
@@ -251,10 +280,12 @@ class _Run:
             raise CheckpointError(f"{source} is inconsistent: {step} steps, {len(env_actions)} actions")
         self.reset(first=True)
         for t, (ea, ma) in enumerate(zip(env_actions, model_actions, strict=True)):
-            reward, _, done = self.env_step(ma, ea)
+            reward, info, done = self.env_step(ma, ea)
             if reward != float(saved_rewards[t]):
                 raise CheckpointError(f"{source}: replaying the saved actions gives another reward at step {t} "
                                       "(was the environment changed since the run started?)")
+            if on_step is not None:
+                on_step(t, reward, info)
             if done:
                 self.reset(first=False)
         self.learner.load_state_dict(state["learner"])
@@ -262,9 +293,11 @@ class _Run:
         self.warm.load_state_dict(state["warm"])
         self.sample_gen.set_state(state["sample_rng"])
         self.explore_gen.set_state(state["explore_rng"])
-        self.columns = {c: state["columns"][c].tolist() for c in COLUMNS}
+        nan = [math.nan] * step  # a column added since the checkpoint was written
+        self.columns = {c: state["columns"][c].tolist() if c in state["columns"] else nan for c in COLUMNS}
         p = state["pending"]
-        self.pending = (p["theta"], p["adapted"]) if p else None
+        self.pending = None if not p else tuple({k: v.to(self.device) for k, v in p[key].items()}
+                                                for key in ("theta", "adapted"))  # type: ignore[assignment]
         self.episode = int(state["episode"])
         return step
 
@@ -283,7 +316,8 @@ def _write_steps(columns: dict[str, list[float]], path: Path) -> None:
 def summary_of(columns: dict[str, np.ndarray], cfg: dict[str, Any]) -> dict[str, float]:
     e = cfg["eval"]
     return summarize(columns["reward"], columns["rotation"], columns["step"], columns["ce_before"],
-                     columns["ce_after"], e["rate_window"], e["recovery_fraction"], e["after_switch"])
+                     columns["ce_after"], e["rate_window"], e["recovery_fraction"], e["after_switch"],
+                     e["recovery_window"])
 
 
 def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool = False) -> dict[str, Any]:
@@ -293,11 +327,22 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
         raise ConfigError("config key 'device': cuda is not available on this machine (allowed: cpu)")
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
+    if device.type == "cuda":  # the same numbers per seed on a GPU too (cuDNN's fastest kernels are not)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     run = _Run(cfg, device)
     state_path = run_dir / "checkpoints" / "state.pt"
+    total, every, shown = cfg["env"]["steps"], cfg["train"]["checkpoint_every"], cfg["eval"]["video_steps"]
+    video = _VideoFrames() if shown else None
     start = 0
     if resume and state_path.is_file():
-        start = run.restore(load_checkpoint(state_path, ("format",)), state_path)
+        state = load_checkpoint(state_path, ("format",))
+
+        def replayed(t: int, reward: float, info: dict[str, Any]) -> None:
+            if video is not None and t >= total - shown:
+                predicted = state["columns"].get("predicted_reward")
+                video.add(np.asarray(run.obs)[-1], info, math.nan if predicted is None else float(predicted[t]), reward)
+
+        start = run.restore(state, state_path, replayed)
         reporter.log(f"resumed at step {start} (replayed {start} steps)")
     else:
         if resume:
@@ -305,20 +350,18 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
         run.reset(first=True)
-    total, every = cfg["env"]["steps"], cfg["train"]["checkpoint_every"]
-    video = _VideoFrames(cfg, run) if cfg["eval"]["video_steps"] else None
     reporter.start("stream", f"{cfg['method']} stream", total)
     if start:
         reporter.advance("stream", start)
     began, t0 = time.perf_counter(), start
     for t in range(start, total):
-        action, plan_return, explored = run.act()
+        action, plan_return, predicted, explored = run.act()
         env_action = run.to_env(action)
         reward, info, done = run.env_step(action, env_action)
         learned = run.learn(t)
-        run.record(t, reward, info, explored, plan_return, learned)
-        if video is not None and t >= total - cfg["eval"]["video_steps"]:
-            video.add(run, info, plan_return)
+        run.record(t, reward, info, explored, plan_return, predicted, learned)
+        if video is not None and t >= total - shown:
+            video.add(np.asarray(run.obs)[-1], info, predicted, reward)
         if done:
             run.episode += 1
             run.reset(first=False)
@@ -346,21 +389,22 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
 
 
 class _VideoFrames:
-    """The last ``eval.video_steps`` frames with the true rotation and the predicted reward drawn on them."""
+    """The last ``eval.video_steps`` frames, each with the true rotation of the step that led to it, the reward the
+    model predicted for that step's action and the reward it got."""
 
-    def __init__(self, cfg: dict[str, Any], run: _Run) -> None:
+    def __init__(self) -> None:
         from metadapt.experiments.reporting.video import check_video_writer
 
         check_video_writer()
         self.frames: list[tuple[np.ndarray, list[str]]] = []
 
-    def add(self, run: _Run, info: dict[str, Any], plan_return: float) -> None:
-        frame = np.asarray(run.obs)[-1]
+    def add(self, frame: np.ndarray, info: dict[str, Any], predicted: float, reward: float) -> None:
+        """``frame``: ``H x W`` uint8, the newest frame after the step; ``info``: that step's."""
         big = np.repeat(np.repeat(frame, 4, axis=0), 4, axis=1)
         rgb = np.stack([big] * 3, axis=-1).astype(np.uint8)
-        predicted = "explored" if math.isnan(plan_return) else f"{plan_return:+.2f}"
-        self.frames.append((rgb, [f"rotation {int(info.get('rotation', 0))}", f"predicted return {predicted}",
-                                  f"x {int(info.get('x', 0))}"]))
+        guess = "random action" if math.isnan(predicted) else f"{predicted:+.2f}"
+        self.frames.append((rgb, [f"rotation {int(info.get('rotation', 0))}", f"predicted reward {guess}",
+                                  f"reward {reward:+.0f}, x {int(info.get('x', 0))}"]))
 
     def write(self, path: Path) -> None:
         from metadapt.experiments.reporting.video import TrialVideo

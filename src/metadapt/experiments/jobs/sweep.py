@@ -57,6 +57,7 @@ from metadapt.experiments.reporting.metrics import ANALYSIS_FIELDS, LIFELONG_FIE
 
 RESULT_FIELDS = ("run", "status", "mean_return", "std_return", "trials", "seconds")
 _KEYS = {"name", "base", "command", "set", "methods", "grid", "resources"}
+SWEPT_SYSTEMS = ("mbrl", "gcg")  # the systems whose runs give the numbers the report aggregates
 MAX_POINTS = 10_000  # a grid beyond this is a typo, not a sweep (each point is a run)
 LOCK = "sweep.lock"
 
@@ -174,6 +175,9 @@ def load_sweep(path: str | Path) -> Sweep:
         except MetadaptError as exc:
             bad = hashlib.sha1(json.dumps(overrides).encode()).hexdigest()[:12]
             point = Point(labels, overrides, None, one_line(exc), f"invalid-{bad}")
+        if point.config is not None and (system := system_of(point.config)) not in SWEPT_SYSTEMS:
+            raise ConfigError(f"sweep file {path}: system {system} has no result a sweep can aggregate (allowed: "
+                              f"{', '.join(SWEPT_SYSTEMS)}; meta-RL and supervised runs report their own intervals)")
         if point.run_id in seen:
             duplicates.append(labels)
             continue

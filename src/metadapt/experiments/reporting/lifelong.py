@@ -6,10 +6,11 @@ and a single run's report read the same numbers.
 - ``j_average``: ``J_average(T) = sum_{t<=T} r_t / T`` (Co-Reyes et al., Section 3), at every step.
 - ``switch_steps``: the steps whose task differs from the step before (the agent is never told).
 - ``recovery_steps``: for each switch at ``s`` with a positive pre-switch reward rate ``rho`` (the mean reward of
-  the ``window`` steps before ``s``), the first ``d`` such that the mean reward of the ``window`` steps ending at
-  ``s + d`` is at least ``fraction * rho``. The trailing mean counts only steps after the switch (a shorter
-  window until ``window`` steps have passed), so pre-switch steps never make a recovery. A switch whose next
-  switch (or the end) comes first is censored at that distance: it counts as the steps it had, and is flagged.
+  the ``window`` steps before ``s``), the steps from ``s`` to the end of the first window of ``short`` consecutive
+  steps after the switch whose mean reward is at least ``fraction * rho``: when the recovery can be seen. A sharp
+  recovery after ``L`` steps of nothing reads ``L + fraction * short`` (16 steps of lag with the defaults). A
+  switch whose next switch (or the end) comes before any such window is censored at that distance: it counts as
+  the steps it had, and is flagged.
 - ``adaptation_losses``: the reward-prediction cross-entropy of the next steps before and after each online
   adaptation, overall and in the ``after`` steps after each switch.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 # steps.csv of a lifelong run: one row per environment step (empty cells: not measured at that step)
-COLUMNS = ("step", "reward", "rotation", "x", "episode", "explored", "plan_return", "train_loss",
+COLUMNS = ("step", "reward", "rotation", "x", "episode", "explored", "plan_return", "predicted_reward", "train_loss",
            "ce_before", "ce_after")
 
 
@@ -57,8 +58,8 @@ class Recovery:
     censored: bool
 
 
-def recovery_steps(rewards: np.ndarray, switches: np.ndarray, window: int = 200,
-                   fraction: float = 0.8) -> list[Recovery]:
+def recovery_steps(rewards: np.ndarray, switches: np.ndarray, window: int = 200, fraction: float = 0.8,
+                   short: int = 20) -> list[Recovery]:
     """Each switch's recovery (see the module docstring); switches with a pre-switch rate <= 0 are skipped
     (there is nothing to recover to), as are switches with fewer than ``window`` steps before them."""
     r = np.asarray(rewards, dtype=np.float64)
@@ -71,14 +72,13 @@ def recovery_steps(rewards: np.ndarray, switches: np.ndarray, window: int = 200,
         rate = (csum[s] - csum[s - window]) / window
         if rate <= 0:
             continue
-        target = fraction * rate
-        found = None
-        for t in range(s, end):  # t: the last step of the trailing window
-            lo = max(s, t - window + 1)
-            if (csum[t + 1] - csum[lo]) / (t + 1 - lo) >= target and t + 1 - lo >= min(window, 10):
-                found = t + 1 - s
-                break
-        out.append(Recovery(s, float(rate), found if found is not None else end - s, found is None))
+        starts = np.arange(s, end - short + 1)  # windows [a, a + short) inside this task's stretch
+        means = (csum[starts + short] - csum[starts]) / short
+        hit = np.flatnonzero(means >= fraction * rate)
+        if hit.size:
+            out.append(Recovery(s, float(rate), int(starts[hit[0]] + short - s), False))
+        else:
+            out.append(Recovery(s, float(rate), end - s, True))
     return out
 
 
@@ -100,11 +100,11 @@ def adaptation_losses(steps: np.ndarray, before: np.ndarray, after: np.ndarray, 
 
 def summarize(rewards: np.ndarray, tasks: np.ndarray, steps: np.ndarray, ce_before: np.ndarray,
               ce_after: np.ndarray, window: int = 200, fraction: float = 0.8,
-              after_switch: int = 200) -> dict[str, float]:
+              after_switch: int = 200, short: int = 20) -> dict[str, float]:
     """The run's numbers: ``j_average`` at the end (also ``mean_return``, what sweeps aggregate), the mean
     recovery and its censored share, the switch count and the adaptation losses."""
     switches = switch_steps(tasks)
-    rec = recovery_steps(rewards, switches, window, fraction)
+    rec = recovery_steps(rewards, switches, window, fraction, short)
     j = j_average(rewards)
     out = {
         "mean_return": float(j[-1]) if j.size else math.nan,
