@@ -224,3 +224,23 @@ def test_adaptation_losses_split_after_switches() -> None:
     assert out["ce_after_after_switch"] == 2.0 and out["ce_lower_share_after_switch"] == 0.5
     s = summarize(np.ones(10), np.zeros(10), steps, before, after)
     assert s["j_average"] == 1.0 and s["switches"] == 0 and math.isnan(s["recovery_steps"])
+
+
+def test_a_sweep_of_lifelong_runs_reports_j_average_per_method_with_intervals(tmp_path: Path) -> None:
+    base = small_config(tmp_path, "meta_gcg", **{"env.steps": 60, "meta.window": 20, "eval.rate_window": 10})
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "lifelong", "base": str(base), "command": "run",
+                                     "grid": {"seed": [0, 1], "method": ["meta_gcg", "gcg"]}}))
+    out = tmp_path / "out"
+    r = cli("sweep", str(sweep), "--out", str(out), "--workers", "2", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    rows = list(__import__("csv").DictReader(open(out / "results.csv")))
+    assert len(rows) == 4 and all(row["status"] == "done" for row in rows)
+    for row in rows:  # each row's J_average is its run's mean reward
+        cols = read_steps(out / "runs" / row["run"] / "steps.csv")
+        assert float(row["j_average"]) == pytest.approx(cols["reward"].mean())
+        assert float(row["mean_return"]) == pytest.approx(cols["reward"].mean())
+    report = (out / "report.md").read_text()
+    assert "J_average at the end" in report and "Meta-GCG" in report and "GCG" in report
+    assert "Meta-GCG − GCG" in report  # paired by seed
+    assert (out / "j_average.png").is_file()

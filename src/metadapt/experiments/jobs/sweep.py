@@ -744,7 +744,7 @@ def write_sweep_report(out_dir: str | Path) -> Path:
 def _lifelong_sweep_report(out: Path, rows: list[dict[str, str]], group_keys: list[str]) -> Path:
     """The report of a sweep of lifelong runs (``system: gcg``): J_average at the end, recovery and adaptation per
     group with 95% intervals over seeds, paired differences, and J_average(T) of every group on one figure."""
-    from metadapt.experiments.reporting.lifelong import read_steps, switch_steps
+    from metadapt.experiments.reporting.lifelong import read_steps, summarize_run, switch_steps
     from metadapt.experiments.reporting.lifelong_report import lifelong_figure
 
     done = [r for r in rows if r["status"] == "done"]
@@ -767,6 +767,11 @@ def _lifelong_sweep_report(out: Path, rows: list[dict[str, str]], group_keys: li
              "reward-prediction cross-entropy of the next steps before and after each online adaptation. Mean over "
              "seeds ± the 95% interval of the mean (Student's t).", "",
              "| " + " | ".join([*group_keys, *heads]) + " |", "|" + "---|" * len(group_keys) + "---:|" * len(heads)]
+    for r in done:  # the metrics as defined now, from each run's own steps (results.csv keeps what its run wrote)
+        run_dir = out / "runs" / r["run"]
+        if (run_dir / "steps.csv").is_file() and (run_dir / "config.yaml").is_file():
+            r.update({k: str(v) for k, v in summarize_run(run_dir).items() if k in LIFELONG_FIELDS})
+            r["mean_return"] = r["j_average"]
     for key, runs in groups.items():
         col = {f: [_number(r.get(f)) for r in runs] for f in LIFELONG_FIELDS}
         g = dict(zip(group_keys, key, strict=True))

@@ -117,3 +117,15 @@ def summarize(rewards: np.ndarray, tasks: np.ndarray, steps: np.ndarray, ce_befo
     }
     out.update(adaptation_losses(steps, ce_before, ce_after, switches, after_switch))
     return out
+
+
+def summarize_run(run_dir: Path) -> dict[str, float]:
+    """``summarize`` of a run directory's ``steps.csv`` with its config's ``eval`` settings (defaults for settings
+    added after the run was written), so a report always uses the current definitions of the metrics."""
+    import yaml
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    e = cfg.get("eval", {})
+    c = read_steps(run_dir / "steps.csv")
+    return summarize(c["reward"], c["rotation"], c["step"], c["ce_before"], c["ce_after"], e.get("rate_window", 200),
+                     e.get("recovery_fraction", 0.8), e.get("after_switch", 200), e.get("recovery_window", 20))

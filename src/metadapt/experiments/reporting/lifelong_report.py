@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 
 from metadapt.errors import MetadaptError
-from metadapt.experiments.reporting.lifelong import j_average, read_steps, switch_steps
+from metadapt.experiments.reporting.lifelong import j_average, read_steps, summarize_run, switch_steps
 from metadapt.experiments.reporting.report import plt, save_figure
 
 METHOD_LABELS = {"meta_gcg": "Meta-GCG", "gcg": "GCG", "oracle": "oracle (rotation told)"}
@@ -90,6 +90,7 @@ def _fmt(x: Any, digits: int = 4) -> str:
 
 def write_lifelong_report(run_dir: Path) -> Path:
     cfg, cols, summary = _read(run_dir)
+    summary = {**summary, **summarize_run(run_dir)}  # the metrics as defined now
     method = cfg.get("method", "meta_gcg")
     label = METHOD_LABELS.get(method, method)
     switches = switch_steps(cols["rotation"])
