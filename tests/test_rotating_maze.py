@@ -318,3 +318,21 @@ def test_density_grows_to_the_right_and_a_path_goes_on():
     reached = bfs(~obstacles, (info["y"], 0))
     assert any(x == 200 for _, x in reached)
     assert any(x == 3199 for _, x in reached)  # the carved path crosses the dense columns too
+
+
+def test_no_free_cell_is_a_dead_end_for_an_agent_heading_right() -> None:
+    # A pocket whose only exit is leftwards traps any planner rewarded for going right (the first lifelong sweep's
+    # agents, the oracle included, sat in one for 12,000 steps): every free cell has a free right neighbour within
+    # two cells up or down its own free run, across chunk boundaries (512 columns) too.
+    env = RotatingMazeEnv(mode="lifelong", density_start=0.3, density_max=0.3)
+    env.reset(seed=5)
+    blocked = env.obstacles(1500)
+    rows = blocked.shape[0]
+    for c in range(blocked.shape[1] - 1):
+        for r in np.flatnonzero(~blocked[:, c]):
+            lo = hi = r
+            while lo > 0 and not blocked[lo - 1, c] and r - lo < 2:
+                lo -= 1
+            while hi + 1 < rows and not blocked[hi + 1, c] and hi - r < 2:
+                hi += 1
+            assert (~blocked[lo: hi + 1, c + 1]).any(), (c, r)

@@ -4,9 +4,12 @@ The maze is a corridor of ``rows`` cells (default 16) between walls above and
 below, open to the right without end. It is generated column by column, lazily
 as the agent advances, from a generator of its own: obstacles fall with a
 probability that grows to the right,
-``p(x) = min(density_max, density_start + x / density_ramp)``, and a carved path
+``p(x) = min(density_max, density_start + x / density_ramp)``, a carved path
 (a row that random-walks by at most one row per column) keeps the corridor
-passable. The agent occupies one cell and starts at column 0 on the path.
+passable, and no free cell is a dead end: each has a way on right within two
+vertical moves (``_open_ahead``), so an agent rewarded for going right is never
+trapped in a pocket whose only exit is leftwards. The agent occupies one cell
+and starts at column 0 on the path.
 
 A task is a rotation ``r`` of the agent's action frame (0, 90, 180 or 270
 degrees): action ``a`` (0 up, 1 right, 2 down, 3 left in the agent's frame)
@@ -43,6 +46,7 @@ HALF = VIEW // 2  # the padding of walls around the stored maze: the view never 
 FREE, AGENT, WALL = 0, 128, 255  # grey levels of a free cell, the agent and an obstacle or wall
 # Maze direction -> (dy, dx); rows grow downwards, so "up" is towards row 0, the top of the image.
 MOVES = np.array([(-1, 0), (0, 1), (1, 0), (0, -1)], dtype=np.int64)
+OPEN_REACH = 2  # every free cell has a way on right within this many vertical moves (see _open_ahead)
 CHUNK = 512  # columns generated at a time; fixed, so the maze of a seed never depends on when it was generated
 LIFELONG_SCHEDULE: dict[str, Any] = {
     "type": "random", "tasks": ["rot0", "rot90", "rot180", "rot270"], "min_len": 1500, "max_len": 2500,
@@ -50,6 +54,39 @@ LIFELONG_SCHEDULE: dict[str, Any] = {
 # The maze generators of every env are drawn from a stream keyed by (this constant, seed): never the stream of
 # the task draws (gymnasium's np_random), so a seed gives the same maze whatever the schedule draws.
 _MAZE_STREAM = 0x6D617A65
+
+
+def _open_ahead(cells: np.ndarray, rng: np.random.Generator, reach: int = OPEN_REACH) -> None:
+    """Free cells so that no free cell is a dead end for an agent heading right (in place; ``rows x n``).
+
+    In every column but the last, each free cell gets a free right neighbour within ``reach`` cells up or down its
+    own vertical run of free cells: the agent can always go on right in at most ``reach + 1`` moves without
+    stepping left. Random obstacles alone make pockets whose only exit is leftwards, where an agent rewarded for
+    moving right (the paper's maze) is trapped by any short-horizon planner; the carved path alone only keeps one
+    row passable. Which neighbour is freed is drawn from ``rng`` (the maze's own generator).
+    """
+    rows = cells.shape[0]
+    for c in range(cells.shape[1] - 1):
+        free = cells[:, c] == FREE
+        r = 0
+        while r < rows:
+            if not free[r]:
+                r += 1
+                continue
+            end = r
+            while end + 1 < rows and free[end + 1]:
+                end += 1
+            # The run r..end: open right neighbours so every cell has one within reach.
+            opened = [i for i in range(r, end + 1) if cells[i, c + 1] == FREE]
+            i = r
+            while i <= end:
+                if not any(abs(i - o) <= reach for o in opened):
+                    # Open within reach below i (or the run's end), so the cells from i on are covered.
+                    choice = min(end, i + int(rng.integers(reach + 1)))
+                    cells[choice, c + 1] = FREE
+                    opened.append(choice)
+                i += 1
+            r = end + 1
 
 
 def _quarter_turns(rotation: Any) -> Any:
@@ -247,6 +284,14 @@ class RotatingMazeEnv(TaskEnv, gym.Env):
                 row = min(max(row + int(steps[i]), 0), last)
             cells[row, i] = FREE
         self._path_row = row
+        if start > 0:  # the previous chunk's last column needs its openings into this chunk's first one
+            previous = self._grid[HALF: HALF + self.rows, HALF + start - 1].copy()
+            both = np.concatenate([previous[:, None], cells], axis=1)
+            _open_ahead(both, rng)
+            self._grid[HALF: HALF + self.rows, HALF + start - 1] = both[:, 0]
+            cells = both[:, 1:]
+        else:
+            _open_ahead(cells, rng)
         self._grid[HALF: HALF + self.rows, HALF + start: HALF + start + n] = cells
         self._columns = start + n
 
