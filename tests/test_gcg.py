@@ -4,6 +4,7 @@ planner and stream)."""
 
 from __future__ import annotations
 
+import csv
 import math
 import subprocess
 import sys
@@ -234,7 +235,8 @@ def test_a_sweep_of_lifelong_runs_reports_j_average_per_method_with_intervals(tm
     out = tmp_path / "out"
     r = cli("sweep", str(sweep), "--out", str(out), "--workers", "2", "--threads", "1")
     assert r.returncode == 0, r.stderr
-    rows = list(__import__("csv").DictReader(open(out / "results.csv")))
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 4 and all(row["status"] == "done" for row in rows)
     for row in rows:  # each row's J_average is its run's mean reward
         cols = read_steps(out / "runs" / row["run"] / "steps.csv")
