@@ -246,3 +246,12 @@ def test_a_sweep_of_lifelong_runs_reports_j_average_per_method_with_intervals(tm
     assert "J_average at the end" in report and "Meta-GCG" in report and "GCG" in report
     assert "Meta-GCG − GCG" in report  # paired by seed
     assert (out / "j_average.png").is_file()
+
+
+def test_bench_gcg_prints_its_ratios() -> None:
+    from metadapt.experiments.benchmarks.bench_gcg import bench_gcg
+
+    lines: list[str] = []
+    out = bench_gcg(repeats=1, print_fn=lines.append, presets=("cpu",))
+    assert out["maze_steps_per_second"] > 0 and out["cpu_plan_ms"] > 0 and out["cpu_meta_step_ms"] > 0
+    assert 0 < out["gcg_rollout_fraction_of_peak"] and lines[-1].startswith("gcg_rollout_fraction_of_peak=")
