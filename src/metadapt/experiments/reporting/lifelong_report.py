@@ -121,9 +121,10 @@ def write_lifelong_report(run_dir: Path) -> Path:
         f"{_fmt(summary.get('ce_before_after_switch'))} → {_fmt(summary.get('ce_after_after_switch'))} | "
         f"{_fmt(summary.get('ce_lower_share'), 2)} |",
         "",
-        "Recovery: steps after a switch until the mean reward of the trailing "
-        f"{cfg['eval']['rate_window']} steps (after the switch) is back to {cfg['eval']['recovery_fraction']:.0%} "
-        "of the rate before it. CE: the reward-prediction cross-entropy of the next "
+        "Recovery: the steps from a switch to the end of the first window of "
+        f"{cfg['eval'].get('recovery_window', 20)} steps after it whose mean reward is back to "
+        f"{cfg['eval']['recovery_fraction']:.0%} of the mean of the {cfg['eval']['rate_window']} steps before it "
+        "(censored: the next switch came first). CE: the reward-prediction cross-entropy of the next "
         f"{cfg['adapt']['every']} steps, of theta and of theta adapted on the {cfg['adapt']['window']} steps "
         "before them" + ("" if method == "meta_gcg" else f" (scored only: {label} acts with theta)") + ".",
         "",
