@@ -60,7 +60,7 @@ def _adaptation_figure(cols: dict[str, np.ndarray], switches: np.ndarray, path: 
         return None
     fig, ax = plt.subplots(figsize=(7.5, 3.0))
     steps = cols["step"][ok]
-    k = max(1, int(ok.sum()) // 200)  # a causal trailing mean keeps the curve readable without looking ahead
+    k = max(1, int(ok.sum()) // 50)  # a causal trailing mean keeps the curve readable without looking ahead
 
     def smooth(x: np.ndarray) -> np.ndarray:
         c = np.cumsum(np.insert(x, 0, 0.0))
