@@ -45,6 +45,12 @@ TINY = {
         "train.checkpoint_every": 2, "train.log_every": 2, "model.hidden": [8], "model.filters": 4,
         "eval.steps": [0, 1], "baseline.batch_size": 8,
     },
+    "gcg": {
+        "env.steps": 30, "meta.window": 10, "meta.meta_batch": 1, "meta.batch": 2, "meta.sequence_length": 2,
+        "adapt.window": 4, "adapt.every": 4, "planner.samples": 4, "planner.iterations": 1, "planner.horizon": 2,
+        "model.preset": "cpu", "eval.video_steps": 0, "eval.rate_window": 5, "train.checkpoint_every": 10,
+        "model.widths": {"encoder_channels": [2, 2, 2, 2], "hidden": 2, "reward_channels": 2, "reward_hidden": [4]},
+    },
 }
 RUNNABLE = {name for name, raw in CONFIGS.items() if system_of(raw) in TINY}
 
