@@ -15,7 +15,7 @@ import yaml
 
 from metadapt.errors import MetadaptError
 from metadapt.experiments.reporting.lifelong import j_average, read_steps, summarize_run, switch_steps
-from metadapt.experiments.reporting.report import plt, save_figure
+from metadapt.experiments.reporting.report import plt, save_figure, smooth
 
 METHOD_LABELS = {"meta_gcg": "Meta-GCG", "gcg": "GCG", "oracle": "oracle (rotation told)"}
 
@@ -61,15 +61,8 @@ def _adaptation_figure(cols: dict[str, np.ndarray], switches: np.ndarray, path: 
     fig, ax = plt.subplots(figsize=(7.5, 3.0))
     steps = cols["step"][ok]
     k = max(1, int(ok.sum()) // 50)  # a causal trailing mean keeps the curve readable without looking ahead
-
-    def smooth(x: np.ndarray) -> np.ndarray:
-        c = np.cumsum(np.insert(x, 0, 0.0))
-        idx = np.arange(1, x.size + 1)
-        lo = np.maximum(0, idx - k)
-        return (c[idx] - c[lo]) / (idx - lo)
-
-    ax.plot(steps, smooth(cols["ce_before"][ok]), lw=1.1, label="before adapting (theta)")
-    ax.plot(steps, smooth(cols["ce_after"][ok]), lw=1.1, label="after adapting on the last steps")
+    ax.plot(steps, smooth(cols["ce_before"][ok], k), lw=1.1, label="before adapting (theta)")
+    ax.plot(steps, smooth(cols["ce_after"][ok], k), lw=1.1, label="after adapting on the last steps")
     for i, s in enumerate(switches.tolist()):
         ax.axvline(s, color="0.5", lw=0.7, ls=":", label="rotation switch" if i == 0 else None)
     ax.set_xlabel("environment step")
