@@ -63,7 +63,7 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("gcg")
     out = {}
-    for method in ("meta_gcg", "gcg", "oracle"):
+    for method in ("meta_gcg", "gcg", "gcg_adapt", "oracle"):
         run_dir = tmp / method
         r = cli("run", str(small_config(tmp, method)), "--out", str(run_dir), "--quiet")
         assert r.returncode == 0, r.stderr
@@ -104,6 +104,23 @@ def test_the_oracle_sees_movements_and_the_others_see_actions(runs: dict[str, Pa
             assert not np.array_equal(model_actions, env_actions)  # rot90 steps differ
         else:
             assert np.array_equal(model_actions, env_actions)
+
+
+def test_gcg_with_adaptation_trains_as_gcg_and_acts_adapted(runs: dict[str, Path]) -> None:
+    """The ablation: GCG's theta (same data, same updates as long as the streams agree), adapted before acting."""
+    states = {m: torch.load(runs[m] / "checkpoints" / "state.pt", weights_only=True) for m in ("gcg", "gcg_adapt")}
+    acts = {m: s["env_actions"].numpy() for m, s in states.items()}
+    cols = {m: read_steps(runs[m] / "steps.csv") for m in ("gcg", "gcg_adapt")}
+    first_adapted = int(np.flatnonzero(np.isfinite(cols["gcg"]["ce_before"]))[0])  # scored from the 2nd on
+    first_adapted -= 6  # the first adaptation came one period earlier (adapt.every = 6)
+    same = int(np.argmax(acts["gcg"] != acts["gcg_adapt"]))
+    assert not np.array_equal(acts["gcg"], acts["gcg_adapt"])
+    assert same >= first_adapted, "gcg_adapt acted differently before it had adapted"
+    loss = {m: c["train_loss"][:same] for m, c in cols.items()}
+    np.testing.assert_array_equal(loss["gcg"], loss["gcg_adapt"])
+    assert "GCG + adaptation" in (runs["gcg_adapt"] / "report.md").read_text()
+    assert "adapted every 6 steps" in (runs["gcg_adapt"] / "report.md").read_text()
+    assert "never adapted" in (runs["gcg"] / "report.md").read_text()
 
 
 def test_same_seed_same_numbers(runs: dict[str, Path], tmp_path: Path) -> None:

@@ -13,7 +13,9 @@ from typing import Any
 from metadapt.errors import ConfigError
 from metadapt.experiments.configuration.schema import Field
 
-METHODS = ("meta_gcg", "gcg", "oracle")
+METHODS = ("meta_gcg", "gcg", "gcg_adapt", "oracle")
+# The methods that act with parameters adapted on the newest steps (the rest act with theta).
+ADAPTING = ("meta_gcg", "gcg_adapt")
 
 GCG_SCHEMA: dict[str, Any] = {
     "name": Field("name", "meta_gcg", doc="run name, used for the run directory"),
@@ -22,8 +24,9 @@ GCG_SCHEMA: dict[str, Any] = {
     "threads": Field("int", None, low=1, nullable=True, doc="torch threads (null: PyTorch's default)"),
     "method": Field("str", "meta_gcg", choices=METHODS,
                     doc="meta_gcg: meta-trained on windows of the stream, adapted every adapt.every steps; "
-                        "gcg: the same model trained on the same stream, never adapted; oracle: gcg told the "
-                        "rotation (actions un-rotated before the model sees them)"),
+                        "gcg: the same model trained on the same stream, never adapted; gcg_adapt: gcg's theta, "
+                        "adapted online as meta_gcg adapts (the ablation: adaptation without meta-training); "
+                        "oracle: gcg told the rotation (actions un-rotated before the model sees them)"),
     "env": {
         "id": Field("str", "metadapt/RotatingMaze-v0", doc="an image environment with discrete actions"),
         "kwargs": Field("mapping", {"mode": "lifelong"}, doc="keyword arguments for gym.make (mode, frame_stack, "

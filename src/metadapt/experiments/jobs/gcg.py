@@ -39,6 +39,7 @@ from metadapt.envs import make_env
 from metadapt.errors import CheckpointError, ConfigError
 from metadapt.experiments.configuration.config import dump_config
 from metadapt.experiments.configuration.files import plain_json, write_json
+from metadapt.experiments.configuration.gcg_schema import ADAPTING
 from metadapt.experiments.jobs import derive_seed
 from metadapt.experiments.reporting.lifelong import COLUMNS, summarize
 from metadapt.experiments.reporting.progress import Reporter
@@ -73,7 +74,7 @@ def make_stream_env(cfg: dict[str, Any]) -> gym.Env:
     if cfg["method"] == "oracle" and not hasattr(env.unwrapped, "oracle_action"):
         env.close()
         raise ConfigError(f"config key 'method': the oracle needs an environment that can un-rotate its actions "
-                          f"(an oracle_action method), {e['id']} has none (allowed: meta_gcg, gcg)")
+                          f"(an oracle_action method), {e['id']} has none (allowed: meta_gcg, gcg, gcg_adapt)")
     m = cfg["meta"]
     length = episode_length(env)
     if length is not None and length < m["sequence_length"]:
@@ -119,7 +120,7 @@ def build_model(cfg: dict[str, Any], env: gym.Env) -> LatentImageModel:
 def settings(cfg: dict[str, Any], env: gym.Env) -> LifelongSettings:
     m, a = cfg["meta"], cfg["adapt"]
     return LifelongSettings(
-        meta=cfg["method"] == "meta_gcg", adapt=cfg["method"] == "meta_gcg", inner_lr=m["inner_lr"],
+        meta=cfg["method"] == "meta_gcg", adapt=cfg["method"] in ADAPTING, inner_lr=m["inner_lr"],
         inner_steps=m["inner_steps"], first_order=m["first_order"], outer_lr=m["outer_lr"],
         meta_batch=m["meta_batch"], batch=m["batch"], window=m["window"], sequence_length=m["sequence_length"],
         adapt_window=a["window"], adapt_steps=a["steps"] or m["inner_steps"],

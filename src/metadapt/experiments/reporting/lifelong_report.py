@@ -14,10 +14,12 @@ import numpy as np
 import yaml
 
 from metadapt.errors import MetadaptError
+from metadapt.experiments.configuration.gcg_schema import ADAPTING
 from metadapt.experiments.reporting.lifelong import j_average, read_steps, summarize_run, switch_steps
 from metadapt.experiments.reporting.report import plt, save_figure, smooth
 
-METHOD_LABELS = {"meta_gcg": "Meta-GCG", "gcg": "GCG", "oracle": "oracle (rotation told)"}
+METHOD_LABELS = {"meta_gcg": "Meta-GCG", "gcg": "GCG", "gcg_adapt": "GCG + adaptation",
+                 "oracle": "oracle (rotation told)"}
 
 
 def _read(run_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
@@ -99,11 +101,11 @@ def write_lifelong_report(run_dir: Path) -> Path:
         f"{cfg['planner']['horizon']}; training every {m['train_every']} step(s) from step "
         f"{m['start'] or m['window']}: "
         + (f"MAML on windows of {m['window']} (meta-batch {m['meta_batch']}, batch {m['batch']}, "
-           f"{m['inner_steps']} inner steps at {m['inner_lr']}, {'first' if m['first_order'] else 'second'} order), "
-           f"adapted every {cfg['adapt']['every']} steps on the last {cfg['adapt']['window']}"
-           if method == "meta_gcg" else
-           f"Adam on {m['meta_batch'] * m['batch']} sequences of the stream, never adapted"
-           + ("; actions un-rotated with the true rotation" if method == "oracle" else "")) + ".",
+           f"{m['inner_steps']} inner steps at {m['inner_lr']}, {'first' if m['first_order'] else 'second'} order)"
+           if method == "meta_gcg" else f"Adam on {m['meta_batch'] * m['batch']} sequences of the stream")
+        + (f", adapted every {cfg['adapt']['every']} steps on the last {cfg['adapt']['window']}"
+           if method in ADAPTING else ", never adapted")
+        + ("; actions un-rotated with the true rotation" if method == "oracle" else "") + ".",
         "",
         "| J_average at the end | total reward | switches | mean steps to recover (censored share) | "
         "CE before → after adapting | in the steps after switches | share of adaptations that lowered it |",
@@ -119,7 +121,7 @@ def write_lifelong_report(run_dir: Path) -> Path:
         f"{cfg['eval']['recovery_fraction']:.0%} of the mean of the {cfg['eval']['rate_window']} steps before it "
         "(censored: the next switch came first). CE: the reward-prediction cross-entropy of the next "
         f"{cfg['adapt']['every']} steps, of theta and of theta adapted on the {cfg['adapt']['window']} steps "
-        "before them" + ("" if method == "meta_gcg" else f" (scored only: {label} acts with theta)") + ".",
+        "before them" + ("" if method in ADAPTING else f" (scored only: {label} acts with theta)") + ".",
         "",
         "![J_average](j_average.png)",
     ]

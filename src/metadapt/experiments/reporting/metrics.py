@@ -79,7 +79,8 @@ POSTERIOR_PREFIX = "component_"
 # How the papers name the methods (learner types and method labels of sweeps -> the name in reports).
 METHOD_NAMES = {"mole": "MOLe", "grbal": "GrBAL", "rebal": "ReBAL", "ts": "TS", "gs": "GS", "mb": "MB", "de": "DE",
                 "static": "MB", "maml": "MAML",
-                "meta_gcg": "Meta-GCG", "gcg": "GCG", "fomaml": "FO-MAML", "pretrained": "pretrained",
+                "meta_gcg": "Meta-GCG", "gcg": "GCG", "gcg_adapt": "GCG + adaptation",
+                "fomaml": "FO-MAML", "pretrained": "pretrained",
                 "oracle": "oracle"}
 
 
