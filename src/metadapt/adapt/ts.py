@@ -3,6 +3,14 @@
 This is GrBAL at run time (seed 004) and the TS baseline of seed 000: the
 adaptation never accumulates, so nothing is forgotten and nothing is learned
 beyond the window.
+
+A step that raises the loss of the very window it was taken on is backtracked
+(``backtrack`` halvings of its rate, then the prior itself). Meta-SGD's learned
+rates (up to about 1.5 per entry) are fitted for windows like the training
+data; on a window far from it (a HalfCheetah on its back) the literal step
+overshot in half of the steps and left a model whose one-step error was about
+300 times the prior's (docs/results.md, "TS overshoots off the training
+distribution"). ``backtrack=0`` is the literal step of the GrBAL code.
 """
 
 from __future__ import annotations
@@ -25,10 +33,15 @@ class KShotLearner:
         prior: the meta-trained parameters ``theta*``.
         inner_lr: the inner learning rate (a float, or per-entry tensors for Meta-SGD).
         steps: gradient steps per adaptation.
+        backtrack: halvings of the rate tried when the adapted parameters' window loss is above the prior's
+            (then the prior is kept); 0 takes every step as it comes.
     """
 
-    def __init__(self, model: DynamicsModel, prior: Params, inner_lr: InnerLR, steps: int = 1) -> None:
-        self.model, self.steps = model, steps
+    def __init__(self, model: DynamicsModel, prior: Params, inner_lr: InnerLR, steps: int = 1,
+                 backtrack: int = 4) -> None:
+        if backtrack < 0:
+            raise ValueError(f"backtrack must be >= 0, got {backtrack}")
+        self.model, self.steps, self.backtrack = model, steps, backtrack
         self.prior = {k: v.detach() for k, v in prior.items()}
         self.inner_lr = {k: v.detach() for k, v in inner_lr.items()} if isinstance(inner_lr, dict) else inner_lr
         self._params = self.prior
@@ -46,18 +59,39 @@ class KShotLearner:
         """
         if not window_is_finite(window):
             return StepInfo({"window_loss_prior": math.nan, "window_loss_adapted": math.nan, REFUSED: 0.0,
-                             SKIPPED: 1.0})
+                             SKIPPED: 1.0, "step_scale": math.nan})
         obs, act, y = window.obs, window.act, window.next_obs
         with torch.no_grad():  # torch.func.grad still differentiates the inner loss
             new, before_t = adapt_with_loss(self.model, self.prior, obs, act, y, self.inner_lr, self.steps,
                                             first_order=True)
             finite = params_are_finite(new)
+            before, scale = float(before_t), 1.0
+            if self.backtrack and finite:
+                new, scale = self._backtracked(new, before, obs, act, y)
             if finite:
                 self._params = new
-            before = float(before_t)
             after = float(self.model.transition_loss(self._params, obs, act, y))
         return StepInfo({"window_loss_prior": before, "window_loss_adapted": after, REFUSED: float(not finite),
-                         SKIPPED: 0.0})
+                         SKIPPED: 0.0, "step_scale": scale})
+
+    def _backtracked(self, new: Params, before: float, obs: torch.Tensor, act: torch.Tensor,
+                     y: torch.Tensor) -> tuple[Params, float]:
+        """``new`` if it does not raise the window loss above ``before``, else the step with the largest rate
+        ``inner_lr / 2^i`` (``i <= backtrack``) that does not, else the prior; and that rate's scale (0: prior)."""
+        scale = 1.0
+        for _ in range(self.backtrack):
+            if float(self.model.transition_loss(new, obs, act, y)) <= before:
+                return new, scale
+            scale /= 2
+            new, _ = adapt_with_loss(self.model, self.prior, obs, act, y, _scaled(self.inner_lr, scale),
+                                     self.steps, first_order=True)
+        if params_are_finite(new) and float(self.model.transition_loss(new, obs, act, y)) <= before:
+            return new, scale
+        return self.prior, 0.0
 
     def params(self) -> Params:
         return self._params
+
+
+def _scaled(lr: InnerLR, scale: float) -> InnerLR:
+    return {k: v * scale for k, v in lr.items()} if isinstance(lr, dict) else lr * scale

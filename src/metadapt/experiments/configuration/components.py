@@ -190,7 +190,7 @@ def _ts(own: dict[str, Any], ctx: BuildContext) -> Any:
     from metadapt.adapt.ts import KShotLearner
 
     prior = _needs_prior(ctx, "ts")
-    return KShotLearner(prior.model, prior.params, prior.inner_lr, prior.inner_steps)
+    return KShotLearner(prior.model, prior.params, prior.inner_lr, prior.inner_steps, backtrack=own["backtrack"])
 
 
 def _gs(own: dict[str, Any], ctx: BuildContext) -> Any:
@@ -221,7 +221,10 @@ def _rebal(own: dict[str, Any], ctx: BuildContext) -> Any:
 
 LEARNERS.register("mb", _mb, needs="model", doc="the MB model, never adapted")
 LEARNERS.register("de", _de, needs="model", doc="the MB model, one gradient step per time step (learner.lr)")
-LEARNERS.register("ts", _ts, needs="prior", doc="GrBAL at run time: the prior adapted on the last M steps")
+LEARNERS.register("ts", _ts, needs="prior", doc="GrBAL at run time: the prior adapted on the last M steps", fields={
+    "backtrack": Field("int", 4, low=0, doc="halvings of the inner rate tried when a step raises its own window's "
+                                            "loss, then the prior is kept (0: the literal step, as the GrBAL code)"),
+})
 LEARNERS.register("gs", _gs, needs="prior", doc="the prior, one gradient step per time step (learner.lr)")
 LEARNERS.register("mole", _mole, needs="prior", doc="MOLe: an online mixture of adapted priors (seed 000)", fields={
     "alpha": Field("float", 1.0, low=0, doc="CRP concentration"),

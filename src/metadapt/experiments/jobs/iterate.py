@@ -438,7 +438,9 @@ class IterativeTrainer:
 
     def prior_learner(self) -> KShotLearner:
         p = self.prior()
-        return KShotLearner(self.model, p.params, p.inner_lr, p.inner_steps)
+        # The literal step while collecting (the GrBAL code's; the shipped priors were collected this way and
+        # reproduce bit for bit from their configs); run-time TS backtracks by default (adapt/ts.py).
+        return KShotLearner(self.model, p.params, p.inner_lr, p.inner_steps, backtrack=0)
 
     def run(self, resume: bool = False) -> Params:
         """Run the remaining iterations; ``resume`` continues from ``run_dir``'s checkpoint."""
