@@ -43,9 +43,10 @@ def test_a_small_step_is_taken_as_it_comes():
 def test_an_overshooting_step_is_halved_until_it_lowers_the_window_loss():
     model, params, w = _setup()
     rates = _rates(params, 50.0)  # Meta-SGD-like per-entry rates, far too large for this window
-    literal = KShotLearner(model, params, rates, backtrack=0)
+    literal = KShotLearner(model, params, rates)  # the default: the GrBAL code's literal step
     info_literal = literal.observe(w).metrics
     assert info_literal["window_loss_adapted"] > info_literal["window_loss_prior"]  # the literal step overshoots
+    assert info_literal["step_scale"] == 1.0
 
     ts = KShotLearner(model, params, rates, backtrack=20)
     info = ts.observe(w).metrics
@@ -83,3 +84,17 @@ def test_backtracking_is_a_config_option_and_a_negative_count_is_refused(tmp_pat
     assert bad.returncode == 2 and "learner.ts.backtrack" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     with pytest.raises(ValueError, match="backtrack"):
         KShotLearner(*_setup()[:2], 0.01, backtrack=-1)
+
+
+def test_the_default_leaves_the_run_ids_of_earlier_sweeps_unchanged():
+    from metadapt.experiments.configuration.config import load_config
+    from metadapt.experiments.jobs.sweep import config_hash
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs/mole_halfcheetah_malfunction.yaml", ["learner.type=ts"])
+    assert cfg["learner"]["ts"] == {"backtrack": 0}
+    older = {**cfg, "learner": {k: v for k, v in cfg["learner"].items() if k != "ts"}}  # before the option
+    assert config_hash(cfg) == config_hash(older)
+    changed = load_config(root / "configs/mole_halfcheetah_malfunction.yaml", ["learner.type=ts",
+                                                                                "learner.ts.backtrack=4"])
+    assert config_hash(changed) != config_hash(cfg)

@@ -222,7 +222,7 @@ def _rebal(own: dict[str, Any], ctx: BuildContext) -> Any:
 LEARNERS.register("mb", _mb, needs="model", doc="the MB model, never adapted")
 LEARNERS.register("de", _de, needs="model", doc="the MB model, one gradient step per time step (learner.lr)")
 LEARNERS.register("ts", _ts, needs="prior", doc="GrBAL at run time: the prior adapted on the last M steps", fields={
-    "backtrack": Field("int", 4, low=0, doc="halvings of the inner rate tried when a step raises its own window's "
+    "backtrack": Field("int", 0, low=0, doc="halvings of the inner rate tried when a step raises its own window's "
                                             "loss, then the prior is kept (0: the literal step, as the GrBAL code)"),
 })
 LEARNERS.register("gs", _gs, needs="prior", doc="the prior, one gradient step per time step (learner.lr)")

@@ -262,6 +262,7 @@ LATER_KEYS: dict[tuple[str, str], Any] = {
     ("planner", "objective"): "reward",
     ("env", "reward_fn"): None,
     ("env", "perturbations"): None,
+    ("learner", "ts"): {"backtrack": 0},
 }
 
 

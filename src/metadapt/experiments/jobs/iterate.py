@@ -438,8 +438,8 @@ class IterativeTrainer:
 
     def prior_learner(self) -> KShotLearner:
         p = self.prior()
-        # The literal step while collecting (the GrBAL code's; the shipped priors were collected this way and
-        # reproduce bit for bit from their configs); run-time TS backtracks by default (adapt/ts.py).
+        # The literal step while collecting, whatever learner.ts.backtrack says: the shipped priors were collected
+        # this way and reproduce from their configs.
         return KShotLearner(self.model, p.params, p.inner_lr, p.inner_steps, backtrack=0)
 
     def run(self, resume: bool = False) -> Params:
