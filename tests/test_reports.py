@@ -31,6 +31,7 @@ def test_methods_are_named_as_the_papers_name_them():
     assert [method_name(m) for m in ("mole", "ts", "gs", "mb", "de", "rebal", "grbal")] == \
         ["MOLe", "TS", "GS", "MB", "DE", "ReBAL", "GrBAL"]
     assert method_name("my_variant") == "my_variant"
+    assert method_name("mb_de") == "MB+DE"  # the held-out-task sweeps' label for MB with DE's online steps
 
 
 def _sweep(out: Path, returns: dict[str, list[float]]) -> None:

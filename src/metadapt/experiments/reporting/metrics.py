@@ -78,7 +78,7 @@ POSTERIOR_PREFIX = "component_"
 
 # How the papers name the methods (learner types and method labels of sweeps -> the name in reports).
 METHOD_NAMES = {"mole": "MOLe", "grbal": "GrBAL", "rebal": "ReBAL", "ts": "TS", "gs": "GS", "mb": "MB", "de": "DE",
-                "static": "MB", "maml": "MAML",
+                "static": "MB", "maml": "MAML", "mb_de": "MB+DE",
                 "meta_gcg": "Meta-GCG", "gcg": "GCG", "gcg_adapt": "GCG + adaptation",
                 "fomaml": "FO-MAML", "pretrained": "pretrained",
                 "oracle": "oracle"}
