@@ -209,9 +209,9 @@ def test_a_grid_key_named_method_sets_the_config_key_when_there_is_no_methods_ax
     # system: gcg has a top-level "method"; a grid over it must give one run per method (it was dropped as if it
     # were the methods axis's label, so the points collapsed into one run each seed).
     sweep = load_sweep(ROOT / "configs/sweeps/gcg_maze_lifelong.yaml")
-    assert len(sweep.points) == 15 and len({p.run_id for p in sweep.points}) == 15
-    assert [p.config["method"] for p in sweep.points[:3]] == ["meta_gcg", "gcg", "oracle"]
-    assert [p.labels["seed"] for p in sweep.points[:3]] == [0, 0, 0]  # seeds outer: whole seeds first
+    assert len(sweep.points) == 20 and len({p.run_id for p in sweep.points}) == 20
+    assert [p.config["method"] for p in sweep.points[:4]] == ["meta_gcg", "gcg", "oracle", "gcg_adapt"]
+    assert [p.labels["seed"] for p in sweep.points[:4]] == [0, 0, 0, 0]  # seeds outer: whole seeds first
 
 
 def test_a_sweep_of_a_system_without_an_aggregate_result_is_refused_before_it_runs(tmp_path):
