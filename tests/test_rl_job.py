@@ -15,7 +15,13 @@ import torch
 from killing import kill_when
 from metadapt.envs import make_env
 from metadapt.models.policy import GaussianMLPPolicy
-from metadapt.rl.maml_rl import MAMLRL, MAMLRLSettings, evaluate_adaptation
+from metadapt.rl.maml_rl import (
+    MAMLRL,
+    MAMLRLSettings,
+    episode_advantages,
+    evaluate_adaptation,
+    policy_gradient_step,
+)
 from metadapt.rl.sampler import make_vector_env, sample_episodes, sample_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +58,8 @@ def test_a_small_run_trains_every_method_reports_and_evaluates_again(tmp_path):
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
-    args = [*SMALL, "meta.iterations=30", "baselines.oracle=false", "baselines.random=false", "eval.tasks=3"]
+    args = [*SMALL, "meta.iterations=30", "baselines.oracle=false", "baselines.random=false", "eval.tasks=3",
+            "eval.curve_every=4", "eval.curve_tasks=2"]
     whole = tmp_path / "whole"
     assert _cli("train", str(CONFIG), *args, "--out", str(whole), "--quiet").returncode == 0
     cut = tmp_path / "cut"
@@ -68,6 +75,29 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     strip = [",".join(r.split(",")[:-2]) for r in (whole / "metrics.csv").read_text().splitlines()]  # no timings
     assert strip == [",".join(r.split(",")[:-2]) for r in (cut / "metrics.csv").read_text().splitlines()]
     assert (whole / "summary.json").read_text() == (cut / "summary.json").read_text()
+    assert (whole / "heldout.csv").read_text() == (cut / "heldout.csv").read_text()
+
+
+def test_the_held_out_curve_leaves_training_alone_and_ends_at_the_last_iteration(tmp_path):
+    args = [*SMALL, "meta.iterations=5", "baselines.oracle=false", "baselines.random=false"]
+    plain, curved = tmp_path / "plain", tmp_path / "curved"
+    assert _cli("train", str(CONFIG), *args, "--out", str(plain), "--quiet").returncode == 0
+    res = _cli("train", str(CONFIG), *args, "eval.curve_every=2", "eval.curve_tasks=3", "eval.curve_steps=2",
+               "--out", str(curved), "--quiet")
+    assert res.returncode == 0, res.stderr
+    strip = [",".join(r.split(",")[:-2]) for r in (plain / "metrics.csv").read_text().splitlines()]
+    assert strip == [",".join(r.split(",")[:-2]) for r in (curved / "metrics.csv").read_text().splitlines()]
+    assert (plain / "summary.json").read_text() == (curved / "summary.json").read_text()
+    rows = (curved / "heldout.csv").read_text().splitlines()
+    assert rows[0] == "stage,iteration,env_steps,return_0,ci95_0,return_1,ci95_1,return_2,ci95_2"
+    assert [tuple(r.split(",")[:2]) for r in rows[1:]] == [(s, str(i)) for s in ("maml", "pretrained")
+                                                          for i in (0, 2, 4, 5)]
+    report = (curved / "report.md").read_text()
+    assert "Held-out return during training" in report and (curved / "heldout.png").is_file()
+    # the curve's last MAML point is the final evaluation's first tasks, same seeds
+    summary = json.loads((curved / "summary.json").read_text())["methods"]["maml"]
+    last = next(r for r in rows if r.startswith("maml,5,")).split(",")
+    assert np.isclose(float(last[3]), np.mean(summary["0"]["per_task"][:3]), rtol=1e-6)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -79,6 +109,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     (["meta.max_kl=0"], "meta.max_kl"),
     (["meta.inner_lr=-0.1"], "meta.inner_lr"),
     (["meta.outer=sgd"], "meta.outer"),
+    (["eval.later_lr_scale=0"], "eval.later_lr_scale"),
+    (["eval.random_lr=-1"], "eval.random_lr"),
     (["env.kwargs={task_in_obs: true}"], "task_in_obs"),
 ])
 def test_bad_rl_config_is_one_line_and_exit_2(tmp_path, extra, message):
@@ -131,6 +163,51 @@ def test_one_inner_step_of_a_meta_trained_navigation_policy_beats_its_start():
     assert returns[1].mean() > returns[0].mean()
     envs.close()
     probe.close()
+
+
+def test_later_evaluation_steps_take_the_scaled_rate():
+    """The original's test scripts take the first step at the meta-trained rate and the later ones at half of it:
+    ``later_scale`` must give exactly the steps taken by hand with those rates."""
+    envs = make_vector_env("metadapt/PointNav-v0", 24, "auto")
+    probe = make_env("metadapt/PointNav-v0")
+    policy = GaussianMLPPolicy(2, 2, hidden=(16,))
+    params = policy.init_params(torch.Generator().manual_seed(3))
+    settings = MAMLRLSettings(inner_lr=0.5)
+    tasks = sample_tasks(probe, 4, np.random.default_rng(5), "test")
+
+    def sample(p, t, seed):
+        return sample_episodes(envs, policy, p, t, 6, 100, seed)
+
+    got = evaluate_adaptation(policy, params, 0.5, settings, sample, tasks, 3, 11, later_scale=0.5)
+    seeds = np.random.SeedSequence(11).generate_state(4)
+    p, want = params, []
+    for i, rate in enumerate([0.5, 0.25, 0.25, None]):
+        episodes = sample(p, tasks, int(seeds[i]))
+        want.append(episodes.returns().mean(dim=1).numpy())
+        if rate is not None:
+            step = policy_gradient_step(policy, p, episodes, episode_advantages(episodes, settings), rate, True)
+            p = {k: v.detach() for k, v in step.items()}
+    np.testing.assert_allclose(got, np.stack(want), rtol=1e-6)
+    unscaled = evaluate_adaptation(policy, params, 0.5, settings, sample, tasks, 3, 11)
+    np.testing.assert_allclose(unscaled[:2], got[:2], rtol=1e-6)  # the first step is the same
+    assert not np.allclose(unscaled[2:], got[2:])
+    learned = {k: torch.full_like(v, 0.5) for k, v in params.items()}  # Meta-SGD rates scale entry by entry
+    np.testing.assert_allclose(evaluate_adaptation(policy, params, learned, settings, sample, tasks, 3, 11,
+                                                   later_scale=0.5), got, rtol=1e-5)
+    envs.close()
+    probe.close()
+
+
+def test_a_baselines_evaluation_rate_changes_only_that_baseline(tmp_path):
+    out = tmp_path / "run"
+    assert _cli("train", str(CONFIG), *SMALL, "baselines.oracle=false", "--out", str(out), "--quiet").returncode == 0
+    again = tmp_path / "again"
+    res = _cli("train", str(CONFIG), *SMALL, "baselines.oracle=false", f"policy.checkpoint={out}",
+               "eval.random_lr=0.05", "--out", str(again), "--quiet")
+    assert res.returncode == 0, res.stderr
+    first, second = (json.loads((d / "summary.json").read_text())["methods"] for d in (out, again))
+    assert first["maml"] == second["maml"] and first["pretrained"] == second["pretrained"]
+    assert first["random"]["0"] == second["random"]["0"] and first["random"]["1"] != second["random"]["1"]
 
 
 def test_the_adapted_policy_is_rendered_after_each_step(tmp_path):

@@ -246,17 +246,28 @@ class MAMLRL:
             self.optimizer.load_state_dict(state["optimizer"])
 
 
+def scale_rates(rates: Rates, factor: float) -> Rates:
+    """``rates`` (a scalar or one tensor per parameter) times ``factor``."""
+    if factor == 1.0:
+        return rates
+    return {k: v * factor for k, v in rates.items()} if isinstance(rates, dict) else rates * factor
+
+
 def evaluate_adaptation(policy: Policy, params: Params, rates: Rates, settings: MAMLRLSettings, sample: SampleFn,
-                        tasks: Sequence[Any], steps: int, seed: int) -> np.ndarray:
+                        tasks: Sequence[Any], steps: int, seed: int, later_scale: float = 1.0) -> np.ndarray:
     """Mean return per task after ``0 .. steps`` inner steps (``(steps + 1) x B``), each step on fresh episodes
-    of the current adapted policy, as the original's evaluation (20 episodes per step and task)."""
+    of the current adapted policy, as the original's evaluation (20 episodes per step and task). Steps after the
+    first take ``rates * later_scale`` (the original's test scripts: 0.5, a first step at the meta-trained rate
+    and the later ones at half of it)."""
     seeds = np.random.SeedSequence(seed).generate_state(steps + 1)
     p: Params = {k: v.detach() for k, v in params.items()}
+    later = scale_rates(rates, later_scale)
     out = []
     for i in range(steps + 1):
         episodes = sample(p, tasks, int(seeds[i]))
         out.append(episodes.returns().mean(dim=1).cpu().numpy())
         if i < steps:
             adv = episode_advantages(episodes, settings)
-            p = {k: v.detach() for k, v in policy_gradient_step(policy, p, episodes, adv, rates, True).items()}
+            step = policy_gradient_step(policy, p, episodes, adv, rates if i == 0 else later, True)
+            p = {k: v.detach() for k, v in step.items()}
     return np.stack(out)

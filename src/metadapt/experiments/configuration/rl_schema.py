@@ -70,6 +70,21 @@ RL_SCHEMA: dict[str, Any] = {
         "tasks": Field("int", 40, low=1, doc="held-out tasks (the original: 40)"),
         "steps": Field("int", 3, low=0, doc="inner steps evaluated: returns after 0 .. steps"),
         "episodes": Field("int", 20, low=1, doc="episodes per task and step"),
+        "later_lr_scale": Field("float", 1.0, low=0, low_open=True,
+                                doc="rate of the 2nd and later steps relative to the first (the original's test "
+                                    "scripts: 0.5)"),
+        "pretrained_lr": Field("float", None, low=0, low_open=True, nullable=True,
+                               doc="first-step rate of the pretrained policy (null: meta.inner_lr; the original's "
+                                   "cheetah test tuned it per baseline)"),
+        "random_lr": Field("float", None, low=0, low_open=True, nullable=True,
+                           doc="first-step rate of the random initialisation (null: meta.inner_lr)"),
+        "oracle_lr": Field("float", None, low=0, low_open=True, nullable=True,
+                           doc="first-step rate of the oracle (null: meta.inner_lr)"),
+        "curve_every": Field("int", None, low=1, nullable=True,
+                             doc="meta-iterations between held-out evaluations while training (heldout.csv: "
+                                 "return after 0 .. curve_steps steps against environment steps; null: none)"),
+        "curve_tasks": Field("int", 10, low=1, doc="held-out tasks of each curve point (the first of eval's)"),
+        "curve_steps": Field("int", 1, low=0, doc="inner steps of each curve point"),
     },
 }
 

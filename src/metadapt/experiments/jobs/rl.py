@@ -48,6 +48,7 @@ from metadapt.rl.maml_rl import (
     episode_advantages,
     evaluate_adaptation,
     policy_gradient_step,
+    scale_rates,
 )
 from metadapt.rl.sampler import make_vector_env, sample_episodes, sample_tasks, to_env_action
 from metadapt.types import Params
@@ -56,6 +57,7 @@ STATE_FORMAT = "metadapt.rl_state.v1"
 MODEL_FORMAT = "metadapt.rl_policies.v1"
 METRICS = ("stage", "iteration", "return_pre", "return_post", "kl", "loss_before", "loss_after", "step_fraction",
            "env_steps", "sample_s", "update_s")
+CURVE = ("stage", "iteration", "env_steps")  # then return_<k> and ci95_<k> for k = 0 .. eval.curve_steps
 INIT, TASKS, EPISODES, EVAL_TASKS, EVAL_EPISODES, RANDOM_INIT = range(6)
 
 
@@ -135,21 +137,25 @@ def _plain_rates(rates: Rates) -> Any:
     return _cpu(rates) if isinstance(rates, dict) else float(rates)
 
 
-def _write_metrics(rows: list[dict[str, Any]], path: Path) -> None:
+def _write_metrics(rows: list[dict[str, Any]], path: Path, fields: tuple[str, ...] = METRICS) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(METRICS))
+        w = csv.DictWriter(f, fieldnames=list(fields))
         w.writeheader()
         w.writerows(rows)
     tmp.replace(path)
 
 
 def _save_state(run_dir: Path, cfg: dict[str, Any], stage: str, iteration: int, learner: dict[str, Any] | None,
-                rows: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> None:
+                rows: list[dict[str, Any]], results: dict[str, dict[str, Any]], curve: list[dict[str, Any]]) -> None:
     save_atomic({"format": STATE_FORMAT, "config": json.dumps(cfg, sort_keys=True), "stage": stage,
-                 "iteration": iteration, "learner": learner, "metrics": list(rows), "results": results},
-                run_dir / "checkpoints" / "state.pt")
+                 "iteration": iteration, "learner": learner, "metrics": list(rows), "results": results,
+                 "curve": list(curve)}, run_dir / "checkpoints" / "state.pt")
     _write_metrics(rows, run_dir / "metrics.csv")
+    if curve:
+        k = cfg["eval"]["curve_steps"]
+        _write_metrics(curve, run_dir / "heldout.csv",
+                       CURVE + tuple(f"{p}_{i}" for i in range(k + 1) for p in ("return", "ci95")))
 
 
 def _load_state(run_dir: Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
@@ -173,6 +179,8 @@ def _fit(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool) -
     state = _load_state(run_dir, cfg) if resume else None
     rows: list[dict[str, Any]] = list(state["metrics"]) if state else []
     results: dict[str, dict[str, Any]] = dict(state["results"]) if state else {}
+    curve: list[dict[str, Any]] = list(state.get("curve", [])) if state else []
+    every = cfg["eval"]["curve_every"]
     first = names.index(state["stage"]) if state is not None else 0
     m, ckpt = cfg["meta"], cfg["train"]["checkpoint_every"]
     for index in range(first, len(stages)):
@@ -193,10 +201,18 @@ def _fit(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool) -
                 return sample_episodes(fam.envs, pol, params, tasks, m["episodes"], fam.horizon, s,
                                        normalize_actions=cfg["env"]["normalize_actions"])
 
+            def point(it: int, steps: int, fam: TaskFamily = family, pol: Policy = policy, lrn: MAMLRL = learner,
+                      st: str = stage, last: int = total) -> None:
+                """A held-out curve point every ``eval.curve_every`` iterations and after the last one."""
+                due = bool(every) and (it % every == 0 or it == last)
+                if due and not any(r["stage"] == st and r["iteration"] == it for r in curve):
+                    curve.append(_curve_point(cfg, fam, pol, lrn, st, it, steps))
+
             reporter.start(stage, {"maml": "MAML-RL", "pretrained": "pretrained (all tasks)",
                                    "oracle": "oracle (task observed)"}[stage], total)
             reporter.advance(stage, start)
             timing = {"sample_s": 0.0, "update_s": 0.0}
+            point(start, env_steps)
             for it in range(start, total):
                 rng = np.random.default_rng(derive_seed(seed, TASKS, index, it))
                 tasks = sample_tasks(family.probe, m["meta_batch"], rng, "train")
@@ -216,15 +232,34 @@ def _fit(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool) -
                              "return_post": rollouts.post.mean_return(), **info, "env_steps": env_steps,
                              "sample_s": round(t1 - t0, 4), "update_s": round(t2 - t1, 4)})
                 reporter.advance(stage, 1, ret=rows[-1]["return_post"])
+                point(it + 1, env_steps)
                 if (it + 1) % ckpt == 0 and it + 1 < total:
-                    _save_state(run_dir, cfg, stage, it + 1, learner.state_dict(), rows, results)
+                    _save_state(run_dir, cfg, stage, it + 1, learner.state_dict(), rows, results, curve)
             results[stage] = {"params": _cpu(learner.params), "rates": _plain_rates(learner.rates)}
             _record_time(run_dir, stage, total - start, timing)
-            _save_state(run_dir, cfg, names[index + 1], 0, None, rows, results)
+            _save_state(run_dir, cfg, names[index + 1], 0, None, rows, results, curve)
             state = None
         finally:
             family.close()
     return results
+
+
+def _curve_point(cfg: dict[str, Any], family: TaskFamily, policy: Policy, learner: MAMLRL, stage: str,
+                 iteration: int, env_steps: int) -> dict[str, Any]:
+    """One point of the held-out curve: the stage's current policy on the first ``eval.curve_tasks`` held-out tasks
+    (the final evaluation's tasks and episode seeds), return after 0 .. ``eval.curve_steps`` steps."""
+    ev = cfg["eval"]
+    tasks = sample_tasks(family.probe, ev["curve_tasks"], np.random.default_rng(derive_seed(cfg["seed"], EVAL_TASKS)),
+                         "test")
+    rates = learner.rates if stage == "maml" else ev[f"{stage}_lr"] or cfg["meta"]["inner_lr"]
+    returns = evaluate_adaptation(policy, learner.params, rates, settings(cfg), _eval_sampler(cfg, family, policy),
+                                  tasks, ev["curve_steps"], derive_seed(cfg["seed"], EVAL_EPISODES),
+                                  ev["later_lr_scale"])
+    row: dict[str, Any] = {"stage": stage, "iteration": iteration, "env_steps": env_steps}
+    for k in range(returns.shape[0]):
+        iv = _interval(returns[k])
+        row[f"return_{k}"], row[f"ci95_{k}"] = iv["mean"], iv["ci95"]
+    return row
 
 
 def _record_time(run_dir: Path, stage: str, iterations: int, timing: dict[str, float]) -> None:
@@ -277,10 +312,10 @@ def evaluate(cfg: dict[str, Any], results: dict[str, dict[str, Any]], reporter: 
             r = results["maml"]
             candidates["maml"] = (r["params"], r["rates"])
         if "pretrained" in results:
-            candidates["pretrained"] = (results["pretrained"]["params"], s.inner_lr)
+            candidates["pretrained"] = (results["pretrained"]["params"], ev["pretrained_lr"] or s.inner_lr)
         if cfg["baselines"]["random"]:
             gen = torch.Generator().manual_seed(derive_seed(seed, RANDOM_INIT))
-            candidates["random"] = (policy.init_params(gen), s.inner_lr)
+            candidates["random"] = (policy.init_params(gen), ev["random_lr"] or s.inner_lr)
         for name, (params, rates) in candidates.items():
             check_params(policy, params, f"the {name} policy's parameters")
             methods[name] = _evaluate_one(cfg, family, policy, params, rates, s, tasks, reporter, name, device)
@@ -290,28 +325,34 @@ def evaluate(cfg: dict[str, Any], results: dict[str, dict[str, Any]], reporter: 
         oracle = TaskFamily(cfg, oracle=True)
         try:
             policy = build_policy(cfg, oracle.obs_dim, oracle.action_space)
-            methods["oracle"] = _evaluate_one(cfg, oracle, policy, results["oracle"]["params"], s.inner_lr, s,
-                                              tasks, reporter, "oracle", device)
+            methods["oracle"] = _evaluate_one(cfg, oracle, policy, results["oracle"]["params"],
+                                              ev["oracle_lr"] or s.inner_lr, s, tasks, reporter, "oracle", device)
         finally:
             oracle.close()
     return {"metric": "return", "tasks": ev["tasks"], "episodes": ev["episodes"], "steps": ev["steps"],
+            "later_lr_scale": ev["later_lr_scale"],
             "env_id": cfg["env"]["id"], "methods": methods}
+
+
+def _eval_sampler(cfg: dict[str, Any], family: TaskFamily, policy: Policy) -> Any:
+    """``sample(params, tasks, seed)``: ``eval.episodes`` episodes of each task."""
+
+    def sample(p: Params, t: Any, sd: int) -> Any:
+        return sample_episodes(family.envs, policy, p, t, cfg["eval"]["episodes"], family.horizon, sd,
+                               normalize_actions=cfg["env"]["normalize_actions"])
+
+    return sample
 
 
 def _evaluate_one(cfg: dict[str, Any], family: TaskFamily, policy: Policy, params: Params, rates: Rates,
                   s: MAMLRLSettings, tasks: list[Any], reporter: Reporter, name: str,
                   device: torch.device) -> dict[str, Any]:
     ev = cfg["eval"]
-
-    def sample(p: Params, t: Any, sd: int) -> Any:
-        return sample_episodes(family.envs, policy, p, t, ev["episodes"], family.horizon, sd,
-                               normalize_actions=cfg["env"]["normalize_actions"])
-
     reporter.log(f"evaluating {name} on {len(tasks)} held-out tasks")
     params = {k: v.to(device) for k, v in params.items()}
     rates = {k: v.to(device) for k, v in rates.items()} if isinstance(rates, dict) else rates
-    returns = evaluate_adaptation(policy, params, rates, s, sample, tasks, ev["steps"],
-                                  derive_seed(cfg["seed"], EVAL_EPISODES))
+    returns = evaluate_adaptation(policy, params, rates, s, _eval_sampler(cfg, family, policy), tasks, ev["steps"],
+                                  derive_seed(cfg["seed"], EVAL_EPISODES), ev["later_lr_scale"])
     return {str(k): {**_interval(returns[k]), "per_task": [float(x) for x in returns[k]]}
             for k in range(returns.shape[0])}
 
@@ -355,7 +396,8 @@ def write_adaptation_video(cfg: dict[str, Any], results: dict[str, dict[str, Any
                 episodes = sample_episodes(family.envs, policy, params, task, ev["episodes"], family.horizon,
                                            int(seeds[k]), normalize_actions=cfg["env"]["normalize_actions"])
                 adv = episode_advantages(episodes, s)
-                step = policy_gradient_step(policy, params, episodes, adv, rates, True)
+                step = policy_gradient_step(policy, params, episodes, adv,
+                                            rates if k == 0 else scale_rates(rates, ev["later_lr_scale"]), True)
                 params = {name: v[0].detach() for name, v in step.items()}
         video.close()
         env.close()

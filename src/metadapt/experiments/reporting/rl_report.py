@@ -57,6 +57,36 @@ def plot_learning(run_dir: Path) -> Path | None:
     return path
 
 
+def plot_heldout(run_dir: Path) -> tuple[Path, list[str]] | None:
+    """``heldout.png`` and a table from ``heldout.csv`` (``eval.curve_every``): each stage's held-out return before
+    and after its last curve step, against the environment steps of its training."""
+    c = read_csv(run_dir / "heldout.csv")
+    if not c:
+        return None
+    last = max(int(k.split("_")[1]) for k in c if k.startswith("return_"))
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    table = ["| stage | iteration | environment steps | before adapting | " + f"after {last} step"
+             + ("s" if last != 1 else "") + " |", "|---|---:|---:|---:|---:|"]
+    for stage in dict.fromkeys(c["stage"].tolist()):
+        sel = c["stage"] == stage
+        x = c["env_steps"][sel]
+        line = ax.errorbar(x, c[f"return_{last}"][sel], yerr=c[f"ci95_{last}"][sel], marker="o", ms=3, capsize=2,
+                           label=f"{STAGES.get(stage, stage).split(' (')[0]}, after {last} step(s)")
+        if last:
+            ax.plot(x, c["return_0"][sel], ls="--", lw=1, color=line[0].get_color(), label=f"{stage}, before")
+        for i in np.flatnonzero(sel):
+            table.append(f"| {stage} | {int(c['iteration'][i])} | {int(c['env_steps'][i]):,} | "
+                         f"{c['return_0'][i]:.2f} ± {c['ci95_0'][i]:.2f} | "
+                         f"{c[f'return_{last}'][i]:.2f} ± {c[f'ci95_{last}'][i]:.2f} |")
+    ax.set_xlabel("environment steps of meta-training")
+    ax.set_ylabel("held-out return (95% interval)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    path = run_dir / "heldout.png"
+    save_figure(fig, path)
+    return path, table
+
+
 def plot_adaptation(run_dir: Path, summary: dict[str, Any]) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for name, per in summary["methods"].items():
@@ -85,7 +115,10 @@ def write_rl_report(run_dir: str | Path) -> Path:
     lines = [f"# {cfg['name']}: meta-RL on {summary['env_id']}", "",
              f"{summary['tasks']} held-out tasks from the test distribution, {summary['episodes']} episodes per "
              "task and step; each step is one policy-gradient step on the previous step's episodes, as in "
-             "the original's evaluation. Intervals: 1.96 standard errors over tasks.", ""]
+             "the original's evaluation"
+             + (f" (steps after the first at {summary['later_lr_scale']:g} x the first's rate)"
+                if summary.get("later_lr_scale", 1.0) != 1.0 else "")
+             + ". Intervals: 1.96 standard errors over tasks.", ""]
     lines += results_table(summary, cfg)
     lines += ["", "![return after k steps](adaptation.png)", ""]
     if (run_dir / "adaptation.mp4").is_file():
@@ -94,6 +127,11 @@ def write_rl_report(run_dir: str | Path) -> Path:
     plot_adaptation(run_dir, summary)
     if plot_learning(run_dir) is not None:
         lines += ["## Training", "", "![learning curves](learning.png)", ""]
+    heldout = plot_heldout(run_dir)
+    if heldout is not None:
+        lines += ["## Held-out return during training", "",
+                  "The first held-out tasks of the evaluation, evaluated every `eval.curve_every` meta-iterations "
+                  "(intervals over tasks):", "", *heldout[1], "", "![held-out return](heldout.png)", ""]
     timing_path = run_dir / "timing.json"
     if timing_path.is_file():
         timing = json.loads(timing_path.read_text())
