@@ -201,18 +201,13 @@ def _fit(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool) -
                 return sample_episodes(fam.envs, pol, params, tasks, m["episodes"], fam.horizon, s,
                                        normalize_actions=cfg["env"]["normalize_actions"])
 
-            def point(it: int, steps: int, fam: TaskFamily = family, pol: Policy = policy, lrn: MAMLRL = learner,
-                      st: str = stage, last: int = total) -> None:
-                """A held-out curve point every ``eval.curve_every`` iterations and after the last one."""
-                due = bool(every) and (it % every == 0 or it == last)
-                if due and not any(r["stage"] == st and r["iteration"] == it for r in curve):
-                    curve.append(_curve_point(cfg, fam, pol, lrn, st, it, steps))
 
             reporter.start(stage, {"maml": "MAML-RL", "pretrained": "pretrained (all tasks)",
                                    "oracle": "oracle (task observed)"}[stage], total)
             reporter.advance(stage, start)
             timing = {"sample_s": 0.0, "update_s": 0.0}
-            point(start, env_steps)
+            if every and start == 0:  # a resumed stage saved its point at ``start`` with its checkpoint
+                curve.append(_curve_point(cfg, family, policy, learner, stage, 0, env_steps))
             for it in range(start, total):
                 rng = np.random.default_rng(derive_seed(seed, TASKS, index, it))
                 tasks = sample_tasks(family.probe, m["meta_batch"], rng, "train")
@@ -232,7 +227,8 @@ def _fit(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool) -
                              "return_post": rollouts.post.mean_return(), **info, "env_steps": env_steps,
                              "sample_s": round(t1 - t0, 4), "update_s": round(t2 - t1, 4)})
                 reporter.advance(stage, 1, ret=rows[-1]["return_post"])
-                point(it + 1, env_steps)
+                if every and ((it + 1) % every == 0 or it + 1 == total):  # before the checkpoint that saves it
+                    curve.append(_curve_point(cfg, family, policy, learner, stage, it + 1, env_steps))
                 if (it + 1) % ckpt == 0 and it + 1 < total:
                     _save_state(run_dir, cfg, stage, it + 1, learner.state_dict(), rows, results, curve)
             results[stage] = {"params": _cpu(learner.params), "rates": _plain_rates(learner.rates)}
@@ -251,7 +247,7 @@ def _curve_point(cfg: dict[str, Any], family: TaskFamily, policy: Policy, learne
     ev = cfg["eval"]
     tasks = sample_tasks(family.probe, ev["curve_tasks"], np.random.default_rng(derive_seed(cfg["seed"], EVAL_TASKS)),
                          "test")
-    rates = learner.rates if stage == "maml" else ev[f"{stage}_lr"] or cfg["meta"]["inner_lr"]
+    rates = learner.rates if stage == "maml" else _baseline_rate(cfg, stage)
     returns = evaluate_adaptation(policy, learner.params, rates, settings(cfg), _eval_sampler(cfg, family, policy),
                                   tasks, ev["curve_steps"], derive_seed(cfg["seed"], EVAL_EPISODES),
                                   ev["later_lr_scale"])
@@ -312,10 +308,10 @@ def evaluate(cfg: dict[str, Any], results: dict[str, dict[str, Any]], reporter: 
             r = results["maml"]
             candidates["maml"] = (r["params"], r["rates"])
         if "pretrained" in results:
-            candidates["pretrained"] = (results["pretrained"]["params"], ev["pretrained_lr"] or s.inner_lr)
+            candidates["pretrained"] = (results["pretrained"]["params"], _baseline_rate(cfg, "pretrained"))
         if cfg["baselines"]["random"]:
             gen = torch.Generator().manual_seed(derive_seed(seed, RANDOM_INIT))
-            candidates["random"] = (policy.init_params(gen), ev["random_lr"] or s.inner_lr)
+            candidates["random"] = (policy.init_params(gen), _baseline_rate(cfg, "random"))
         for name, (params, rates) in candidates.items():
             check_params(policy, params, f"the {name} policy's parameters")
             methods[name] = _evaluate_one(cfg, family, policy, params, rates, s, tasks, reporter, name, device)
@@ -326,12 +322,17 @@ def evaluate(cfg: dict[str, Any], results: dict[str, dict[str, Any]], reporter: 
         try:
             policy = build_policy(cfg, oracle.obs_dim, oracle.action_space)
             methods["oracle"] = _evaluate_one(cfg, oracle, policy, results["oracle"]["params"],
-                                              ev["oracle_lr"] or s.inner_lr, s, tasks, reporter, "oracle", device)
+                                              _baseline_rate(cfg, "oracle"), s, tasks, reporter, "oracle", device)
         finally:
             oracle.close()
     return {"metric": "return", "tasks": ev["tasks"], "episodes": ev["episodes"], "steps": ev["steps"],
             "later_lr_scale": ev["later_lr_scale"],
             "env_id": cfg["env"]["id"], "methods": methods}
+
+
+def _baseline_rate(cfg: dict[str, Any], method: str) -> float:
+    """A baseline's first-step evaluation rate: ``eval.<method>_lr``, else ``meta.inner_lr``."""
+    return cfg["eval"][f"{method}_lr"] or cfg["meta"]["inner_lr"]
 
 
 def _eval_sampler(cfg: dict[str, Any], family: TaskFamily, policy: Policy) -> Any:
@@ -372,6 +373,7 @@ def write_adaptation_video(cfg: dict[str, Any], results: dict[str, dict[str, Any
         policy = build_policy(cfg, family.obs_dim, family.action_space)
         params: Params = {k: v.detach() for k, v in results["maml"]["params"].items()}
         rates = results["maml"]["rates"]
+        later = scale_rates(rates, ev["later_lr_scale"])
         env = make_env(cfg["env"]["id"], render_mode="rgb_array", **cfg["env"]["kwargs"])
         env.unwrapped.next_task = task[0]
         video = TrialVideo(path, fps=int(env.metadata.get("render_fps", 20)))
@@ -396,8 +398,7 @@ def write_adaptation_video(cfg: dict[str, Any], results: dict[str, dict[str, Any
                 episodes = sample_episodes(family.envs, policy, params, task, ev["episodes"], family.horizon,
                                            int(seeds[k]), normalize_actions=cfg["env"]["normalize_actions"])
                 adv = episode_advantages(episodes, s)
-                step = policy_gradient_step(policy, params, episodes, adv,
-                                            rates if k == 0 else scale_rates(rates, ev["later_lr_scale"]), True)
+                step = policy_gradient_step(policy, params, episodes, adv, rates if k == 0 else later, True)
                 params = {name: v[0].detach() for name, v in step.items()}
         video.close()
         env.close()

@@ -38,6 +38,16 @@ def results_table(summary: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _finish(fig: Any, ax: Any, xlabel: str, ylabel: str, path: Path, legend_size: int = 8) -> Path:
+    """Label, legend and grid ``ax``, then save ``fig`` to ``path``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=legend_size)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+    return path
+
+
 def plot_learning(run_dir: Path) -> Path | None:
     m = read_csv(run_dir / "metrics.csv")
     if not m:
@@ -48,13 +58,7 @@ def plot_learning(run_dir: Path) -> Path | None:
         ax.plot(m["iteration"][sel], m["return_post"][sel], lw=1.2, label=STAGES.get(stage, stage))
         if stage == "maml":
             ax.plot(m["iteration"][sel], m["return_pre"][sel], lw=1, ls="--", label="MAML-RL (before adaptation)")
-    ax.set_xlabel("meta-iteration")
-    ax.set_ylabel("mean return of the sampled episodes")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    path = run_dir / "learning.png"
-    save_figure(fig, path)
-    return path
+    return _finish(fig, ax, "meta-iteration", "mean return of the sampled episodes", run_dir / "learning.png")
 
 
 def plot_heldout(run_dir: Path) -> tuple[Path, list[str]] | None:
@@ -78,13 +82,8 @@ def plot_heldout(run_dir: Path) -> tuple[Path, list[str]] | None:
             table.append(f"| {stage} | {int(c['iteration'][i])} | {int(c['env_steps'][i]):,} | "
                          f"{c['return_0'][i]:.2f} ± {c['ci95_0'][i]:.2f} | "
                          f"{c[f'return_{last}'][i]:.2f} ± {c[f'ci95_{last}'][i]:.2f} |")
-    ax.set_xlabel("environment steps of meta-training")
-    ax.set_ylabel("held-out return (95% interval)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    path = run_dir / "heldout.png"
-    save_figure(fig, path)
-    return path, table
+    return _finish(fig, ax, "environment steps of meta-training", "held-out return (95% interval)",
+                   run_dir / "heldout.png", legend_size=7), table
 
 
 def plot_adaptation(run_dir: Path, summary: dict[str, Any]) -> Path:
@@ -94,14 +93,9 @@ def plot_adaptation(run_dir: Path, summary: dict[str, Any]) -> Path:
         mean = np.array([per[str(s)]["mean"] for s in steps])
         ci = np.array([per[str(s)]["ci95"] for s in steps])
         ax.errorbar(steps, mean, yerr=ci, marker="o", capsize=3, label=NAMES.get(name, name))
-    ax.set_xlabel("policy-gradient steps on the held-out task")
-    ax.set_ylabel("mean return (95% interval over tasks)")
     ax.set_xticks(range(summary["steps"] + 1))
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    path = run_dir / "adaptation.png"
-    save_figure(fig, path)
-    return path
+    return _finish(fig, ax, "policy-gradient steps on the held-out task", "mean return (95% interval over tasks)",
+                   run_dir / "adaptation.png")
 
 
 def write_rl_report(run_dir: str | Path) -> Path:
