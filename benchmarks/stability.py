@@ -27,14 +27,19 @@ switch (docs/results.md), so 250 switches would hold some 1,500 networks.
 Fault injection (issue 26): ``--inject-every N`` puts a NaN, +inf or -inf (in
 turn) into one coordinate of the observation at every N-th step of the stream
 (and into the next observation of the step before, which is the same
-observation). Each learner then runs twice, on the clean and the injected
-stream; the bar is no non-finite parameter, no crash, and its model error back
-to the clean run's within ``--recovery-steps`` (default 2K) of every injection:
-the mean one-step error over the K steps from there is at most
-``1 + --recovery-tolerance`` times the clean run's over the same steps. Steps
-whose observations are not finite have no model error and are left out. Per
-learner it prints the skipped windows, the refused steps and the slowest
-recovery; ``unrecovered_injections=<n>`` comes before the last line.
+observation). Each learner runs on the injected stream; just before each fault
+reaches it, a copy of it (and of its window) goes on along the clean stream for
+reference: the same learner after the same history, without this fault. The
+bar is no non-finite parameter, no crash, and its model error back to the
+copy's within ``--recovery-steps`` (default 2K) of every injection: the mean
+one-step error over the K steps from there is at most
+``1 + --recovery-tolerance`` times the copy's over the same steps. Steps whose
+observations are not finite have no model error and are left out. (A whole
+clean run as the reference would cost a second pass and drift away from the
+injected run for reasons other than the fault: a different MOLe component
+created 4,000 steps earlier.) Per learner it prints the skipped windows, the
+refused steps and the slowest recovery; ``unrecovered_injections=<n>`` comes
+before the last line.
 
     python benchmarks/stability.py --steps 100000 --inject-every 5000
     python benchmarks/stability.py --steps 100000 --inject-every 5000 --learners rebal --rebal runs/rebal
@@ -43,11 +48,12 @@ recovery; ``unrecovered_injections=<n>`` comes before the last line.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -120,44 +126,65 @@ def _finite_params(params: Params) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in params.values())
 
 
+def _feed(
+    learner: OnlineLearner, model: DynamicsModel, history: deque[Window], stream: Window, episodes: list[int], t: int,
+) -> tuple[float, bool, dict[str, float]]:
+    """Step ``t`` of ``stream`` as the agent gives it: the one-step error (mean square, normalized) of the
+    parameters the learner would plan with (NaN when the step's observations are not finite), then the window
+    of the latest steps of the episode to ``learner.observe``. Returns the error, whether everything checked was
+    finite, and the learner's logged numbers. Logged numbers of a skipped window (its losses) are not checked:
+    they are NaN by definition."""
+    if t and episodes[t] != episodes[t - 1]:
+        history.clear()
+    step = stream[t : t + 1]
+    ok, err = True, math.nan
+    if window_is_finite(step):
+        with torch.no_grad():
+            delta = model.predict_normalized_delta(learner.params(), step.obs, step.act) - model.target(
+                step.obs, step.next_obs)
+        ok = bool(torch.isfinite(delta).all())
+        err = float(delta.pow(2).mean())
+    history.append(step)
+    metrics = learner.observe(Window.cat(history)).metrics
+    if not metrics.get(SKIPPED, 0.0):
+        ok &= all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))
+    return err, ok, metrics
+
+
 def run_learner(
     learner: OnlineLearner, model: DynamicsModel, stream: Window, window: int, check_every: int,
-    progress_every: int = 10_000, errors: list[float] | None = None,
+    progress_every: int = 10_000, errors: list[float] | None = None, clean: Window | None = None,
+    forks: Mapping[int, int] | None = None, reference: list[float] | None = None,
 ) -> dict[str, float]:
-    """Feed ``stream`` to ``learner``; counts the steps where anything it produced was not finite.
+    """Feed ``stream`` (``T`` steps) to ``learner``; counts the steps where anything it produced was not finite.
 
     ``model`` scores the parameters the learner would plan with (its ``predict_normalized_delta`` and
     ``target``). A step whose observations are not finite has no model error: it is not checked, and
     ``errors`` (when given) gets NaN for it; ``skipped_steps`` and ``refused_steps`` add up the learner's
-    ``skipped_nonfinite`` and ``step_refused``. Logged numbers of a skipped window (its losses) are not
-    checked: they are NaN by definition.
+    ``skipped_nonfinite`` and ``step_refused``.
+
+    ``forks`` ``{s: n}``: before step ``s``, a copy of the learner and its window history goes on for ``n`` steps
+    of ``clean`` (the same stream without the faults) instead; their errors are written into ``reference``
+    (``T`` entries) at those steps. The copy never touches the learner fed ``stream``.
     """
     history: deque[Window] = deque(maxlen=window)
     episodes = stream.episode.tolist()
+    forks = forks or {}
+    if forks and (clean is None or reference is None or len(clean) != len(stream) or len(reference) != len(stream)):
+        raise ValueError("forks need a clean stream and a reference list as long as the stream")
     learner.reset()
     bad_steps, refused, skipped, worst_err, start = 0, 0, 0, 0.0, time.perf_counter()
     for t in range(len(stream)):
-        if t and episodes[t] != episodes[t - 1]:
-            history.clear()
-        step = stream[t : t + 1]
-        params = learner.params()
-        ok = True
-        if window_is_finite(step):
-            with torch.no_grad():
-                err = model.predict_normalized_delta(params, step.obs, step.act) - model.target(step.obs,
-                                                                                               step.next_obs)
-            ok = bool(torch.isfinite(err).all())
-            worst_err = max(worst_err, float(err.pow(2).mean()))
-            if errors is not None:
-                errors.append(float(err.pow(2).mean()))
-        elif errors is not None:
-            errors.append(math.nan)
-        history.append(step)
-        info = learner.observe(Window.cat(history))
-        if not info.metrics.get(SKIPPED, 0.0):
-            ok &= all(math.isfinite(v) for v in info.metrics.values() if isinstance(v, float))
-        refused += int(info.metrics.get(REFUSED, 0.0))
-        skipped += int(info.metrics.get(SKIPPED, 0.0))
+        if t in forks:
+            twin, twin_history = copy.deepcopy((learner, history))
+            for u in range(t, min(t + forks[t], len(stream))):
+                reference[u] = _feed(twin, model, twin_history, clean, episodes, u)[0]  # type: ignore[index]
+        err, ok, metrics = _feed(learner, model, history, stream, episodes, t)
+        worst_err = max(worst_err, err) if math.isfinite(err) else worst_err
+        if errors is not None:
+            errors.append(err)
+        refused += int(metrics.get(REFUSED, 0.0))
+        skipped += int(metrics.get(SKIPPED, 0.0))
         if (t + 1) % check_every == 0 or t + 1 == len(stream):
             ok &= _finite_params(learner.params())
             if isinstance(learner, MOLeLearner):
@@ -176,14 +203,14 @@ def run_learner(
 def recovery_steps(
     errors: list[float], reference: list[float], start: int, end: int, window: int, tolerance: float
 ) -> int | None:
-    """Steps after ``start`` until the learner's model error is back to the clean run's (``None``: never
+    """Steps after ``start`` until the learner's model error is back to the reference's (``None``: never
     before ``end``): the first ``r`` from which the mean of ``errors`` over ``window`` steps is at most
-    ``1 + tolerance`` times the mean of ``reference`` over the same steps (steps without an error, NaN in
-    ``errors``, left out of both)."""
+    ``1 + tolerance`` times the mean of ``reference`` over the same steps (steps without an error in either,
+    NaN, left out of both)."""
     err, ref = np.asarray(errors, dtype=float), np.asarray(reference, dtype=float)
     for r in range(start, max(start, end - window) + 1):
         sl = slice(r, min(r + window, end))
-        keep = np.isfinite(err[sl])
+        keep = np.isfinite(err[sl]) & np.isfinite(ref[sl])
         if not keep.any():
             continue
         if err[sl][keep].mean() <= (1 + tolerance) * ref[sl][keep].mean():
@@ -195,19 +222,24 @@ def fault_injection(
     make: Callable[[], OnlineLearner], model: DynamicsModel, stream: Window, window: int, every: int,
     check_every: int, recovery: int, tolerance: float = 0.5, seed: int = 0, progress_every: int = 10_000,
 ) -> dict[str, float]:
-    """``run_learner`` on ``stream`` with a non-finite observation every ``every`` steps (``inject_nonfinite``),
-    and on the clean stream for reference; adds the injections, the slowest recovery in steps
-    (``recovery_steps``; ``inf`` for one that never recovered) and ``unrecovered``, the injections not
-    recovered within ``recovery`` steps."""
+    """``run_learner`` on ``stream`` with a non-finite observation every ``every`` steps (``inject_nonfinite``);
+    adds the injections, the slowest recovery in steps (``recovery_steps``; ``inf`` for one not back within
+    twice ``recovery``) and ``unrecovered``, the injections not recovered within ``recovery`` steps.
+
+    The reference of each injection at step ``t`` is the same learner, copied just before the fault reaches it
+    (step ``t - 1``, whose next observation is the bad one), going on along the clean stream: the error it
+    would have had without this fault, after the same history (earlier faults included).
+    """
     injected, steps = inject_nonfinite(stream, every, seed=seed)
-    clean: list[float] = []
-    run_learner(make(), model, stream, window, check_every, progress_every, clean)
+    span = 2 * recovery + window + 1
     errors: list[float] = []
-    out = run_learner(make(), model, injected, window, check_every, progress_every, errors)
+    reference = [math.nan] * len(stream)
+    out = run_learner(make(), model, injected, window, check_every, progress_every, errors, clean=stream,
+                      forks={t - 1: span for t in steps}, reference=reference)
     slowest, unrecovered = 0.0, 0
     for i, t in enumerate(steps):
-        end = steps[i + 1] if i + 1 < len(steps) else len(stream)
-        r = recovery_steps(errors, clean, t, end, window, tolerance)
+        end = min(steps[i + 1] if i + 1 < len(steps) else len(stream), t - 1 + span)
+        r = recovery_steps(errors, reference, t, end, window, tolerance)
         slowest = max(slowest, math.inf if r is None else float(r))
         unrecovered += r is None or r > recovery
     return {**out, "injections": float(len(steps)), "slowest_recovery": slowest, "unrecovered": float(unrecovered)}
@@ -226,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-every", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--inject-every", type=int, default=0,
-                        help="a NaN/inf observation every N steps, recovery checked against a clean run (0: none)")
+                        help="a NaN/inf observation every N steps, recovery checked against a clean copy (0: none)")
     parser.add_argument("--recovery-steps", type=int, default=None, help="the recovery bar (default 2K)")
     parser.add_argument("--recovery-tolerance", type=float, default=0.5)
     args = parser.parse_args(argv)

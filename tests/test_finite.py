@@ -390,10 +390,8 @@ def test_planning_with_nonfinite_parameters_counts_every_candidate_as_nonfinite(
 # -- 4. fault injection (benchmarks/stability.py on a short stream) ---------------------------------------------------
 
 
-def test_fault_injection_every_learner_stays_finite_skips_and_recovers():
-    # The benchmark's code path with small budgets: a 240-step stream of the real environment, an injection every
-    # 40 steps, a small MB model (a short fit), windows of 6 steps; each learner runs on the clean stream for
-    # reference and on the injected one.
+def _short_stream_learners() -> tuple[Window, dict[str, tuple[Callable[[], OnlineLearner], object]]]:
+    # A 240-step stream of the real environment, a small MB model (a short fit) and every learner on it.
     stream = stability.collect_stream(240, 240, seed=0, env_id=stability.ENV)
     obs_dim, act_dim = stream.obs.shape[1], stream.act.shape[1]
     normalizer = Normalizer.from_data(stream.obs, stream.act, stream.next_obs)
@@ -404,8 +402,7 @@ def test_fault_injection_every_learner_stays_finite_skips_and_recovers():
     rates = {k: torch.full_like(v, 0.001) for k, v in params.items()}  # a Meta-SGD prior's layout
     rec = RecurrentDynamics(obs_dim, act_dim, [32], context=8, normalizer=normalizer)
     rec_params = rec.init_params(torch.Generator().manual_seed(2))
-    window, every = 6, 40
-    learners: dict[str, tuple[Callable[[], OnlineLearner], object]] = {
+    return stream, {
         "mb": (lambda: StaticLearner(params), model),
         "de": (lambda: ContinualLearner(model, params, 0.001), model),
         "ts": (lambda: KShotLearner(model, params, rates), model),
@@ -413,6 +410,13 @@ def test_fault_injection_every_learner_stays_finite_skips_and_recovers():
         "mole": (lambda: MOLeLearner(model, params, 0.001, max_components=5, new_lr=rates), model),
         "rebal": (lambda: RecurrentLearner(rec, rec_params), rec.planning_model()),
     }
+
+
+def test_fault_injection_every_learner_stays_finite_skips_and_recovers():
+    # The benchmark's code path with small budgets: an injection every 40 steps, windows of 6 steps; each learner
+    # runs on the injected stream, a copy of it on the clean one from just before each fault for reference.
+    stream, learners = _short_stream_learners()
+    window, every = 6, 40
     injected, steps = stability.inject_nonfinite(stream, every)
     assert steps == [40, 80, 120, 160, 200] and not window_is_finite(injected[40:41])
     assert not window_is_finite(injected[39:40]) and window_is_finite(injected[41:42])
@@ -423,3 +427,28 @@ def test_fault_injection_every_learner_stays_finite_skips_and_recovers():
         # reads the newest transition only.
         assert res["skipped_steps"] == len(steps) * (2 if name == "rebal" else window + 1), name
         assert res["injections"] == len(steps) and res["unrecovered"] == 0, (name, res)
+
+
+def test_fault_injection_reference_copies_leave_the_run_alone_and_match_a_clean_run():
+    # The reference of an injection is a deep copy of the learner going on along the clean stream. Forking must
+    # not change the learner fed the injected stream (same errors, bit for bit, as without forks), and before the
+    # first fault the copy is the clean run itself: its errors over its span equal a whole clean run's.
+    stream, learners = _short_stream_learners()
+    window, every, span = 6, 40, 30
+    injected, steps = stability.inject_nonfinite(stream, every)
+    forks = {t - 1: span for t in steps}
+    for name, (make, scorer) in learners.items():
+        clean: list[float] = []
+        stability.run_learner(make(), scorer, stream, window, 20, errors=clean)
+        plain: list[float] = []
+        stability.run_learner(make(), scorer, injected, window, 20, errors=plain)
+        forked: list[float] = []
+        reference = [math.nan] * len(stream)
+        stability.run_learner(make(), scorer, injected, window, 20, errors=forked, clean=stream, forks=forks,
+                              reference=reference)
+        np.testing.assert_array_equal(np.array(forked), np.array(plain), err_msg=name)
+        first = slice(steps[0] - 1, steps[0] - 1 + span)
+        np.testing.assert_array_equal(np.array(reference[first]), np.array(clean[first]), err_msg=name)
+        for t in steps:  # every copy ran on clean observations: an error at each step of its span
+            assert np.isfinite(reference[t - 1 : t - 1 + span]).all(), (name, t)
+        assert not np.isfinite(forked[steps[0]]) and np.isfinite(reference[steps[0]]), name
