@@ -25,8 +25,9 @@ component removed): the literal algorithm creates about 6 components per task
 switch (docs/results.md), so 250 switches would hold some 1,500 networks.
 
 Fault injection (issue 26): ``--inject-every N`` puts a NaN, +inf or -inf (in
-turn) into one coordinate of the observation at every N-th step of the stream
-(and into the next observation of the step before, which is the same
+turn) into one coordinate of the observation every N steps of the stream, from
+step N/2 (``--inject-first``: not at an episode's first step, where the window
+is empty anyway) (and into the next observation of the step before, which is the same
 observation). Each learner runs on the injected stream; just before each fault
 reaches it, a copy of it (and of its window) goes on along the clean stream for
 reference: the same learner after the same history, without this fault. The
@@ -100,19 +101,21 @@ def collect_stream(
 
 
 def inject_nonfinite(
-    stream: Window, every: int, values: tuple[float, ...] = INJECTED, seed: int = 0
+    stream: Window, every: int, values: tuple[float, ...] = INJECTED, seed: int = 0, first: int | None = None,
 ) -> tuple[Window, list[int]]:
-    """A copy of ``stream`` with a non-finite observation at steps ``every, 2 every, ...``; and those steps.
+    """A copy of ``stream`` with a non-finite observation at steps ``first, first + every, ...`` (``first``
+    defaults to ``every``); and those steps.
 
     At each such step ``t`` one coordinate (drawn from ``seed``) of ``obs[t]`` becomes the next of
     ``values`` in turn, and so does ``next_obs[t - 1]`` when step ``t - 1`` is of the same episode: the
     observation an agent sees after a step is the one it acts from at the next.
     """
-    if every < 1:
-        raise ValueError(f"every must be >= 1, got {every}")
+    first = every if first is None else first
+    if every < 1 or first < 1:
+        raise ValueError(f"every and first must be >= 1, got {every} and {first}")
     obs, next_obs = stream.obs.clone(), stream.next_obs.clone()
     rng = np.random.default_rng(seed)
-    steps = list(range(every, len(stream), every))
+    steps = list(range(first, len(stream), every))
     episodes = stream.episode.tolist()
     for i, t in enumerate(steps):
         dim, value = int(rng.integers(obs.shape[-1])), values[i % len(values)]
@@ -221,16 +224,18 @@ def recovery_steps(
 def fault_injection(
     make: Callable[[], OnlineLearner], model: DynamicsModel, stream: Window, window: int, every: int,
     check_every: int, recovery: int, tolerance: float = 0.5, seed: int = 0, progress_every: int = 10_000,
+    first: int | None = None,
 ) -> dict[str, float]:
-    """``run_learner`` on ``stream`` with a non-finite observation every ``every`` steps (``inject_nonfinite``);
-    adds the injections, the slowest recovery in steps (``recovery_steps``; ``inf`` for one not back within
-    twice ``recovery``) and ``unrecovered``, the injections not recovered within ``recovery`` steps.
+    """``run_learner`` on ``stream`` with a non-finite observation every ``every`` steps from ``first``
+    (``inject_nonfinite``); adds the injections, the slowest recovery in steps (``recovery_steps``; ``inf`` for
+    one not back within twice ``recovery``) and ``unrecovered``, the injections not recovered within ``recovery``
+    steps.
 
     The reference of each injection at step ``t`` is the same learner, copied just before the fault reaches it
     (step ``t - 1``, whose next observation is the bad one), going on along the clean stream: the error it
     would have had without this fault, after the same history (earlier faults included).
     """
-    injected, steps = inject_nonfinite(stream, every, seed=seed)
+    injected, steps = inject_nonfinite(stream, every, seed=seed, first=first)
     span = 2 * recovery + window + 1
     errors: list[float] = []
     reference = [math.nan] * len(stream)
@@ -259,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--inject-every", type=int, default=0,
                         help="a NaN/inf observation every N steps, recovery checked against a clean copy (0: none)")
+    parser.add_argument("--inject-first", type=int, default=None,
+                        help="the step of the first fault (default: N/2, mid-episode for 1,000-step episodes)")
     parser.add_argument("--recovery-steps", type=int, default=None, help="the recovery bar (default 2K)")
     parser.add_argument("--recovery-tolerance", type=float, default=0.5)
     args = parser.parse_args(argv)
@@ -293,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         make, model = learners[name]
         if args.inject_every:
             res = fault_injection(make, model, stream, prior.future, args.inject_every, args.check_every, recovery,
-                                  args.recovery_tolerance, args.seed)
+                                  args.recovery_tolerance, args.seed,
+                                  first=args.inject_first or max(1, args.inject_every // 2))
             unrecovered += int(res["unrecovered"])
         else:
             res = run_learner(make(), model, stream, prior.future, args.check_every)

@@ -420,6 +420,7 @@ def test_fault_injection_every_learner_stays_finite_skips_and_recovers():
     injected, steps = stability.inject_nonfinite(stream, every)
     assert steps == [40, 80, 120, 160, 200] and not window_is_finite(injected[40:41])
     assert not window_is_finite(injected[39:40]) and window_is_finite(injected[41:42])
+    assert stability.inject_nonfinite(stream, every, first=25)[1] == [25, 65, 105, 145, 185, 225]
     for name, (make, scorer) in learners.items():
         res = stability.fault_injection(make, scorer, stream, window, every, check_every=20, recovery=2 * window)
         assert res["non_finite_steps"] == 0, (name, res)
