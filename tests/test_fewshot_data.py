@@ -336,3 +336,16 @@ def test_maml_loss_gradient_matches_a_per_task_loop(small, first_order):
     torch.testing.assert_close(loss, ref_loss, rtol=1e-8, atol=1e-8)
     for g, r in zip(grads, ref, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-8)
+
+
+def test_a_full_disk_only_costs_the_image_cache(tmp_path):
+    # The decoded-image cache is an optimisation: a disk that fills while it is written (torch reports that as a
+    # RuntimeError when given a path) must leave no cache and no exception.
+    import os
+
+    from metadapt.data import omniglot
+
+    cache = tmp_path / "cache.pt"
+    (tmp_path / f"cache.pt.{os.getpid()}.tmp").symlink_to("/dev/full")
+    omniglot._write_cache(cache, "key", torch.zeros(2, 4, 4), ["a", "b"])
+    assert not cache.exists()

@@ -112,6 +112,16 @@ def test_a_full_disk_is_one_line(tmp_path, capsys):
     _fails(capsys, ["run", MB, *TINY, "--out", str(out), "--force", "--quiet"], needle="No space left on device")
 
 
+def test_a_disk_that_fills_while_a_checkpoint_is_written_is_one_line(tmp_path, capsys):
+    # torch.save given a path reports a failed write as a RuntimeError ("unexpected pos ..."), not as an OSError;
+    # checkpoints are written through a Python file, whose write raises ENOSPC like every other file.
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.pt.tmp").symlink_to("/dev/full")  # the model is written (atomically) through this name
+    _fails(capsys, ["train", MB, *TINY, "--out", str(out), "--force", "--quiet"], needle="No space left on device")
+    assert not (out / "model.pt").exists()
+
+
 def test_an_out_that_is_a_file_or_cannot_be_made_is_one_line(tmp_path, capsys):
     a_file = tmp_path / "file"
     a_file.write_text("x")
@@ -293,6 +303,16 @@ def test_self_referencing_deep_and_large_yaml_is_refused(tmp_path):
     for name, needle in (("self", "refers to itself"), ("deep", "deep"), ("large", "larger than")):
         with pytest.raises(ConfigError, match=needle):
             load_config(tmp_path / f"{name}.yaml")
+
+
+def test_aliases_of_a_long_string_are_refused_before_they_expand(tmp_path, capsys):
+    # Few nodes, much text: 90,000 aliases of a 10,000-character string (a 370 kB file) stand for 900 MB, which
+    # the node count alone let through (2 GB resident building the error line). Refused while composing.
+    path = tmp_path / "long_aliases.yaml"
+    path.write_text("model:\n  hidden: [&s " + "x" * 10_000 + ", " + ", ".join(["*s"] * 90_000) + "]\n")
+    with pytest.raises(ConfigError, match="MB of text"):
+        load_config(path)
+    _fails(capsys, ["check", str(path)], needle="MB of text")
 
 
 def test_plain_yaml_still_reads_and_only_plain_data_is_built(tmp_path):

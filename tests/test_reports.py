@@ -194,6 +194,21 @@ def test_a_periodic_schedule_that_never_switches_within_the_trial_is_said_not_si
     assert schedule_warning(cfg, make_env("metadapt/HalfCheetahMalfunction-v0", schedule="normal")) is None
 
 
+def test_the_schedule_note_is_said_by_check_and_by_a_quiet_run(tmp_path, capsys):
+    # It went through the reporter only: `check` never printed it and `--quiet` dropped it.
+    from metadapt.cli import main
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "mb_small.yaml")
+    short = ["env.id=metadapt/HalfCheetahMalfunction-v0", "env.kwargs.schedule=alternating_500", "trial.steps=10",
+             "trial.episode_length=10"]
+    assert main(["check", config, *short]) == 0
+    assert "note: the schedule's first switch (step 500)" in capsys.readouterr().err
+    tiny = ["train.iterations=1", "train.steps_per_iteration=60", "train.rollout_length=60", "train.epochs=1",
+            "model.hidden=[8]", "planner.num_samples=10", "planner.horizon=2"]
+    assert main(["run", config, *short, *tiny, "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    assert "note: the schedule's first switch (step 500)" in capsys.readouterr().err
+
+
 def test_a_small_val_fraction_that_draws_no_validation_data_still_validates(tmp_path):
     """Regression: 2 trajectories with val_fraction 0.1 held out neither, and every validation loss was NaN."""
     import math

@@ -147,9 +147,10 @@ def _read_cache(path: Path, key: str) -> tuple[torch.Tensor, list[str]] | None:
 def _write_cache(path: Path, key: str, images: torch.Tensor, names: list[str]) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save({"key": key, "images": images, "names": names}, tmp)
+        with open(tmp, "wb") as f:  # through a Python file: a full disk is an OSError, not torch's RuntimeError
+            torch.save({"key": key, "images": images, "names": names}, f)
         os.replace(tmp, path)
-    except OSError:  # a read-only data folder: load without a cache
+    except OSError:  # a read-only data folder or a full disk: load without a cache
         tmp.unlink(missing_ok=True)
 
 

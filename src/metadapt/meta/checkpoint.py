@@ -40,13 +40,26 @@ def check_finite(tensors: dict[str, torch.Tensor], what: str, source: str) -> No
                               f"{', '.join(bad[:3])}{more}: it comes from a diverged fit or a damaged file")
 
 
+def save_torch(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through a Python file, flushed to disk. Given a path, torch reports a failed write (a full
+    disk) as a ``RuntimeError`` ("unexpected pos ..."); through a file it is the ``OSError`` (``ENOSPC``) that
+    every other write raises."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
+    """Write ``obj`` to ``path`` so that a reader sees the old file or the new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
+    try:
+        save_torch(obj, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

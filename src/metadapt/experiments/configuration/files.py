@@ -5,8 +5,10 @@ YAML is read through one loader that
 
 - refuses documents larger than ``MAX_YAML_BYTES`` and text that is not UTF-8;
 - refuses a document whose aliases would expand it past ``MAX_YAML_NODES`` nodes
-  (a few lines of nested aliases stand for billions of values: every later
-  copy, comparison or error message would expand them) or that refers to itself;
+  or ``MAX_YAML_EXPANDED_CHARS`` characters of scalars (a few lines of nested
+  aliases stand for billions of values, a few aliases of a long string for
+  gigabytes: every later copy, comparison or error message would expand them)
+  or that refers to itself;
 - builds plain data only (mappings, lists, strings, numbers, booleans, null):
   no dates, sets, binary or ordered pairs, which nothing in a config means;
 - reads ``1e-3`` as a number, as YAML 1.2 does (YAML 1.1 wants ``1.0e-3``).
@@ -30,6 +32,9 @@ from metadapt.errors import ConfigError
 
 MAX_YAML_BYTES = 4 * 1024 * 1024  # configs are a few kB; a sweep file with a large grid a few tens
 MAX_YAML_NODES = 100_000  # scalars, lists and mappings of the document with every alias expanded
+# Characters of the scalars with every alias expanded: a few aliases of one long string stand for gigabytes that
+# every copy, comparison or error message would build, though they are few nodes.
+MAX_YAML_EXPANDED_CHARS = 2 * MAX_YAML_BYTES
 MAX_YAML_DEPTH = 64  # nesting of lists and mappings (copying and validating recurse)
 
 
@@ -44,13 +49,15 @@ class _BoundedLoader(yaml.SafeLoader):
 
 
 def _check_expanded_size(root: yaml.Node) -> None:
-    """Refuse a node graph that is cyclic or counts more than ``MAX_YAML_NODES`` nodes once aliases are expanded.
+    """Refuse a node graph that is cyclic, or counts more than ``MAX_YAML_NODES`` nodes or
+    ``MAX_YAML_EXPANDED_CHARS`` characters of scalars once aliases are expanded.
 
     Aliases share one node, so the graph stays small while its expansion grows
     exponentially; sizes are summed bottom-up with each shared node counted once
     per reference, iteratively (deep nesting must not exhaust the stack).
     """
     size: dict[int, int] = {}
+    chars: dict[int, int] = {}
     depth: dict[int, int] = {}
     on_path: set[int] = set()
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
@@ -64,6 +71,11 @@ def _check_expanded_size(root: yaml.Node) -> None:
             if total > MAX_YAML_NODES:
                 raise ConfigError(f"the document expands to more than {MAX_YAML_NODES} values (nested aliases?)")
             size[key] = total
+            text = len(node.value) if isinstance(node, yaml.ScalarNode) else sum(chars[id(c)] for c in children)
+            if text > MAX_YAML_EXPANDED_CHARS:
+                raise ConfigError(f"the document expands to more than {MAX_YAML_EXPANDED_CHARS // (1024 * 1024)} "
+                                  "MB of text (aliases of long strings?)")
+            chars[key] = text
             depth[key] = 1 + max((depth[id(c)] for c in children), default=0)
             if depth[key] > MAX_YAML_DEPTH:
                 raise ConfigError(f"the document nests lists and mappings more than {MAX_YAML_DEPTH} deep")

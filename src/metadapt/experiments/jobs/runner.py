@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,13 @@ def _shapes(params: Params) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in params.items()}
 
 
+def _say_schedule_note(cfg: dict[str, Any], env: Any) -> None:
+    """A schedule that never switches within the trial is allowed (short test runs) but always said, on stderr:
+    not through the reporter, which ``--quiet`` silences, since it changes what the run measures."""
+    if (note := build.schedule_warning(cfg, env)) is not None:
+        print(f"metadapt: {note}", file=sys.stderr)
+
+
 def check(cfg: dict[str, Any]) -> None:
     """Everything ``run`` and ``train`` would refuse, without running: the device, where the model comes from,
     the window sizes, ``train.data``, the environment and its schedule (built once), the memory the run needs,
@@ -200,6 +208,7 @@ def check(cfg: dict[str, Any]) -> None:
     env, _ = build.build_env(cfg, max_episode_steps=cfg["trial"]["episode_length"])
     try:
         build.check_schedule(cfg, env)
+        _say_schedule_note(cfg, env)
         build.check_resources(cfg, env)
         build.build_planner(cfg, env, 0)
         if not cfg["model"]["checkpoint"]:
@@ -231,8 +240,7 @@ def run(cfg: dict[str, Any], out_dir: Path, reporter: Reporter, video: bool = Fa
         check_tensorboard()  # before training, not after it
     env, objective = build.build_env(cfg, max_episode_steps=cfg["trial"]["episode_length"], render=video)
     build.check_schedule(cfg, env)
-    if (note := build.schedule_warning(cfg, env)) is not None:
-        reporter.log(note)
+    _say_schedule_note(cfg, env)
     if not cfg["model"]["checkpoint"]:
         build.check_resources(cfg, env)  # training's, before it starts
     out_dir.mkdir(parents=True, exist_ok=True)
