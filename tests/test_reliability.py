@@ -534,3 +534,15 @@ def test_check_from_the_console_script():
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stdout == ""
     assert len(bad.stderr.strip().splitlines()) == 1 and "planner.horizon" in bad.stderr
+
+
+def test_a_run_folder_whose_config_is_not_valid_names_the_file(tmp_path, capsys):
+    # `report` and `--resume` read a run directory's config.yaml: a message that only said "unknown config key
+    # 'x'" left the user to guess which file.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("system: rl\nmodel: {hidden: [8]}\n")
+    err = _fails(capsys, ["report", str(run)])
+    assert str(run / "config.yaml") in err
+    err = _fails(capsys, ["train", "--resume", str(run)])
+    assert str(run / "config.yaml") in err

@@ -221,7 +221,8 @@ def test_the_adapted_policy_is_rendered_after_each_step(tmp_path):
     assert _cli("train", str(CONFIG), *SMALL, "baselines.oracle=false", "baselines.pretrained=false",
                 "env.kwargs={}", "--out", str(out), "--quiet").returncode == 0  # fixed-length episodes
     cfg = load_config(out / "config.yaml")
-    path = write_adaptation_video(cfg, load_policies(out, 2, cfg["env"]["id"]), tmp_path / "a.mp4")
+    policy = GaussianMLPPolicy(2, 2, cfg["policy"]["hidden"])
+    path = write_adaptation_video(cfg, load_policies(out, policy, cfg["env"]["id"]), tmp_path / "a.mp4")
     frames = imageio.get_reader(str(path)).count_frames()
     assert frames == 100 * (cfg["eval"]["steps"] + 1)  # one 100-step episode after each of 0 .. steps
 

@@ -89,8 +89,27 @@ RL_SCHEMA: dict[str, Any] = {
 }
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: policies and their rates are float32
+
+
 def check_rl(cfg: dict[str, Any]) -> None:
     """Checks across keys of a resolved ``system: rl`` config."""
+    m, ev = cfg["meta"], cfg["eval"]
+    # A rate beyond float32 is inf in the step, which then gives every task NaN parameters: no result can come of
+    # it. A large but finite rate can diverge too; that is a result (the evaluation reports the diverged tasks).
+    firsts = {"meta.inner_lr": m["inner_lr"],
+              **{f"eval.{k}_lr": ev[f"{k}_lr"] for k in ("pretrained", "random", "oracle") if ev[f"{k}_lr"]}}
+    if m["outer"] == "ppo" and m["ppo_lr"] * 10 > FLOAT32_MAX:  # Adam's first step: lr / (1 - beta1), beta1 0.9
+        raise ConfigError(f"config key 'meta.ppo_lr': {m['ppo_lr']:g} makes Adam's first step (10 x the rate) "
+                          f"overflow float32 (allowed: up to {FLOAT32_MAX / 10:.3g})")
+    for key, rate in firsts.items():
+        if rate > FLOAT32_MAX:
+            raise ConfigError(f"config key '{key}': {rate:g} is beyond float32's range, in which policies step "
+                              f"(allowed: up to {FLOAT32_MAX:.3g})")
+        if ev["steps"] >= 2 and rate * ev["later_lr_scale"] > FLOAT32_MAX:
+            raise ConfigError(f"config key 'eval.later_lr_scale': the later steps' rate {key} x eval.later_lr_scale "
+                              f"= {rate * ev['later_lr_scale']:g} is beyond float32's range, in which policies step "
+                              f"(allowed: a product up to {FLOAT32_MAX:.3g})")
     kwargs = cfg["env"]["kwargs"]
     if "task_in_obs" in kwargs:
         raise ConfigError("config key 'env.kwargs.task_in_obs': the oracle baseline sets it itself "

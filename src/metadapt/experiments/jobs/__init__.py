@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from metadapt.errors import CheckpointError
+from metadapt.errors import CheckpointError, ConfigError
 from metadapt.experiments.configuration.config import load_config, system_of
 from metadapt.experiments.reporting.progress import Reporter
 
@@ -59,10 +59,14 @@ def check(cfg: dict[str, Any]) -> None:
 
 
 def run_config(run_dir: Path) -> dict[str, Any]:
-    """The resolved config of a run directory (one line when it has none)."""
+    """The resolved config of a run directory (one line naming the file when it has none or it is not valid)."""
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir} is not a training run directory (no config.yaml)")
-    return load_config(run_dir / "config.yaml")
+    try:
+        return load_config(run_dir / "config.yaml")
+    except ConfigError as exc:
+        where = str(run_dir / "config.yaml")
+        raise ConfigError(str(exc) if where in str(exc) else f"{where}: {exc}") from None
 
 
 def resume(run_dir: Path, reporter: Reporter) -> Any:
@@ -74,5 +78,5 @@ def report(run_dir: Path) -> Path | None:
     """Rewrite the report of a run of a system with its own report (``None``: the default report applies)."""
     if not (run_dir / "config.yaml").is_file():
         return None
-    entry = JOBS[system_of(load_config(run_dir / "config.yaml"))][1]
+    entry = JOBS[system_of(run_config(run_dir))][1]
     return _resolve(entry)(run_dir) if entry else None

@@ -37,7 +37,7 @@ from metadapt.experiments.configuration.config import changed_keys, dump_config
 from metadapt.experiments.configuration.files import write_json
 from metadapt.experiments.configuration.resources import FLOAT, Need, check_memory, mlp_param_count
 from metadapt.experiments.reporting.progress import Reporter
-from metadapt.meta.checkpoint import load_checkpoint, save_atomic
+from metadapt.meta.checkpoint import check_finite, load_checkpoint, save_atomic
 from metadapt.meta.inner import Rates, init_rates, inner_adapt
 from metadapt.meta.outer import MAML, evaluate_adaptation, maml_task_losses, mean_interval
 from metadapt.models.base import FunctionalModel, check_params
@@ -317,7 +317,8 @@ def _save_state(run_dir: Path, cfg: dict[str, Any], stage: str, iteration: int, 
 
 def load_supervised(path: str | Path, model: FunctionalModel) -> tuple[Params, Rates, Params | None]:
     """The meta-learned parameters, inner rates and baseline of a ``model.pt`` (or run directory), checked
-    against ``model``."""
+    against ``model`` and refused (``CheckpointError``, one line naming the file) when any of them holds a NaN
+    or an infinity: evaluating such a model gives no result, only ``null`` means."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.pt"
@@ -331,7 +332,14 @@ def load_supervised(path: str | Path, model: FunctionalModel) -> tuple[Params, R
             if not isinstance(state[key], dict):  # a file may come from anyone: check its shape before use
                 raise ValueError(f"{path}'s {what} are a {type(state[key]).__name__}, not a mapping of tensors")
             check_params(model, state[key], f"{path}'s {what}")
+            check_finite(state[key], what, str(path))
         rates = _rates_from(state["rates"])
+        if isinstance(rates, dict):
+            if sorted(rates) != sorted(state["params"]):
+                raise ValueError(f"{path}'s inner rates are not one per parameter tensor")
+            check_finite(rates, "inner rates", str(path))
+        elif not math.isfinite(rates):
+            raise ValueError(f"{path}'s inner rate is {rates}, not a finite number")
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise CheckpointError(str(exc)) from exc
     return state["params"], rates, state.get("baseline")

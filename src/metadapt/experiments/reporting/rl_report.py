@@ -1,20 +1,25 @@
 """``report.md`` of a meta-RL run: the held-out table (return after k inner steps), learning and adaptation curves.
 
 Reads only the run directory's files (``config.yaml``, ``summary.json``,
-``metrics.csv``, ``timing.json``), so ``metadapt report RUN`` rewrites it.
+``metrics.csv``, ``heldout.csv``, ``timing.json``), so ``metadapt report RUN``
+rewrites it. A run directory may come from anyone: a file that is not what a
+meta-RL run writes is one ``MetadaptError`` naming it. A held-out step on which
+some task's adaptation diverged has no mean (``null`` in ``summary.json``): its
+cell says on how many tasks it diverged.
 """
 
 from __future__ import annotations
 
-import json
+import csv
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from metadapt.errors import MetadaptError
-from metadapt.experiments.reporting.report import plt, read_csv, save_figure
+from metadapt.errors import MetadaptError, one_line
+from metadapt.experiments.configuration.config import load_config
+from metadapt.experiments.reporting.report import fmt, numeric_columns, plt, read_csv, read_json, save_figure
 
 NAMES = {"maml": "MAML-RL", "pretrained": "pretrained, fine-tuned", "random": "random init, fine-tuned",
          "oracle": "oracle (task observed)"}
@@ -28,14 +33,51 @@ def _label(cfg: dict[str, Any]) -> str:
     return f"MAML-RL ({kind}{order}, {m['outer'].upper()} outer step)"
 
 
+def _cell(r: dict[str, Any] | None, tasks: int) -> str:
+    """``mean ± half-width`` of one method and step; a step with a diverged task has no mean."""
+    if r is None:
+        return "-"
+    if r["mean"] is None:
+        return f"n/a (diverged on {r.get('nonfinite', '?')} of {tasks} tasks)"
+    return f"{fmt(r['mean'], '.2f')} ± {fmt(r['ci95'], '.2f')}"
+
+
 def results_table(summary: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     steps = list(range(summary["steps"] + 1))
     lines = ["| method | " + " | ".join(f"return after {s} step{'s' if s != 1 else ''}" for s in steps) + " |",
              "|---|" + "---:|" * len(steps)]
     for name, per in summary["methods"].items():
-        cells = [f"{per[str(s)]['mean']:.2f} ± {per[str(s)]['ci95']:.2f}" if str(s) in per else "-" for s in steps]
+        cells = [_cell(per.get(str(s)), summary["tasks"]) for s in steps]
         lines.append(f"| {_label(cfg) if name == 'maml' else NAMES.get(name, name)} | {' | '.join(cells)} |")
     return lines
+
+
+def _number(value: Any) -> float:
+    """A summary's number as a float (``null``, a diverged step: NaN, a gap in a plot)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+
+
+def check_summary(summary: dict[str, Any], path: Path) -> None:
+    """Refuse, in one line naming ``path``, a ``summary.json`` that is not a meta-RL run's."""
+    def refuse(what: str) -> None:
+        raise MetadaptError(f"{path} is not the summary of a meta-RL run ({what})")
+
+    if not summary:
+        refuse("missing or empty: finish the run with metadapt train --resume")
+    kinds = {"steps": (int, "an integer"), "tasks": (int, "an integer"), "episodes": (int, "an integer"),
+             "env_id": (str, "a string"), "methods": (dict, "a mapping")}
+    for key, (kind, name) in kinds.items():
+        if not isinstance(summary.get(key), kind) or isinstance(summary.get(key), bool):
+            refuse(f"'{key}' missing or not {name}")
+    for name, per in summary["methods"].items():
+        if not isinstance(per, dict) or not per:
+            refuse(f"method '{name}' holds no steps")
+        for step, r in per.items():
+            if not (isinstance(step, str) and step.isdigit() and isinstance(r, dict)):
+                refuse(f"method '{name}' has an entry {step!r} that is not a step's result")
+            for key in ("mean", "ci95"):
+                if r.get(key) is not None and not isinstance(r.get(key), int | float):
+                    refuse(f"method '{name}' step {step}: '{key}' is not a number")
 
 
 def _finish(fig: Any, ax: Any, xlabel: str, ylabel: str, path: Path, legend_size: int = 8) -> Path:
@@ -49,7 +91,7 @@ def _finish(fig: Any, ax: Any, xlabel: str, ylabel: str, path: Path, legend_size
 
 
 def plot_learning(run_dir: Path) -> Path | None:
-    m = read_csv(run_dir / "metrics.csv")
+    m = _metrics(run_dir)
     if not m:
         return None
     fig, ax = plt.subplots(figsize=(7, 3.4))
@@ -64,10 +106,16 @@ def plot_learning(run_dir: Path) -> Path | None:
 def plot_heldout(run_dir: Path) -> tuple[Path, list[str]] | None:
     """``heldout.png`` and a table from ``heldout.csv`` (``eval.curve_every``): each stage's held-out return before
     and after its last curve step, against the environment steps of its training."""
-    c = read_csv(run_dir / "heldout.csv")
+    path = run_dir / "heldout.csv"
+    c = _read_table(path)
     if not c:
         return None
-    last = max(int(k.split("_")[1]) for k in c if k.startswith("return_"))
+    numeric_columns(c, path, ("iteration", "env_steps", "return_0", "ci95_0"))
+    if "stage" not in c:
+        raise MetadaptError(f"{path} is not a held-out curve written by metadapt (column stage missing)")
+    steps = [int(k.split("_")[1]) for k in c if k.startswith("return_") and k.split("_")[1].isdigit()]
+    last = max(steps)
+    numeric_columns(c, path, (f"return_{last}", f"ci95_{last}"))
     fig, ax = plt.subplots(figsize=(7, 3.4))
     table = ["| stage | iteration | environment steps | before adapting | " + f"after {last} step"
              + ("s" if last != 1 else "") + " |", "|---|---:|---:|---:|---:|"]
@@ -79,19 +127,52 @@ def plot_heldout(run_dir: Path) -> tuple[Path, list[str]] | None:
         if last:
             ax.plot(x, c["return_0"][sel], ls="--", lw=1, color=line[0].get_color(), label=f"{stage}, before")
         for i in np.flatnonzero(sel):
-            table.append(f"| {stage} | {int(c['iteration'][i])} | {int(c['env_steps'][i]):,} | "
-                         f"{c['return_0'][i]:.2f} ± {c['ci95_0'][i]:.2f} | "
-                         f"{c[f'return_{last}'][i]:.2f} ± {c[f'ci95_{last}'][i]:.2f} |")
+            # a blank mean (NaN here) is a point on which a task's adaptation diverged
+            table.append(f"| {stage} | {fmt(c['iteration'][i], '.0f')} | {fmt(c['env_steps'][i], ',.0f')} | "
+                         f"{_curve_cell(c, 0, i)} | {_curve_cell(c, last, i)} |")
     return _finish(fig, ax, "environment steps of meta-training", "held-out return (95% interval)",
                    run_dir / "heldout.png", legend_size=7), table
+
+
+def _curve_cell(c: dict[str, np.ndarray], k: int, i: int) -> str:
+    mean = c[f"return_{k}"][i]
+    return f"{fmt(mean, '.2f')} ± {fmt(c[f'ci95_{k}'][i], '.2f')}" if np.isfinite(mean) else "n/a (diverged)"
+
+
+def _read_table(path: Path) -> dict[str, np.ndarray]:
+    """``read_csv`` of a file metadapt wrote whole (atomically): a row with fewer or more cells than the header is
+    a damaged or truncated file, refused in one line, rather than read as blank cells (which mean a diverged
+    point)."""
+    if path.is_file():
+        try:
+            with open(path, newline="") as f:
+                rows = list(csv.reader(f))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise MetadaptError(f"{path} cannot be read as CSV ({one_line(exc)})") from None
+        for i, row in enumerate(rows[1:], start=2):
+            if len(row) != len(rows[0]):
+                raise MetadaptError(f"{path} is truncated or damaged: line {i} has {len(row)} cells, its header "
+                                    f"{len(rows[0])}")
+    return read_csv(path)
+
+
+def _metrics(run_dir: Path) -> dict[str, np.ndarray]:
+    """``metrics.csv``'s columns (empty when there is none: a run evaluated from a checkpoint)."""
+    path = run_dir / "metrics.csv"
+    m = _read_table(path)
+    if m:
+        numeric_columns(m, path, ("iteration", "return_pre", "return_post", "env_steps"))
+        if "stage" not in m:
+            raise MetadaptError(f"{path} is not a metrics file written by metadapt (column stage missing)")
+    return m
 
 
 def plot_adaptation(run_dir: Path, summary: dict[str, Any]) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for name, per in summary["methods"].items():
         steps = sorted(int(s) for s in per)
-        mean = np.array([per[str(s)]["mean"] for s in steps])
-        ci = np.array([per[str(s)]["ci95"] for s in steps])
+        mean = np.array([_number(per[str(s)]["mean"]) for s in steps])
+        ci = np.array([_number(per[str(s)]["ci95"]) for s in steps])
         ax.errorbar(steps, mean, yerr=ci, marker="o", capsize=3, label=NAMES.get(name, name))
     ax.set_xticks(range(summary["steps"] + 1))
     return _finish(fig, ax, "policy-gradient steps on the held-out task", "mean return (95% interval over tasks)",
@@ -99,13 +180,20 @@ def plot_adaptation(run_dir: Path, summary: dict[str, Any]) -> Path:
 
 
 def write_rl_report(run_dir: str | Path) -> Path:
+    """``report.md`` (and its figures) of a meta-RL run directory from its files."""
     run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")  # validated and resolved: every key the report reads is there
+    summary = read_json(run_dir / "summary.json")
+    check_summary(summary, run_dir / "summary.json")
     try:
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise MetadaptError(f"{run_dir} has no readable config.yaml and summary.json of a meta-RL run ({exc})") \
-            from None
+        return _write(run_dir, cfg, summary)
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        # what was checked above was read as JSON and CSV; the rest may still not be metadapt's
+        raise MetadaptError(f"cannot write the report of {run_dir}: a file in it is not what metadapt writes "
+                            f"({type(exc).__name__}: {one_line(exc)})") from exc
+
+
+def _write(run_dir: Path, cfg: dict[str, Any], summary: dict[str, Any]) -> Path:
     lines = [f"# {cfg['name']}: meta-RL on {summary['env_id']}", "",
              f"{summary['tasks']} held-out tasks from the test distribution, {summary['episodes']} episodes per "
              "task and step; each step is one policy-gradient step on the previous step's episodes, as in "
@@ -127,17 +215,24 @@ def write_rl_report(run_dir: str | Path) -> Path:
                   "The first held-out tasks of the evaluation, evaluated every `eval.curve_every` meta-iterations "
                   "(intervals over tasks):", "", *heldout[1], "", "![held-out return](heldout.png)", ""]
     timing_path = run_dir / "timing.json"
-    if timing_path.is_file():
-        timing = json.loads(timing_path.read_text())
+    timing = read_json(timing_path)
+    if not all(isinstance(t, dict) for t in timing.values()):
+        raise MetadaptError(f"{timing_path} is not the timing of a meta-RL run (a stage's entry is not a mapping)")
+    if timing:
         lines += ["| stage | iterations | sampling (s) | updates (s) | sampling share |", "|---|---:|---:|---:|---:|"]
         for stage, t in timing.items():
-            lines.append(f"| {stage} | {t['iterations']} | {t['sample_s']:.1f} | {t['update_s']:.1f} | "
-                         f"{t['sampling_share']} |")
+            lines.append(f"| {stage} | {fmt(t.get('iterations'), 'd')} | {fmt(t.get('sample_s'), '.1f')} | "
+                         f"{fmt(t.get('update_s'), '.1f')} | {fmt(t.get('sampling_share'), '.4g')} |")
         lines.append("")
-    m = read_csv(run_dir / "metrics.csv")
+    m = _metrics(run_dir)
     if m:
-        last = {stage: int(m["env_steps"][m["stage"] == stage][-1]) for stage in dict.fromkeys(m["stage"].tolist())}
-        lines += ["Environment steps of meta-training: " + ", ".join(f"{k} {v:,}" for k, v in last.items()), ""]
+        stages = list(dict.fromkeys(m["stage"].tolist()))
+        last = {stage: fmt(m["env_steps"][m["stage"] == stage][-1], ",.0f") for stage in stages}
+        lines += ["Environment steps of meta-training: " + ", ".join(f"{k} {v}" for k, v in last.items()), ""]
+        if "refused" in m and m["refused"].dtype != object and np.nansum(m["refused"]) > 0:
+            counts = {stage: int(np.nansum(m["refused"][m["stage"] == stage])) for stage in stages}
+            lines += ["Meta-iterations refused (their step gave a NaN or an infinity; the policy stayed as it was): "
+                      + ", ".join(f"{k} {v}" for k, v in counts.items() if v), ""]
     out = run_dir / "report.md"
     out.write_text("\n".join(lines))
     return out
