@@ -12,9 +12,9 @@ from typing import Any
 
 import yaml
 
-from metadapt.errors import ConfigError
+from metadapt.errors import CheckpointError, ConfigError
 from metadapt.experiments.configuration.components import LEARNERS, MODELS, PLANNERS, TASKS, Registry
-from metadapt.experiments.configuration.files import parse_yaml, read_yaml_file
+from metadapt.experiments.configuration.files import parse_yaml, plain_json, read_yaml_file
 from metadapt.experiments.configuration.gcg_schema import GCG_SCHEMA, check_gcg
 from metadapt.experiments.configuration.rl_schema import RL_SCHEMA, check_rl
 from metadapt.experiments.configuration.schema import Field, validate_section
@@ -289,6 +289,18 @@ def with_later_defaults(started: dict[str, Any]) -> dict[str, Any]:
         return value
 
     return fill(started, schema_defaults(SCHEMA))
+
+
+def refuse_result_changing_edits(started: dict[str, Any], cfg: dict[str, Any], may_change: tuple[str, ...],
+                                 run_dir: Path) -> None:
+    """Refuse (one ``CheckpointError`` line naming the keys) to resume ``run_dir`` under ``cfg`` when it differs
+    from ``started``, the config the run started with, in a key that changes results: any key but those under
+    ``may_change`` (dotted keys or whole sections)."""
+    changed = [k for k in changed_keys(started, plain_json(cfg))
+               if not any(k == free or k.startswith(free + ".") for free in may_change)]
+    if changed:
+        raise CheckpointError(f"{run_dir}/config.yaml differs from the config the run started with in "
+                              f"{', '.join(changed)}: resume continues the same run (start a new run to change it)")
 
 
 def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -19,11 +19,19 @@ spec); ``checkpoints/state.pt`` every ``train.checkpoint_every`` steps; ``report
 Resume after a kill: the environment is deterministic given its seed and the actions, so the checkpoint keeps
 the actions (not the frames) and a resumed run replays them to rebuild the environment and the stream, then
 continues from the checkpoint's parameters, optimizer and generators: the same numbers as an uninterrupted run.
+The checkpoint also keeps the resolved config it was computed under: a resume whose config.yaml was edited since
+in a key that changes the results is refused in one line naming the keys.
+
+Non-finite numbers (``meta/lifelong.py``): a refused optimizer step or adaptation is counted in ``steps.csv``
+(``train_refused``, ``adapt_refused``) and ``summary.json``; ``DIVERGED_AFTER`` refused optimizer steps in a row
+stop the run (``FitDiverged``: one line, exit code 2) without writing ``model.pt``. Sizes no machine holds are
+refused before anything is written (``memory_needs``).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import time
 from collections.abc import Callable
@@ -37,13 +45,15 @@ import torch
 from metadapt.data.stream import FrameStream
 from metadapt.envs import make_env
 from metadapt.errors import CheckpointError, ConfigError
-from metadapt.experiments.configuration.config import dump_config
+from metadapt.experiments.configuration.config import dump_config, refuse_result_changing_edits
 from metadapt.experiments.configuration.files import plain_json, write_json
 from metadapt.experiments.configuration.gcg_schema import ADAPTING
+from metadapt.experiments.configuration.resources import FLOAT, LONG, Need, check_memory
 from metadapt.experiments.jobs import derive_seed
 from metadapt.experiments.reporting.lifelong import COLUMNS, summarize
 from metadapt.experiments.reporting.progress import Reporter
 from metadapt.meta.checkpoint import check_finite, load_checkpoint, save_atomic
+from metadapt.meta.fit import FitDiverged
 from metadapt.meta.lifelong import LifelongLearner, LifelongSettings
 from metadapt.models.latent_image import LatentImageModel
 from metadapt.planning.discrete_cem import DiscreteCEM
@@ -52,6 +62,12 @@ from metadapt.types import Params
 STATE_FORMAT = "metadapt.gcg_state.v1"
 MODEL_FORMAT = "metadapt.gcg_model.v1"
 ENV, INIT, PLAN, SAMPLE, EXPLORE = range(5)
+# Refused optimizer steps in a row (non-finite loss or theta) that stop the run: one refusal is a bad batch and
+# theta goes on from before it, ten in a row mean theta itself (or a rate) is past recovering.
+DIVERGED_AFTER = 10
+# Keys a resume may change: they do not change what the stream computes (the run's name, where and on how many
+# threads it runs, how often it logs and checkpoints, the report's metrics and video, which are recomputed).
+RESUME_MAY_CHANGE = ("name", "device", "threads", "train.log_every", "train.checkpoint_every", "eval")
 
 
 # -- building -----------------------------------------------------------------------------------------------------
@@ -150,11 +166,41 @@ def load_gcg_model(path: str | Path, model: LatentImageModel) -> Params:
     return params
 
 
+def memory_needs(cfg: dict[str, Any], model: LatentImageModel) -> list[Need]:
+    """The least memory a lifelong run needs (``resources.py``): the model and its optimizer, the planner's
+    candidates and their latent grids, a training batch's latent grids and the stream's frames."""
+    m, p = cfg["meta"], cfg["planner"]
+    params, grid = model.num_params(), model.hidden * model.grid ** 2  # floats of one C x G x G latent grid
+    n, plan_float = p["samples"], 2 if p["dtype"] == "bfloat16" else FLOAT
+    # A meta-batch scores meta_batch x batch query sequences after adapting on as many support ones; GCG draws the
+    # query's number alone.
+    sequences = m["meta_batch"] * m["batch"] * (2 if cfg["method"] == "meta_gcg" else 1)
+    frame = model.image_size ** 2
+    needs = [
+        Need("the model with its gradients and Adam moments", "model.preset or model.widths", 4 * FLOAT * params),
+        Need("the planner's candidate action sequences", "planner.samples or planner.horizon",
+             LONG * n * p["horizon"]),
+        # One ConvGRU step holds each candidate's grid and its three gates (z, r, the candidate state).
+        Need("one planning step's latent grids", "planner.samples or model.widths", plan_float * n * 4 * grid),
+        Need("one training batch's frames and latent grids",
+             "meta.meta_batch, meta.batch, meta.sequence_length or model.widths",
+             FLOAT * sequences * (model.frame_stack * frame + m["sequence_length"] * 4 * grid)),
+        # One frame and an action, a reward and an episode index per step, kept on the host for the whole run.
+        Need("the stream's frames", "env.steps", cfg["env"]["steps"] * (frame + LONG + FLOAT + LONG), gpu=False),
+    ]
+    if cfg["method"] == "meta_gcg":
+        needs.append(Need("one adapted copy of the model per window of a meta-batch", "meta.meta_batch",
+                          FLOAT * params * m["meta_batch"]))
+    return needs
+
+
 def check(cfg: dict[str, Any]) -> None:
-    """What ``train`` refuses before it starts: the environment, the model's widths, a model checkpoint."""
+    """What ``train`` refuses before it starts: the environment, the model's widths, the memory the run needs, a
+    model checkpoint."""
     env = make_stream_env(cfg)
     try:
         model = build_model(cfg, env)
+        check_memory(memory_needs(cfg, model), cfg["device"])
         if cfg["model"]["checkpoint"]:
             load_gcg_model(cfg["model"]["checkpoint"], model)
     finally:
@@ -169,6 +215,11 @@ class _Run:
         self.cfg, self.device = cfg, device
         self.env = make_stream_env(cfg)
         self.model = build_model(cfg, self.env)
+        try:  # before anything is allocated or written
+            check_memory(memory_needs(cfg, self.model), cfg["device"])
+        except ConfigError:
+            self.env.close()
+            raise
         seed = cfg["seed"]
         if cfg["model"]["checkpoint"]:
             params = {k: v.to(device) for k, v in load_gcg_model(cfg["model"]["checkpoint"], self.model).items()}
@@ -229,10 +280,12 @@ class _Run:
         return int(plan.action), float(plan.expected_return), first, False
 
     # ---- learning -----------------------------------------------------------------------------------------------
-    def learn(self, t: int) -> tuple[float, float, float]:
-        """Train and adapt after step ``t``; returns (training loss, CE before, CE after) (NaN where none)."""
+    def learn(self, t: int) -> tuple[float, float, float, float, float]:
+        """Train and adapt after step ``t``; returns (training loss, CE before, CE after) (NaN where none), the
+        optimizer steps refused and whether the adaptation was refused (non-finite: ``meta/lifelong.py``)."""
         m, a = self.cfg["meta"], self.cfg["adapt"]
         loss = ce_before = ce_after = math.nan
+        refused, adapt_refused = self.learner.refused_steps, False
         if len(self.stream) >= (m["start"] or m["window"]) and (t + 1) % m["train_every"] == 0:
             losses = [self.learner.train_step(self.stream, self.sample_gen) for _ in range(m["train_steps"])]
             loss = float(np.mean(losses))
@@ -243,12 +296,13 @@ class _Run:
                     ce_before = self.learner.loss(self.pending[0], following)
                     ce_after = self.learner.loss(self.pending[1], following)
             adapted = self.learner.adapt(self.stream)
+            adapt_refused = self.learner.adapt_refused
             theta = {k: v.detach().clone() for k, v in self.learner.theta.items()}
             self.pending = None if adapted is None else (theta, adapted)
-        return loss, ce_before, ce_after
+        return loss, ce_before, ce_after, float(self.learner.refused_steps - refused), float(adapt_refused)
 
     def record(self, t: int, reward: float, info: dict[str, Any], explored: bool, plan_return: float,
-               predicted: float, learned: tuple[float, float, float]) -> None:
+               predicted: float, learned: tuple[float, float, float, float, float]) -> None:
         row = (t, reward, float(info.get("rotation", info.get("task_id", 0))), float(info.get("x", math.nan)),
                self.episode, float(explored), plan_return, predicted, *learned)
         for c, v in zip(COLUMNS, row, strict=True):
@@ -265,6 +319,8 @@ class _Run:
             "model_actions": torch.tensor(self.model_actions, dtype=torch.int16),
             "columns": {c: torch.tensor(v, dtype=torch.float64) for c, v in self.columns.items()},
             "pending": pending, "episode": self.episode,
+            # What the checkpoint was computed under, for a resume to compare its config.yaml with.
+            "config": json.dumps(plain_json(self.cfg)),
         }
 
     def restore(self, state: dict[str, Any], source: Path,
@@ -303,6 +359,28 @@ class _Run:
         return step
 
 
+def check_resumable(state: dict[str, Any], cfg: dict[str, Any], source: Path, run_dir: Path) -> None:
+    """Refuse to resume ``run_dir`` from checkpoint ``state`` with a config that changes its results (any key but
+    ``RESUME_MAY_CHANGE``), naming the changed keys, as the model-based job does."""
+    saved = state.get("config")
+    if saved is None:
+        return  # a checkpoint from before the config was kept: the replay's own checks (the rewards) still apply
+    try:
+        started = json.loads(saved)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{source} holds no readable config: start a new run") from None
+    refuse_result_changing_edits(started, cfg, RESUME_MAY_CHANGE, run_dir)
+
+
+def _diverged(cfg: dict[str, Any], step: int) -> FitDiverged:
+    m = cfg["meta"]
+    rates = f"meta.outer_lr (now {m['outer_lr']:g})" + (
+        f" or meta.inner_lr (now {m['inner_lr']:g})" if cfg["method"] == "meta_gcg" else "")
+    return FitDiverged(f"training diverged: the last {DIVERGED_AFTER} optimizer steps, to step {step}, had a "
+                       "non-finite loss or would have made the model's parameters non-finite and were refused; "
+                       f"model.pt was not written: lower {rates} and start a new run")
+
+
 def _write_steps(columns: dict[str, list[float]], path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
@@ -312,6 +390,12 @@ def _write_steps(columns: dict[str, list[float]], path: Path) -> None:
             w.writerow(["" if isinstance(v, float) and math.isnan(v) else (int(v) if float(v).is_integer() else v)
                         for v in row])
     tmp.replace(path)
+
+
+def _refused(columns: dict[str, list[float]]) -> dict[str, float]:
+    """The optimizer steps and adaptations refused so far (``steps.csv``'s counts; NaN rows: from before them)."""
+    return {"train_steps_refused": float(np.nansum(columns["train_refused"])),
+            "adaptations_refused": float(np.nansum(columns["adapt_refused"]))}
 
 
 def summary_of(columns: dict[str, np.ndarray], cfg: dict[str, Any]) -> dict[str, float]:
@@ -330,18 +414,21 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
         torch.set_num_threads(cfg["threads"])
     if device.type == "cuda":  # the same numbers per seed on a GPU too (cuDNN's fastest kernels are not)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    run = _Run(cfg, device)
     state_path = run_dir / "checkpoints" / "state.pt"
+    state = load_checkpoint(state_path, ("format",)) if resume and state_path.is_file() else None
+    if state is not None:  # before the run is built and the stream replayed
+        check_resumable(state, cfg, state_path, run_dir)
+    run = _Run(cfg, device)
     total, every, shown = cfg["env"]["steps"], cfg["train"]["checkpoint_every"], cfg["eval"]["video_steps"]
     video = _VideoFrames() if shown else None
     start = 0
-    if resume and state_path.is_file():
-        state = load_checkpoint(state_path, ("format",))
+    if state is not None:
+        predictions = state["columns"].get("predicted_reward")
 
         def replayed(t: int, reward: float, info: dict[str, Any]) -> None:
             if video is not None and t >= total - shown:
-                predicted = state["columns"].get("predicted_reward")
-                video.add(np.asarray(run.obs)[-1], info, math.nan if predicted is None else float(predicted[t]), reward)
+                guess = math.nan if predictions is None else float(predictions[t])
+                video.add(np.asarray(run.obs)[-1], info, guess, reward)
 
         start = run.restore(state, state_path, replayed)
         reporter.log(f"resumed at step {start} (replayed {start} steps)")
@@ -361,6 +448,10 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
         reward, info, done = run.env_step(action, env_action)
         learned = run.learn(t)
         run.record(t, reward, info, explored, plan_return, predicted, learned)
+        if run.learner.refused_in_a_row >= DIVERGED_AFTER:  # the step log shows the refusals; no model, no checkpoint
+            _write_steps(run.columns, run_dir / "steps.csv")
+            run.env.close()
+            raise _diverged(cfg, t + 1)
         if video is not None and t >= total - shown:
             video.add(np.asarray(run.obs)[-1], info, predicted, reward)
         if done:
@@ -370,7 +461,10 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
         if (t + 1) % cfg["train"]["log_every"] == 0:
             rate = (t + 1 - t0) / max(time.perf_counter() - began, 1e-9)
             j = float(np.mean(run.columns["reward"]))
-            reporter.log(f"step {t + 1}/{total}: J_average {j:.4f}, {rate:.1f} steps/s")
+            refused = _refused(run.columns)
+            said = (f", refused as non-finite: {refused['train_steps_refused']:.0f} optimizer steps, "
+                    f"{refused['adaptations_refused']:.0f} adaptations") if any(refused.values()) else ""
+            reporter.log(f"step {t + 1}/{total}: J_average {j:.4f}, {rate:.1f} steps/s{said}")
         if (t + 1) % every == 0 or t + 1 == total:
             save_atomic(run.state(t + 1), state_path)
             _write_steps(run.columns, run_dir / "steps.csv")
@@ -381,7 +475,7 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
                  "method": cfg["method"]}, run_dir / "model.pt")
     summary = summary_of({c: np.asarray(v) for c, v in run.columns.items()}, cfg)
     summary.update(method=cfg["method"], steps=total, seconds_this_session=seconds,
-                   steps_per_second=(total - start) / max(seconds, 1e-9))
+                   steps_per_second=(total - start) / max(seconds, 1e-9), **_refused(run.columns))
     write_json(run_dir / "summary.json", plain_json(summary))
     if video is not None:
         video.write(run_dir / "video.mp4")

@@ -15,8 +15,13 @@ import torch
 from metadapt.adapt.static import StaticLearner
 from metadapt.agent import MPCAgent
 from metadapt.errors import CheckpointError, ConfigError, MetadaptError
-from metadapt.experiments.configuration.config import changed_keys, dump_config, load_config, with_later_defaults
-from metadapt.experiments.configuration.files import plain_json, write_json
+from metadapt.experiments.configuration.config import (
+    dump_config,
+    load_config,
+    refuse_result_changing_edits,
+    with_later_defaults,
+)
+from metadapt.experiments.configuration.files import write_json
 from metadapt.experiments.jobs import build
 from metadapt.experiments.jobs.iterate import CHECKPOINT, IterativeTrainer, ReplayedData, iteration_seed
 from metadapt.experiments.jobs.rebal_training import RecurrentTrainer
@@ -62,11 +67,7 @@ def _check_resumable(cfg: dict[str, Any], run_dir: Path) -> None:
         started = json.loads(path.read_text())
     except (ValueError, OSError) as exc:
         raise CheckpointError(f"{path} is corrupt ({exc}): start a new run") from None
-    changed = [k for k in changed_keys(with_later_defaults(started), plain_json(cfg))
-               if not any(k == free or k.startswith(free + ".") for free in RESUME_MAY_CHANGE)]
-    if changed:
-        raise CheckpointError(f"{run_dir}/config.yaml differs from the config the run started with in "
-                              f"{', '.join(changed)}: resume continues the same run (start a new run to change it)")
+    refuse_result_changing_edits(with_later_defaults(started), cfg, RESUME_MAY_CHANGE, run_dir)
 
 
 def _completed_counts(run_dir: Path) -> dict[str, int]:

@@ -18,22 +18,60 @@ and a single run's report read the same numbers.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-# steps.csv of a lifelong run: one row per environment step (empty cells: not measured at that step)
+from metadapt.errors import MetadaptError
+
+# steps.csv of a lifelong run: one row per environment step (empty cells: not measured at that step).
+# train_refused: optimizer steps refused at that step (a non-finite loss or theta); adapt_refused: 1 when the
+# adaptation of that step was refused (non-finite theta*, the agent acted with theta).
 COLUMNS = ("step", "reward", "rotation", "x", "episode", "explored", "plan_return", "predicted_reward", "train_loss",
-           "ce_before", "ce_after")
+           "ce_before", "ce_after", "train_refused", "adapt_refused")
+# The columns every steps.csv has; a file written before the later ones were added reads them as NaN.
+REQUIRED = COLUMNS[:11]
 
 
 def read_steps(path: Path) -> dict[str, np.ndarray]:
-    """``steps.csv`` as columns (empty cells are NaN)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {c: np.array([float(r[c]) if r.get(c, "") != "" else math.nan for r in rows]) for c in COLUMNS}
+    """``steps.csv`` as columns (``T`` each; empty cells are NaN).
+
+    A file that is not one the job wrote (cut short by a full disk or a copy, garbage, rows missing) is refused in
+    one line naming it: the job writes it whole (rows of every step from 0, each line ended) and atomically.
+    """
+    def bad(why: str) -> MetadaptError:
+        return MetadaptError(f"{path} is not a readable steps.csv of a lifelong run ({why}): rerun the run or "
+                             "resume it from its checkpoint")
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise bad(str(exc)) from None
+    if not rows:
+        raise bad("it is empty")
+    header, body = rows[0], rows[1:]
+    if missing := [c for c in REQUIRED if c not in header]:
+        raise bad(f"no column {', '.join(missing)}")
+    if not text.endswith("\n"):
+        raise bad("its last line is cut short")
+    if not body:
+        raise bad("it holds no step")
+    if short := [i for i, r in enumerate(body) if len(r) != len(header)]:
+        raise bad(f"row {short[0] + 1} has {len(body[short[0]])} cells, its header {len(header)}")
+    at = {c: header.index(c) for c in COLUMNS if c in header}
+    try:
+        values = np.array([[float(r[i]) if r[i] != "" else math.nan for i in at.values()] for r in body],
+                          dtype=np.float64)
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    cols = {c: values[:, i] for i, c in enumerate(at)}
+    if not np.array_equal(cols["step"], np.arange(len(body))):
+        raise bad("its steps are not 0, 1, 2, ... one row each")
+    return {c: cols.get(c, np.full(len(body), math.nan)) for c in COLUMNS}
 
 
 def j_average(rewards: np.ndarray) -> np.ndarray:

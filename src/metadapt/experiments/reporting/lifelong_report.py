@@ -26,8 +26,22 @@ def _read(run_dir: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[st
     if not (run_dir / "steps.csv").is_file():
         raise MetadaptError(f"{run_dir} has no steps.csv (not a gcg run, or it has not reached a checkpoint)")
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
-    return cfg, read_steps(run_dir / "steps.csv"), summary
+    return cfg, read_steps(run_dir / "steps.csv"), _summary(run_dir / "summary.json")
+
+
+def _summary(path: Path) -> dict[str, Any]:
+    """``summary.json`` (empty for a run that has not finished: it is written at the end), refused in one line
+    naming it when it is not a JSON object (cut short, garbage)."""
+    if not path.is_file():
+        return {}
+    try:
+        summary = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MetadaptError(f"{path} is not readable JSON ({exc}): delete it and resume the run, or rerun it") from None
+    if not isinstance(summary, dict):
+        raise MetadaptError(f"{path} holds a {type(summary).__name__}, not a run's summary (a JSON object): delete "
+                            "it and resume the run, or rerun it")
+    return summary
 
 
 def lifelong_figure(curves: dict[str, list[np.ndarray]], switches: np.ndarray, path: Path,
@@ -75,11 +89,16 @@ def _adaptation_figure(cols: dict[str, np.ndarray], switches: np.ndarray, path: 
     return path
 
 
-def _fmt(x: Any, digits: int = 4) -> str:
+def _number(x: Any) -> float:
+    """``x`` as a float; NaN for what is none (a summary read from disk may hold anything)."""
     try:
-        v = float(x)
+        return float(x)
     except (TypeError, ValueError):
-        return "-"
+        return float("nan")
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    v = _number(x)
     return "-" if not np.isfinite(v) else f"{v:.{digits}f}"
 
 
@@ -129,8 +148,14 @@ def write_lifelong_report(run_dir: Path) -> Path:
         lines += ["", "![adaptation](adaptation.png)"]
     if (run_dir / "video.mp4").is_file():
         lines += ["", "Video of the last steps, true rotation and predicted return drawn on: [video.mp4](video.mp4)"]
-    if summary.get("steps_per_second"):
-        lines += ["", f"Speed: {summary['steps_per_second']:.1f} steps/s in its last session."]
+    refused = {c: float(np.nansum(cols[c])) for c in ("train_refused", "adapt_refused")}
+    if any(refused.values()):
+        lines += ["", f"Non-finite numbers: {refused['train_refused']:.0f} optimizer steps were refused (a "
+                  "non-finite loss, or parameters it would have made non-finite: theta went on from before them) and "
+                  f"{refused['adapt_refused']:.0f} adaptations (non-finite adapted parameters: the agent acted with "
+                  "theta instead); `train_refused` and `adapt_refused` in steps.csv say when."]
+    if (speed := _number(summary.get("steps_per_second"))) > 0 and np.isfinite(speed):  # none in a resumed end
+        lines += ["", f"Speed: {speed:.1f} steps/s in its last session."]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
