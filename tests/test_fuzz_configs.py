@@ -51,6 +51,12 @@ TINY = {
         "model.preset": "cpu", "eval.video_steps": 0, "eval.rate_window": 5, "train.checkpoint_every": 10,
         "model.widths": {"encoder_channels": [2, 2, 2, 2], "hidden": 2, "reward_channels": 2, "reward_hidden": [4]},
     },
+    "rl": {
+        "meta.iterations": 1, "meta.meta_batch": 2, "meta.episodes": 2, "env.horizon": 5, "env.num_envs": None,
+        "env.vector": "sync", "policy.hidden": [8], "eval.tasks": 2, "eval.episodes": 1, "eval.steps": 1,
+        "eval.curve_every": None, "train.checkpoint_every": 1, "baselines.pretrained": False,
+        "baselines.oracle": False, "baselines.random": False, "meta.cg_iterations": 2,
+    },
 }
 RUNNABLE = {name for name, raw in CONFIGS.items() if system_of(raw) in TINY}
 
@@ -143,8 +149,9 @@ def _assert_clean(code: int, err: str, seconds: float, what: str) -> None:
     assert code in (0, 2), f"{what}: exit {code}\n{err}"
     if code == 2:
         assert len(lines) == 1 and lines[0].startswith("metadapt: "), f"{what}\n{err}"
-    else:
-        assert not lines, f"{what}: exit 0 but stderr:\n{err}"
+    else:  # at most a note on what the config means (a schedule that never switches within the trial)
+        assert not lines or (len(lines) == 1 and lines[0].startswith("metadapt: note: ")), \
+            f"{what}: exit 0 but stderr:\n{err}"
     assert seconds < CASE_SECONDS, f"{what}: {seconds:.0f} s"
 
 
