@@ -551,15 +551,14 @@ class _GuardedSampler:
 
     def __call__(self, params: Params, tasks: list[Any], seed: int) -> Episodes:
         n = len(tasks)
-        if params["layers.0.weight"].dim() == 2:  # one policy for every task (step 0)
-            bad = torch.full((n,), not params_are_finite(params))
-        else:
-            bad = torch.tensor([not params_are_finite({k: v[b] for k, v in params.items()}) for b in range(n)])
+        # one policy for every task at step 0: stacked for the per-task check only (it acts unstacked, as before)
+        stacked = stack_params(params, n) if params["layers.0.weight"].dim() == 2 else params
+        # per task, as params_are_finite does: a sum is not finite when an entry is not
+        bad = ~torch.isfinite(sum(v.detach().reshape(n, -1).sum(1) for v in stacked.values())).cpu()
         if self.diverged:
             bad |= self.diverged[-1]
         if bool(bad.any()):
-            params = {k: v.detach().clone() for k, v in stack_params(params, n).items()} \
-                if params["layers.0.weight"].dim() == 2 else {k: v.detach().clone() for k, v in params.items()}
+            params = {k: v.detach().clone() for k, v in stacked.items()}
             for v in params.values():
                 v[bad.to(v.device)] = 0.0
         ep = sample_episodes(self.family.envs, self.policy, params, tasks, self.cfg["eval"]["episodes"],
