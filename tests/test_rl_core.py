@@ -106,6 +106,20 @@ def test_linear_baseline_is_the_least_squares_fit():
     assert pred.shape == (B, E, H) and torch.all(pred[ep.mask == 0] == 0)
 
 
+def test_a_task_whose_baseline_fit_is_not_finite_leaves_the_other_tasks_fits_alone():
+    """A NaN return in one task raised the regularisation of every task's fit (the others' baselines, and so
+    their advantages, changed); now only that task is refitted with more regularisation."""
+    gen = torch.Generator().manual_seed(4)
+    ep = _episodes(gen)
+    ret = discounted_returns(ep.reward, ep.mask, 0.99)
+    clean = LinearFeatureBaseline(reg_coeff=1e-5).fit(ep.obs, ret, ep.mask)
+    ret[1, 0, 0] = float("nan")
+    w = LinearFeatureBaseline(reg_coeff=1e-5).fit(ep.obs, ret, ep.mask)
+    assert not torch.isfinite(w[1]).all()
+    keep = [b for b in range(B) if b != 1]
+    torch.testing.assert_close(w[keep], clean[keep], rtol=0, atol=0)
+
+
 def test_normalized_advantages_have_zero_mean_and_unit_variance_per_task():
     gen = torch.Generator().manual_seed(5)
     ep = _episodes(gen)

@@ -60,8 +60,8 @@ class LinearFeatureBaseline:
     """``V(s_t) = features(s_t) . w_b``, one ``w_b`` per task, fitted by ridge regression on that task's returns.
 
     Fitted per task batch, as in the original: ``(X^T X + reg I) w = X^T R``
-    with ``reg`` starting at ``reg_coeff`` and multiplied by 10 until the
-    solution is finite (at most 5 times).
+    with ``reg`` starting at ``reg_coeff`` and multiplied by 10, for each task
+    on its own, until that task's solution is finite (at most 5 solves).
     """
 
     def __init__(self, reg_coeff: float = 1e-5) -> None:
@@ -76,12 +76,16 @@ class LinearFeatureBaseline:
         y = (returns * mask).flatten(1, 2).double().unsqueeze(-1)
         xtx, xty = x.transpose(1, 2) @ x, x.transpose(1, 2) @ y
         eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
-        reg = self.reg_coeff
-        for _ in range(5):
-            w = torch.linalg.solve(xtx + reg * eye, xty)
-            if torch.isfinite(w).all():
+        w = torch.linalg.solve(xtx + self.reg_coeff * eye, xty)
+        # Only the tasks whose fit is not finite are refitted with more regularisation: one task's bad
+        # batch must not change the baselines (and so the advantages) of the others.
+        reg = torch.full((x.shape[0],), self.reg_coeff, dtype=x.dtype, device=x.device)
+        for _ in range(4):
+            bad = ~torch.isfinite(w).flatten(1).all(dim=1)
+            if not bool(bad.any()):
                 break
-            reg *= 10
+            reg[bad] *= 10
+            w[bad] = torch.linalg.solve(xtx[bad] + reg[bad, None, None] * eye, xty[bad])
         self.weights = w.squeeze(-1).to(obs.dtype if obs.is_floating_point() else torch.float32)
         return self.weights
 
