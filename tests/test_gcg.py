@@ -263,6 +263,17 @@ def test_a_sweep_of_lifelong_runs_reports_j_average_per_method_with_intervals(tm
     assert "J_average at the end" in report and "Meta-GCG" in report and "GCG" in report
     assert "Meta-GCG − GCG" in report  # paired by seed
     assert (out / "j_average.png").is_file()
+    # A run whose steps.csv is damaged (cut inside a row) stopped the whole report in one line; now the report
+    # keeps that run's results.csv numbers, draws the others' curves and names it.
+    damaged = out / "runs" / rows[0]["run"] / "steps.csv"
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    (out / "j_average.png").unlink()
+    r = cli("report", str(out))
+    assert r.returncode == 0, r.stderr
+    report = (out / "report.md").read_text()
+    assert "## Runs whose files could not be read" in report and f"`{rows[0]['run']}`" in report
+    assert "steps.csv" in report.split("## Runs whose files could not be read")[1]
+    assert (out / "j_average.png").is_file() and "| 2 |" in report  # both seeds of every method still counted
 
 
 def test_bench_gcg_prints_its_ratios() -> None:

@@ -71,6 +71,18 @@ def test_paired_differences_find_the_method_that_wins_on_every_seed(tmp_path):
     assert "| MOLe | " in report and "| mole |" not in report  # the table names methods as the papers do
 
 
+def test_a_run_whose_metrics_cannot_be_read_is_named_and_the_rest_of_the_sweep_reported(tmp_path):
+    """One unreadable trial metrics.csv stopped the whole sweep report; now that run keeps its results.csv
+    return, has no curve, and the report names it."""
+    _sweep(tmp_path, {"mole": [1.0, 2.0], "ts": [0.0, 1.0]})
+    (tmp_path / "runs" / "ts1" / "trial_0" / "metrics.csv").write_bytes(b"step,return\n\xff\xfe,1\n")
+    report = write_sweep_report(tmp_path).read_text()
+    section = report.split("## Runs whose files could not be read")[1]
+    assert "`ts1`" in section and "metrics.csv" in section and "`mole0`" not in section
+    assert "| TS | 0.5 |" in report  # both seeds of TS still in the table
+    assert (tmp_path / "cumulative_reward.png").is_file()
+
+
 def test_paired_differences_use_only_seeds_both_methods_completed(tmp_path):
     rows = [{"run": f"{m}{s}", "status": st, "mean_return": str(v), "method": m, "seed": str(s)}
             for m, s, st, v in (("a", 0, "done", 1), ("a", 1, "done", 5), ("b", 0, "done", 0), ("b", 1, "failed", ""))]

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from metadapt.errors import ConfigError, MetadaptError, one_line
 from metadapt.experiments.configuration.config import dump_config, load_config, system_of, without_later_defaults
@@ -596,8 +597,18 @@ def _label(g: dict[str, Any], keys: list[str]) -> str:
     return " / ".join(_cells(g, keys)) or "all"
 
 
-def _curve_figures(out: Path, rows: list[dict[str, str]], group_keys: list[str]) -> list[str]:
-    """Cumulative reward per group (mean over seeds, first trial) and one MOLe run's task probabilities."""
+def _damaged_lines(damaged: dict[str, str], consequence: str) -> list[str]:
+    """The report's section on runs whose files could not be read (the report goes on without them)."""
+    if not damaged:
+        return []
+    return ["", "## Runs whose files could not be read", "",
+            *[f"- `{run}`: {why} ({consequence})" for run, why in damaged.items()]]
+
+
+def _curve_figures(out: Path, rows: list[dict[str, str]], group_keys: list[str],
+                   damaged: dict[str, str]) -> list[str]:
+    """Cumulative reward per group (mean over seeds, first trial) and one MOLe run's task probabilities; a run whose
+    metrics.csv cannot be read as CSV is left out of the curves and recorded in ``damaged``."""
     from metadapt.experiments.reporting.report import (
         mark_switches,
         plot_task_probabilities,
@@ -614,7 +625,11 @@ def _curve_figures(out: Path, rows: list[dict[str, str]], group_keys: list[str])
     first: dict[str, np.ndarray] | None = None  # the first run's steps and tasks: where the switches are marked
     for r in rows:
         trial = out / "runs" / r["run"] / "trial_0"
-        m = read_csv(trial / "metrics.csv") if r["status"] == "done" else {}
+        try:
+            m = read_csv(trial / "metrics.csv") if r["status"] == "done" else {}
+        except MetadaptError as exc:
+            damaged[r["run"]] = _error_line(exc)
+            continue
         if "return" not in m or m["return"].dtype == object:
             continue
         if first is None and all(k in m and m[k].dtype != object for k in ("step", "task_id")):
@@ -726,12 +741,14 @@ def write_sweep_report(out_dir: str | Path) -> Path:
         ax.set_ylabel("mean return (95% CI)")
         save_figure(fig, out / "returns.png")
         lines += ["", "![returns per group](returns.png)"]
+        damaged: dict[str, str] = {}
         try:
-            lines += _curve_figures(out, rows, group_keys)
+            lines += _curve_figures(out, rows, group_keys, damaged)
         except (KeyError, ValueError, TypeError, IndexError) as exc:
             # Each run's metrics.csv was read as CSV; a column of the wrong kind is still the file's fault.
             raise MetadaptError(f"cannot draw the figures of sweep {out}: a run's metrics.csv is not what metadapt "
                                 f"writes ({type(exc).__name__}: {one_line(exc)})") from exc
+        lines += _damaged_lines(damaged, "its return is the one results.csv holds and it has no curve")
     failures = [r for r in rows if r["status"] != "done"]
     if failures:
         lines += ["", "## Failed runs", ""]
@@ -767,10 +784,16 @@ def _lifelong_sweep_report(out: Path, rows: list[dict[str, str]], group_keys: li
              "reward-prediction cross-entropy of the next steps before and after each online adaptation. Mean over "
              "seeds ± the 95% interval of the mean (Student's t).", "",
              "| " + " | ".join([*group_keys, *heads]) + " |", "|" + "---|" * len(group_keys) + "---:|" * len(heads)]
+    damaged: dict[str, str] = {}  # run -> why its files could not be read: its results.csv row stands
     for r in done:  # the metrics as defined now, from each run's own steps (results.csv keeps what its run wrote)
         run_dir = out / "runs" / r["run"]
         if (run_dir / "steps.csv").is_file() and (run_dir / "config.yaml").is_file():
-            r.update({k: str(v) for k, v in summarize_run(run_dir).items() if k in LIFELONG_FIELDS})
+            try:
+                summary = summarize_run(run_dir)
+            except (MetadaptError, yaml.YAMLError, AttributeError, TypeError) as exc:
+                damaged[r["run"]] = _error_line(exc)
+                continue
+            r.update({k: str(v) for k, v in summary.items() if k in LIFELONG_FIELDS})
             r["mean_return"] = r["j_average"]
     for key, runs in groups.items():
         col = {f: [_number(r.get(f)) for r in runs] for f in LIFELONG_FIELDS}
@@ -788,7 +811,7 @@ def _lifelong_sweep_report(out: Path, rows: list[dict[str, str]], group_keys: li
         label = _label(dict(zip(group_keys, key, strict=True)), group_keys)
         for r in runs:
             steps = out / "runs" / r["run"] / "steps.csv"
-            if steps.is_file():
+            if steps.is_file() and r["run"] not in damaged:
                 cols = read_steps(steps)
                 curves.setdefault(label, []).append(cols["reward"])
                 if not switches.size:  # one seed's switches; other seeds switch elsewhere
@@ -797,6 +820,7 @@ def _lifelong_sweep_report(out: Path, rows: list[dict[str, str]], group_keys: li
         lifelong_figure(curves, switches, out / "j_average.png",
                         title="mean over seeds, band: min to max; dotted: the first seed's switches")
         lines += ["", "![J_average per method](j_average.png)"]
+    lines += _damaged_lines(damaged, "its numbers are those results.csv holds and it has no curve")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
