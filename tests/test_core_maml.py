@@ -224,6 +224,38 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert (whole / "summary.json").read_text() == (cut / "summary.json").read_text()
 
 
+def test_a_resumed_run_may_be_given_fewer_or_more_iterations_and_equals_a_run_started_with_them(tmp_path):
+    """Any edit of config.yaml was refused on resume, so a long run could be neither shortened nor extended; the
+    iteration counts of stages that have not finished (and evaluation settings) may now change."""
+    args = [*SMALL, "baseline.iterations=200", "eval.tasks=20"]
+    whole = tmp_path / "whole"
+    assert _cli("train", str(CONFIG), *args, "meta.iterations=400", "--out", str(whole), "--quiet").returncode == 0
+    cut = tmp_path / "cut"
+    kill_when([sys.executable, "-m", "metadapt.cli", "train", str(CONFIG), *args, "meta.iterations=3000", "--out",
+               str(cut), "--quiet"], cut / "checkpoints" / "state.pt",
+              lambda s: s["stage"] == "meta" and s["iteration"] >= 300)
+    config = cut / "config.yaml"
+    started = config.read_text()
+    assert "  iterations: 3000\n" in started
+    config.write_text(started.replace("  iterations: 3000\n", "  iterations: 100\n"))  # already past it
+    res = _cli("train", "--resume", str(cut), "--quiet")
+    assert res.returncode == 2 and "meta stage for 100 iterations" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    config.write_text(started.replace("  iterations: 3000\n", "  iterations: 400\n"))
+    res = _cli("train", "--resume", str(cut), "--quiet")
+    assert res.returncode == 0, res.stderr
+    a, b = torch.load(whole / "model.pt", weights_only=True), torch.load(cut / "model.pt", weights_only=True)
+    for part in ("params", "baseline"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    assert (whole / "metrics.csv").read_text() == (cut / "metrics.csv").read_text()
+    assert (whole / "summary.json").read_text() == (cut / "summary.json").read_text()
+    # Once the meta stage has finished, its count is part of the result: changing it is refused.
+    config.write_text(started.replace("  iterations: 3000\n", "  iterations: 500\n"))
+    res = _cli("train", "--resume", str(cut), "--quiet")
+    assert res.returncode == 2 and "finished" in res.stderr, res.stderr
+
+
 def test_a_kill_before_the_first_checkpoint_resumes_from_the_start(tmp_path):
     out = tmp_path / "run"
     out.mkdir()

@@ -166,6 +166,39 @@ def _write_metrics(rows: list[dict[str, Any]], path: Path) -> None:
     tmp.replace(path)
 
 
+# Keys a resumed run may take from an edited config.yaml: they change neither what was trained so far nor what
+# the rest of the training draws (the held-out tasks come from their own generator, after training).
+RESUME_MAY_CHANGE = ("name", "device", "threads", "eval")
+
+
+def _check_resume_edits(saved: dict[str, Any], cfg: dict[str, Any], stage: str, iteration: int,
+                        run_dir: Path) -> None:
+    """Refuse (one ``CheckpointError`` line) to resume a checkpoint of ``stage`` at ``iteration`` under ``cfg`` when
+    it differs from ``saved``, the config of the checkpoint, in a key that changes results. A stage's iteration count
+    (``meta.iterations``, ``baseline.iterations``) may change while that stage has not finished and has not gone past
+    the new count: every iteration draws from the run's training stream alone, so the run equals one started with
+    the new count."""
+    changed = [k for k in changed_keys(saved, cfg)
+               if not any(k == free or k.startswith(free + ".") for free in RESUME_MAY_CHANGE)]
+    counts = {"meta.iterations", "baseline.iterations"}
+    if changed and set(changed) <= counts:
+        old, new = dict(_stage_iterations(saved)), dict(_stage_iterations(cfg))
+        order = [*old, "done"]
+        for name, total in new.items():
+            if name not in old or total == old[name]:
+                continue
+            finished = order.index(stage) > order.index(name)
+            if finished or (stage == name and iteration > total):
+                where = "finished" if finished else f"at iteration {iteration}"
+                raise CheckpointError(f"{run_dir}/config.yaml asks the {name} stage for {total} iterations, but the "
+                                      f"run's checkpoint is {where} of it: resume continues the same run (start a "
+                                      "new run to change it)")
+        changed = []
+    if changed:
+        raise CheckpointError(f"{run_dir}/config.yaml differs from the run's checkpoint in {', '.join(changed)}: "
+                              "resume continues the same run (start a new run to change it)")
+
+
 def _load_state(run_dir: Path, problem: Problem, cfg: dict[str, Any]) -> dict[str, Any] | None:
     """The last checkpoint of ``run_dir`` (``None`` when the kill came before the first), checked against
     the config: a resumed run continues the same run or refuses."""
@@ -179,10 +212,7 @@ def _load_state(run_dir: Path, problem: Problem, cfg: dict[str, Any]) -> dict[st
         saved = json.loads(state["config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} holds no readable config: start a new run") from exc
-    changed = changed_keys(saved, json.loads(json.dumps(cfg)))
-    if changed:
-        raise CheckpointError(f"{run_dir}/config.yaml differs from the run's checkpoint in {', '.join(changed)}: "
-                              "resume continues the same run (start a new run to change it)")
+    _check_resume_edits(saved, json.loads(json.dumps(cfg)), state["stage"], int(state["iteration"]), run_dir)
     try:
         for name, result in state["results"].items():
             check_params(problem.model, result["params"], f"{path}'s {name} parameters")
