@@ -414,6 +414,9 @@ def test_resume_refuses_an_edit_that_changes_results_and_names_the_keys(tmp_path
     config.write_text(original.replace("iterations: 1", "iterations: 2").replace("steps: 10", "steps: 12"))
     assert main(["train", "--resume", str(out), "--quiet"]) == 0
     assert len((out / "metrics.csv").read_text().splitlines()) == 3
+    # fewer iterations than the run completed went through silently (a config of 1 iteration over a 2-iteration run)
+    config.write_text(original)
+    _fails(capsys, ["train", "--resume", str(out), "--quiet"], needle="train.iterations = 1")
 
 
 def test_a_run_killed_before_its_first_checkpoint_resumes_by_starting_over(tmp_path, capsys):

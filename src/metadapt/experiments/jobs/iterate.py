@@ -450,6 +450,11 @@ class IterativeTrainer:
                               self.obs_version)
         if resume:
             self.restore()
+            if self.completed + 1 > self.settings.iterations:
+                raise CheckpointError(f"{self.run_dir}/config.yaml asks for train.iterations = "
+                                      f"{self.settings.iterations}, but the run's checkpoint has completed "
+                                      f"{self.completed + 1}: resume continues the same run (start a new run with "
+                                      "fewer iterations)")
             self.reporter.log(f"resuming after iteration {self.completed}")
         for iteration in range(self.completed + 1, self.settings.iterations):
             t0, added = time.perf_counter(), self.buffer.total_added + self.buffer.dropped_nonfinite
