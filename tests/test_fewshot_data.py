@@ -314,15 +314,18 @@ def test_classifier_fits_one_episode(small):
     assert float(model.accuracy(params, batch)) == 1.0
 
 
+@pytest.mark.parametrize("stacked", [False, True])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_maml_loss_gradient_matches_a_per_task_loop(small, first_order):
+def test_maml_loss_gradient_matches_a_per_task_loop(small, first_order, stacked):
+    """Both paths the job can take (one vmap lane per task, or the stacked grouped convolutions the shipped
+    configs run) against plain autograd, one task at a time."""
     model = ConvClassifier(5, filters=8)
     params = {k: v.double().requires_grad_() for k, v in model.init_params(torch.Generator().manual_seed(0)).items()}
     tasks = NWayKShot(load_omniglot(small, "background"), 5, 1, 2).sample(3, torch.Generator().manual_seed(3))
     tasks = TaskBatch(support=(tasks.support[0].double(), tasks.support[1]),
                       query=(tasks.query[0].double(), tasks.query[1]))
     rate = 0.4
-    loss = maml_loss(model.loss, params, tasks, rate, steps=1, first_order=first_order, stacked=False)
+    loss = maml_loss(model.loss, params, tasks, rate, steps=1, first_order=first_order, stacked=stacked)
     grads = torch.autograd.grad(loss, list(params.values()))
     losses = []
     for b in range(3):
