@@ -206,6 +206,16 @@ def test_train_writes_a_run_directory_with_the_papers_comparison(tmp_path):
     assert json.loads((again / "summary.json").read_text()) == summary
 
 
+def _assert_same_run(whole: Path, cut: Path) -> None:
+    """The resumed run's parameters, baseline, training curve and held-out results are the whole run's, bit for bit."""
+    a, b = torch.load(whole / "model.pt", weights_only=True), torch.load(cut / "model.pt", weights_only=True)
+    for part in ("params", "baseline"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    assert (whole / "metrics.csv").read_text() == (cut / "metrics.csv").read_text()
+    assert (whole / "summary.json").read_text() == (cut / "summary.json").read_text()
+
+
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     args = [*SMALL, "meta.iterations=3000", "baseline.iterations=1000", "eval.tasks=20"]
     whole = tmp_path / "whole"
@@ -216,12 +226,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert not (cut / "summary.json").exists()
     res = _cli("train", "--resume", str(cut), "--quiet")
     assert res.returncode == 0, res.stderr
-    a, b = torch.load(whole / "model.pt", weights_only=True), torch.load(cut / "model.pt", weights_only=True)
-    for part in ("params", "baseline"):
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), (part, k)
-    assert (whole / "metrics.csv").read_text() == (cut / "metrics.csv").read_text()
-    assert (whole / "summary.json").read_text() == (cut / "summary.json").read_text()
+    _assert_same_run(whole, cut)
 
 
 def test_a_resumed_run_may_be_given_fewer_or_more_iterations_and_equals_a_run_started_with_them(tmp_path):
@@ -244,12 +249,7 @@ def test_a_resumed_run_may_be_given_fewer_or_more_iterations_and_equals_a_run_st
     config.write_text(started.replace("  iterations: 3000\n", "  iterations: 400\n"))
     res = _cli("train", "--resume", str(cut), "--quiet")
     assert res.returncode == 0, res.stderr
-    a, b = torch.load(whole / "model.pt", weights_only=True), torch.load(cut / "model.pt", weights_only=True)
-    for part in ("params", "baseline"):
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), (part, k)
-    assert (whole / "metrics.csv").read_text() == (cut / "metrics.csv").read_text()
-    assert (whole / "summary.json").read_text() == (cut / "summary.json").read_text()
+    _assert_same_run(whole, cut)
     # Once the meta stage has finished, its count is part of the result: changing it is refused.
     config.write_text(started.replace("  iterations: 3000\n", "  iterations: 500\n"))
     res = _cli("train", "--resume", str(cut), "--quiet")
