@@ -419,6 +419,18 @@ def test_resume_refuses_an_edit_that_changes_results_and_names_the_keys(tmp_path
     _fails(capsys, ["train", "--resume", str(out), "--quiet"], needle="train.iterations = 1")
 
 
+def test_a_run_killed_after_its_last_checkpoint_but_before_its_model_resumes_to_the_model(tmp_path, capsys):
+    """A sweep killed at a random point left a run whose last checkpoint was written but not its model.pt;
+    the resume found no iteration left to run and the trials failed on a missing model.pt."""
+    out = tmp_path / "run"
+    assert _train(out) == 0
+    whole = (out / "model.pt").read_bytes()
+    (out / "model.pt").unlink()
+    (out / "metrics.csv").unlink()
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    assert (out / "model.pt").read_bytes() == whole and (out / "metrics.csv").is_file()
+
+
 def test_a_run_killed_before_its_first_checkpoint_resumes_by_starting_over(tmp_path, capsys):
     from metadapt.meta.checkpoint import load_model
 

@@ -456,6 +456,11 @@ class IterativeTrainer:
                                       f"{self.completed + 1}: resume continues the same run (start a new run with "
                                       "fewer iterations)")
             self.reporter.log(f"resuming after iteration {self.completed}")
+            if self.completed + 1 == self.settings.iterations:
+                # A kill between the last checkpoint and the artifacts written after it leaves nothing to run:
+                # the artifacts come from the checkpoint's state, as the uninterrupted run wrote them.
+                self.write_metrics()
+                self.save_artifacts()
         for iteration in range(self.completed + 1, self.settings.iterations):
             t0, added = time.perf_counter(), self.buffer.total_added + self.buffer.dropped_nonfinite
             dropped = self.buffer.dropped_nonfinite
