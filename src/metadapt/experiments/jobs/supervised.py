@@ -33,7 +33,7 @@ import torch
 from metadapt.data.sinusoid import SinusoidTasks
 from metadapt.errors import CheckpointError, MetadaptError
 from metadapt.experiments.configuration.components import TASKS
-from metadapt.experiments.configuration.config import changed_keys, dump_config
+from metadapt.experiments.configuration.config import dump_config, refuse_result_changing_edits
 from metadapt.experiments.configuration.files import write_json
 from metadapt.experiments.configuration.resources import FLOAT, Need, check_memory, mlp_param_count
 from metadapt.experiments.reporting.progress import Reporter
@@ -178,25 +178,17 @@ def _check_resume_edits(saved: dict[str, Any], cfg: dict[str, Any], stage: str, 
     (``meta.iterations``, ``baseline.iterations``) may change while that stage has not finished and has not gone past
     the new count: every iteration draws from the run's training stream alone, so the run equals one started with
     the new count."""
-    changed = [k for k in changed_keys(saved, cfg)
-               if not any(k == free or k.startswith(free + ".") for free in RESUME_MAY_CHANGE)]
-    counts = {"meta.iterations", "baseline.iterations"}
-    if changed and set(changed) <= counts:
-        old, new = dict(_stage_iterations(saved)), dict(_stage_iterations(cfg))
-        order = [*old, "done"]
-        for name, total in new.items():
-            if name not in old or total == old[name]:
-                continue
+    stages = _stage_iterations(saved)
+    old, order = dict(stages), [name for name, _ in stages] + ["done"]
+    for name, total in _stage_iterations(cfg):
+        if name in old and total != old[name]:
             finished = order.index(stage) > order.index(name)
             if finished or (stage == name and iteration > total):
                 where = "finished" if finished else f"at iteration {iteration}"
                 raise CheckpointError(f"{run_dir}/config.yaml asks the {name} stage for {total} iterations, but the "
                                       f"run's checkpoint is {where} of it: resume continues the same run (start a "
                                       "new run to change it)")
-        changed = []
-    if changed:
-        raise CheckpointError(f"{run_dir}/config.yaml differs from the run's checkpoint in {', '.join(changed)}: "
-                              "resume continues the same run (start a new run to change it)")
+    refuse_result_changing_edits(saved, cfg, (*RESUME_MAY_CHANGE, "meta.iterations", "baseline.iterations"), run_dir)
 
 
 def _load_state(run_dir: Path, problem: Problem, cfg: dict[str, Any]) -> dict[str, Any] | None:

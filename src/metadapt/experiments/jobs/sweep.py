@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from metadapt.errors import ConfigError, MetadaptError, one_line
 from metadapt.experiments.configuration.config import dump_config, load_config, system_of, without_later_defaults
@@ -790,7 +789,7 @@ def _lifelong_sweep_report(out: Path, rows: list[dict[str, str]], group_keys: li
         if (run_dir / "steps.csv").is_file() and (run_dir / "config.yaml").is_file():
             try:
                 summary = summarize_run(run_dir)
-            except (MetadaptError, yaml.YAMLError, AttributeError, TypeError) as exc:
+            except MetadaptError as exc:
                 damaged[r["run"]] = _error_line(exc)
                 continue
             r.update({k: str(v) for k, v in summary.items() if k in LIFELONG_FIELDS})

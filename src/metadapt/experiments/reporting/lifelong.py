@@ -160,10 +160,17 @@ def summarize(rewards: np.ndarray, tasks: np.ndarray, steps: np.ndarray, ce_befo
 def summarize_run(run_dir: Path) -> dict[str, float]:
     """``summarize`` of a run directory's ``steps.csv`` with its config's ``eval`` settings (defaults for settings
     added after the run was written), so a report always uses the current definitions of the metrics."""
-    import yaml
+    from metadapt.experiments.configuration.files import read_yaml_file
 
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    e = cfg.get("eval", {})
+    path = run_dir / "config.yaml"
+    cfg = read_yaml_file(path, "run config")
+    e = cfg.get("eval", {}) if isinstance(cfg, dict) else None
+    try:
+        if not isinstance(e, dict):
+            raise TypeError("no eval section")
+        settings = (int(e.get("rate_window", 200)), float(e.get("recovery_fraction", 0.8)),
+                    int(e.get("after_switch", 200)), int(e.get("recovery_window", 20)))
+    except (TypeError, ValueError) as exc:
+        raise MetadaptError(f"{path} is not the config of a lifelong run ({exc})") from None
     c = read_steps(run_dir / "steps.csv")
-    return summarize(c["reward"], c["rotation"], c["step"], c["ce_before"], c["ce_after"], e.get("rate_window", 200),
-                     e.get("recovery_fraction", 0.8), e.get("after_switch", 200), e.get("recovery_window", 20))
+    return summarize(c["reward"], c["rotation"], c["step"], c["ce_before"], c["ce_after"], *settings)
