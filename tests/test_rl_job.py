@@ -22,7 +22,7 @@ from metadapt.rl.maml_rl import (
     evaluate_adaptation,
     policy_gradient_step,
 )
-from metadapt.rl.sampler import make_vector_env, sample_episodes, sample_tasks
+from metadapt.rl.sampler import make_vector_env, sample_episodes, sample_tasks, to_env_action
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "maml_rl_navigation.yaml"
@@ -44,6 +44,7 @@ def test_a_small_run_trains_every_method_reports_and_evaluates_again(tmp_path):
     for per in summary["methods"].values():
         assert set(per) == {"0", "1", "2"} and all(len(per[s]["per_task"]) == 6 for s in per)
         assert all(np.isfinite(per[s]["mean"]) and per[s]["mean"] < 0 for s in per)  # minus a distance
+        assert all("upside_down" not in per[s] for s in per)  # a point has no posture
     rows = (out / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 3 * 4  # three trained stages of 4 iterations
     report = (out / "report.md").read_text()
@@ -142,6 +143,47 @@ def test_stacked_sampling_equals_sampling_each_task_alone():
     assert both.mask.all() and both.obs.shape == (2, 3, 10, 2)
     envs.close()
     probe.close()
+
+
+def test_recorded_step_infos_are_the_infos_of_replaying_each_episode_alone():
+    """``info_keys`` records each sub-environment's own step info, laid out as the episodes are; a key no step
+    reports is NaN and has no mean."""
+    envs = make_vector_env("metadapt/HalfCheetahDir-v0", 2, "sync")
+    policy = GaussianMLPPolicy(18, 6, hidden=(8,), init_std=3.0)  # wide noise: the torso tilts far
+    params = policy.init_params(torch.Generator().manual_seed(0))
+    tasks = [{"direction": 1}, {"direction": -1}]
+    ep = sample_episodes(envs, policy, params, tasks, 1, 40, seed=7, info_keys=("torso_up", "upside_down", "nope"))
+    envs.close()
+    assert ep.info["torso_up"].shape == (2, 1, 40) and torch.isnan(ep.info["nope"]).all()
+    assert ep.info_mean("nope") is None and ep.info_mean("absent") is None
+    env = make_env("metadapt/HalfCheetahDir-v0")
+    space = env.action_space
+    for b, task in enumerate(tasks):  # one round: task b ran in sub-environment b, reset with seed 7 + b
+        env.unwrapped.next_task = task
+        env.reset(seed=7 + b)
+        ups = []
+        for t in range(40):
+            act = to_env_action(ep.act[b, 0, t].numpy(), space.low.astype(np.float64), space.high.astype(np.float64))
+            ups.append(env.step(act)[4]["torso_up"])
+        torch.testing.assert_close(ep.info["torso_up"][b, 0], torch.tensor(ups, dtype=torch.float32))
+    env.close()
+    assert torch.equal(ep.info["upside_down"], (ep.info["torso_up"] < 0).float())
+    assert ep.info["torso_up"].min() < 0.9  # the replay compared a moving torso, not a resting one
+    assert ep.info_mean("upside_down") == pytest.approx(float(ep.info["upside_down"].mean()))
+    assert ep.info_mean("torso_up", torch.tensor([False, True])) == pytest.approx(float(ep.info["torso_up"][1].mean()))
+
+
+def test_a_legged_robots_evaluation_reports_the_share_of_steps_on_its_back(tmp_path):
+    out = tmp_path / "cheetah"
+    res = _cli("train", str(ROOT / "configs" / "maml_rl_cheetah_dir.yaml"), "meta.iterations=1", "meta.meta_batch=2",
+               "meta.episodes=2", "env.horizon=20", "env.num_envs=2", "policy.hidden=[8]", "baselines.oracle=false",
+               "baselines.pretrained=false", "eval.tasks=2", "eval.episodes=2", "eval.steps=1", "--out", str(out),
+               "--quiet")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    for per in summary["methods"].values():
+        assert all(0.0 <= per[s]["upside_down"] <= 1.0 for s in ("0", "1"))
+    assert "spent on the back" in (out / "report.md").read_text()
 
 
 def test_one_inner_step_of_a_meta_trained_navigation_policy_beats_its_start():

@@ -19,6 +19,7 @@ import numpy as np
 # Behind and slightly above the robot, far enough to see a HalfCheetah's whole body and a stride of floor.
 FOLLOW_DISTANCE = 5.0
 FOLLOW_ELEVATION = -15.0
+UPSIDE_DOWN = "upside_down"  # the info key: 1.0 while the robot's up axis points below the horizon
 
 
 class Legged:
@@ -54,7 +55,7 @@ class Legged:
         else:  # Z-Y-X Euler angles: pitch about the body's y axis, roll about its x axis
             out["torso_pitch"] = math.asin(float(np.clip(-r[2, 0], -1.0, 1.0)))
             out["torso_roll"] = math.atan2(float(r[2, 1]), up)
-        out["upside_down"] = float(up < 0.0)
+        out[UPSIDE_DOWN] = float(up < 0.0)
         return out
 
     def init_legged(self, kwargs: dict[str, Any]) -> None:

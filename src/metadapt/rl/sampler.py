@@ -29,8 +29,9 @@ whatever the vector env does after that (auto-reset) is never recorded.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
@@ -50,7 +51,9 @@ class Episodes:
     ``obs``: ``B x E x H x O`` (the state each action was taken in); ``act``:
     ``B x E x H x A`` (continuous, unclipped) or ``B x E x H`` (discrete
     indices); ``reward`` and ``mask``: ``B x E x H`` (mask 1 on steps taken).
-    ``tasks``: the ``B`` task specs.
+    ``tasks``: the ``B`` task specs. ``info``: ``{key: B x E x H}`` floats of the
+    step infos ``sample_episodes`` was asked to record (NaN where a step's info
+    lacked the key), e.g. ``upside_down`` to see how a return was earned.
     """
 
     obs: torch.Tensor
@@ -58,6 +61,7 @@ class Episodes:
     reward: torch.Tensor
     mask: torch.Tensor
     tasks: list[Any]
+    info: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def num_tasks(self) -> int:
@@ -72,6 +76,17 @@ class Episodes:
 
     def steps(self) -> int:
         return int(self.mask.sum())
+
+    def info_mean(self, key: str, rows: torch.Tensor | None = None) -> float | None:
+        """The mean of a recorded info over the steps taken (of the tasks ``rows``, a ``B`` bool mask; all
+        tasks when ``None``); ``None`` when the key was not recorded or no step reported it."""
+        if key not in self.info:
+            return None
+        values, mask = self.info[key], self.mask
+        if rows is not None:
+            values, mask = values[rows], mask[rows]
+        seen = (mask > 0) & torch.isfinite(values)
+        return float(values[seen].mean()) if bool(seen.any()) else None
 
 
 def make_vector_env(env_id: str, num_envs: int, mode: str = "auto", kwargs: Mapping[str, Any] | None = None,
@@ -99,6 +114,17 @@ def to_env_action(act: np.ndarray, low: np.ndarray, high: np.ndarray, normalize:
     if normalize:
         return low + (np.clip(act, -1.0, 1.0) + 1.0) * 0.5 * (high - low)
     return np.clip(act, low, high)
+
+
+def _info_column(infos: Mapping[str, Any], key: str, n: int) -> np.ndarray:
+    """``n`` floats of ``key`` from a vector env's step infos (NaN for sub-environments that did not report it:
+    Gymnasium marks those that did in ``infos["_" + key]``)."""
+    out = np.full(n, np.nan)
+    if key in infos:
+        values = np.asarray(infos[key], dtype=np.float64).reshape(n)
+        present = np.asarray(infos.get("_" + key, np.ones(n, dtype=bool)), dtype=bool).reshape(n)
+        out[present] = values[present]
+    return out
 
 
 def _rounds(num_tasks: int, per_task: int, num_envs: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -149,6 +175,7 @@ def sample_episodes(
     seed: int,
     deterministic: bool = False,
     normalize_actions: bool = True,
+    info_keys: Sequence[str] = (),
 ) -> Episodes:
     """``E`` episodes of ``H`` steps of each task (``B x E x H``, see ``Episodes``).
 
@@ -163,6 +190,7 @@ def sample_episodes(
             policy's action noise a generator seeded with it.
         deterministic: act with the policy's mode instead of sampling.
         normalize_actions: Box actions in ``[-1, 1]`` units (see the module docstring).
+        info_keys: step-info keys to record as ``Episodes.info`` (numbers, e.g. ``upside_down``).
     """
     if episodes_per_task < 1 or horizon < 1:
         raise ValueError(f"episodes_per_task and horizon must be >= 1, got {episodes_per_task}, {horizon}")
@@ -181,6 +209,7 @@ def sample_episodes(
     obs_out = torch.zeros(*shape, obs_dim)
     act_out = torch.zeros(shape, dtype=torch.long) if discrete else torch.zeros(*shape, policy.act_dim)
     rew_out, mask_out = torch.zeros(shape), torch.zeros(shape)
+    info_out = {key: torch.full(shape, math.nan) for key in info_keys}
     for r, (task_idx, ep_idx) in enumerate(_rounds(num_tasks, episodes_per_task, n)):
         envs.set_attr("next_task", [tasks[int(b)] for b in task_idx])
         obs, _ = envs.reset(seed=int(seed) + r * n)
@@ -198,16 +227,19 @@ def sample_episodes(
             act_np = a.cpu().numpy()
             if low is not None:
                 act_np = to_env_action(act_np, low, high, normalize_actions)
-            obs, reward, terminated, truncated, _ = envs.step(act_np)
+            obs, reward, terminated, truncated, infos = envs.step(act_np)
             live = torch.as_tensor(alive[keep], dtype=torch.float32)
             obs_out[ti, ei, t] = o.cpu()[keep]
             act_out[ti, ei, t] = a.cpu()[keep]
             rew_out[ti, ei, t] = torch.as_tensor(np.asarray(reward, dtype=np.float32))[keep] * live
             mask_out[ti, ei, t] = live
+            for key, out in info_out.items():
+                out[ti, ei, t] = torch.as_tensor(_info_column(infos, key, n), dtype=torch.float32)[keep]
             alive &= ~(np.asarray(terminated) | np.asarray(truncated))
             if not alive.any():
                 break
-    return Episodes(obs_out.to(device), act_out.to(device), rew_out.to(device), mask_out.to(device), list(tasks))
+    return Episodes(obs_out.to(device), act_out.to(device), rew_out.to(device), mask_out.to(device), list(tasks),
+                    {key: out.to(device) for key, out in info_out.items()})
 
 
 def sample_tasks(env: gym.Env, num: int, rng: np.random.Generator, split: str = "train") -> list[Mapping[str, Any]]:

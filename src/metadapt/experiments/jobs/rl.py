@@ -15,7 +15,10 @@ exactly what the uninterrupted one would have done.
 Evaluation (as in the original): ``eval.tasks`` held-out tasks from the test
 distribution, the return after 0 .. ``eval.steps`` inner steps of
 ``eval.episodes`` fresh episodes each, for MAML, the pretrained policy, a
-randomly initialised one and the oracle, with the same tasks and seeds.
+randomly initialised one and the oracle, with the same tasks and seeds. For
+robots with a posture (the cheetahs, the ant) each step also records the share
+of the episodes' steps the robot spent on its back (``upside_down``): a return
+earned running on the back is a return, but not a gait anyone wants.
 
 No policy acts with non-finite parameters. In meta-training, an iteration whose
 inner step or outer step gives a NaN or an infinity (in the adapted parameters,
@@ -46,6 +49,7 @@ import torch
 
 from metadapt.adapt.base import params_are_finite
 from metadapt.envs import make_env, registered_id
+from metadapt.envs.posture import UPSIDE_DOWN
 from metadapt.errors import CheckpointError, ConfigError, MetadaptError
 from metadapt.experiments.configuration.config import dump_config
 from metadapt.experiments.configuration.files import write_json
@@ -548,6 +552,7 @@ class _GuardedSampler:
     def __init__(self, cfg: dict[str, Any], family: TaskFamily, policy: Policy) -> None:
         self.cfg, self.family, self.policy = cfg, family, policy
         self.diverged: list[torch.Tensor] = []  # per call: ``B`` bools
+        self.upside_down: list[float | None] = []  # per call: the share of steps the robot was on its back
 
     def __call__(self, params: Params, tasks: list[Any], seed: int) -> Episodes:
         n = len(tasks)
@@ -562,14 +567,16 @@ class _GuardedSampler:
             for v in params.values():
                 v[bad.to(v.device)] = 0.0
         ep = sample_episodes(self.family.envs, self.policy, params, tasks, self.cfg["eval"]["episodes"],
-                             self.family.horizon, seed, normalize_actions=self.cfg["env"]["normalize_actions"])
+                             self.family.horizon, seed, normalize_actions=self.cfg["env"]["normalize_actions"],
+                             info_keys=(UPSIDE_DOWN,))
         unfinished = torch.stack([~torch.isfinite(t.float()).reshape(n, -1).all(1).cpu()
                                   for t in (ep.obs, ep.act, ep.reward)]).any(0)
         bad |= unfinished
         if bool(unfinished.any()):
             ep = Episodes(*(torch.where(_rows(bad, t).to(t.device), torch.zeros_like(t), t)
-                            for t in (ep.obs, ep.act, ep.reward)), ep.mask, ep.tasks)
+                            for t in (ep.obs, ep.act, ep.reward)), ep.mask, ep.tasks, ep.info)
         self.diverged.append(bad)
+        self.upside_down.append(ep.info_mean(UPSIDE_DOWN, ~bad.to(ep.mask.device)))
         return ep
 
     def mark(self, returns: np.ndarray) -> np.ndarray:
@@ -597,6 +604,9 @@ def _evaluate_one(cfg: dict[str, Any], family: TaskFamily, policy: Policy, param
                                                derive_seed(cfg["seed"], EVAL_EPISODES), ev["later_lr_scale"]))
     out = {str(k): {**_interval(returns[k]), "per_task": [float(x) for x in returns[k]]}  # NaN: null in JSON
            for k in range(returns.shape[0])}
+    for k, share in enumerate(sampler.upside_down):  # robots with a posture: how the return was earned
+        if share is not None:
+            out[str(k)][UPSIDE_DOWN] = share
     if diverged := [k for k in range(returns.shape[0]) if out[str(k)]["nonfinite"]]:
         reporter.log(f"{name}: the adaptation diverged on {out[str(diverged[-1])]['nonfinite']} of {len(tasks)} "
                      f"held-out tasks from step {diverged[0]} on (reported as diverged)")

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from metadapt.envs.posture import UPSIDE_DOWN
 from metadapt.errors import MetadaptError, one_line
 from metadapt.experiments.configuration.config import load_config
 from metadapt.experiments.reporting.report import fmt, numeric_columns, plt, read_csv, read_json, save_figure
@@ -49,6 +50,13 @@ def results_table(summary: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     for name, per in summary["methods"].items():
         cells = [_cell(per.get(str(s)), summary["tasks"]) for s in steps]
         lines.append(f"| {_label(cfg) if name == 'maml' else NAMES.get(name, name)} | {' | '.join(cells)} |")
+    if any(UPSIDE_DOWN in r for per in summary["methods"].values() for r in per.values()):
+        lines += ["", "Share of the held-out episodes' steps spent on the back (up axis below the horizon):",
+                  "", "| method | " + " | ".join(f"after {s} step{'s' if s != 1 else ''}" for s in steps) + " |",
+                  "|---|" + "---:|" * len(steps)]
+        for name, per in summary["methods"].items():
+            cells = [fmt(_number((per.get(str(s)) or {}).get(UPSIDE_DOWN)), ".1%") for s in steps]
+            lines.append(f"| {_label(cfg) if name == 'maml' else NAMES.get(name, name)} | {' | '.join(cells)} |")
     return lines
 
 
@@ -75,7 +83,7 @@ def check_summary(summary: dict[str, Any], path: Path) -> None:
         for step, r in per.items():
             if not (isinstance(step, str) and step.isdigit() and isinstance(r, dict)):
                 refuse(f"method '{name}' has an entry {step!r} that is not a step's result")
-            for key in ("mean", "ci95"):
+            for key in ("mean", "ci95", UPSIDE_DOWN):
                 if r.get(key) is not None and not isinstance(r.get(key), int | float):
                     refuse(f"method '{name}' step {step}: '{key}' is not a number")
 
