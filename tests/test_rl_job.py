@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -171,6 +172,44 @@ def test_recorded_step_infos_are_the_infos_of_replaying_each_episode_alone():
     assert ep.info["torso_up"].min() < 0.9  # the replay compared a moving torso, not a resting one
     assert ep.info_mean("upside_down") == pytest.approx(float(ep.info["upside_down"].mean()))
     assert ep.info_mean("torso_up", torch.tensor([False, True])) == pytest.approx(float(ep.info["torso_up"][1].mean()))
+
+
+class _EndsEarly(gym.Env):
+    """Ends its episodes after ``length`` steps; its info ``k`` counts the episode's steps (from 1) and ``odd``
+    is reported on odd steps only (Gymnasium's vector envs mark the others absent in ``_odd``)."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,))
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,))
+
+    def __init__(self, length: int) -> None:
+        self.length, self.t, self.next_task = length, 0, None
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, dtype=np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        info = {"k": float(self.t), **({"odd": 1.0} if self.t % 2 else {})}
+        return np.zeros(1, dtype=np.float32), 1.0, self.t >= self.length, False, info
+
+
+def test_recorded_infos_stop_where_the_episode_ends_and_absent_values_are_nan():
+    """After an episode ends its sub-environment begins the next one (next-step autoreset) and goes on
+    reporting: those steps are not the episode's and hold NaN, as do steps whose info lacked the key."""
+    envs = gym.vector.SyncVectorEnv([lambda: _EndsEarly(2), lambda: _EndsEarly(4)])
+    policy = GaussianMLPPolicy(1, 1, hidden=(4,))
+    params = policy.init_params(torch.Generator().manual_seed(0))
+    ep = sample_episodes(envs, policy, params, [{}], 2, 6, seed=0, info_keys=("k", "odd"))
+    envs.close()
+    nan = float("nan")
+    torch.testing.assert_close(ep.mask[0], torch.tensor([[1.0, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]]))
+    torch.testing.assert_close(ep.info["k"][0], torch.tensor([[1.0, 2, nan, nan, nan, nan], [1, 2, 3, 4, nan, nan]]),
+                               equal_nan=True)
+    torch.testing.assert_close(ep.info["odd"][0], torch.tensor([[1.0, nan, nan, nan, nan, nan],
+                                                                [1, nan, 1, nan, nan, nan]]), equal_nan=True)
+    assert ep.info_mean("k") == pytest.approx(13 / 6) and ep.info_mean("odd") == 1.0
 
 
 def test_a_legged_robots_evaluation_reports_the_share_of_steps_on_its_back(tmp_path):

@@ -28,6 +28,10 @@ Objective = Callable[[torch.Tensor], torch.Tensor]
 
 WINDOW_FIELDS = ("obs", "act", "next_obs", "reward", "done", "episode", "step")
 
+UPSIDE_DOWN = "upside_down"
+"""The step-info key of robots with a posture (``metadapt.envs.posture``): 1.0 while the up axis points below the
+horizon. Here, below everything, so that reports can name it without importing the simulator."""
+
 
 @dataclass(frozen=True, init=False, eq=False)
 class Window:

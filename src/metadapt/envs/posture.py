@@ -16,10 +16,11 @@ from typing import Any, ClassVar
 import mujoco
 import numpy as np
 
+from metadapt.types import UPSIDE_DOWN
+
 # Behind and slightly above the robot, far enough to see a HalfCheetah's whole body and a stride of floor.
 FOLLOW_DISTANCE = 5.0
 FOLLOW_ELEVATION = -15.0
-UPSIDE_DOWN = "upside_down"  # the info key: 1.0 while the robot's up axis points below the horizon
 
 
 class Legged:

@@ -52,8 +52,11 @@ class Episodes:
     ``B x E x H x A`` (continuous, unclipped) or ``B x E x H`` (discrete
     indices); ``reward`` and ``mask``: ``B x E x H`` (mask 1 on steps taken).
     ``tasks``: the ``B`` task specs. ``info``: ``{key: B x E x H}`` floats of the
-    step infos ``sample_episodes`` was asked to record (NaN where a step's info
-    lacked the key), e.g. ``upside_down`` to see how a return was earned.
+    step infos ``sample_episodes`` was asked to record, e.g. ``upside_down`` to see
+    how a return was earned (NaN where a step's info lacked the key and on steps
+    not taken). Read from the vector env's top-level infos, Gymnasium's default
+    next-step autoreset; a same-step autoreset env moves the last step's info
+    into ``final_info``, which is not read.
     """
 
     obs: torch.Tensor
@@ -86,7 +89,7 @@ class Episodes:
         if rows is not None:
             values, mask = values[rows], mask[rows]
         seen = (mask > 0) & torch.isfinite(values)
-        return float(values[seen].mean()) if bool(seen.any()) else None
+        return float(values[seen].double().mean()) if bool(seen.any()) else None
 
 
 def make_vector_env(env_id: str, num_envs: int, mode: str = "auto", kwargs: Mapping[str, Any] | None = None,
@@ -234,7 +237,9 @@ def sample_episodes(
             rew_out[ti, ei, t] = torch.as_tensor(np.asarray(reward, dtype=np.float32))[keep] * live
             mask_out[ti, ei, t] = live
             for key, out in info_out.items():
-                out[ti, ei, t] = torch.as_tensor(_info_column(infos, key, n), dtype=torch.float32)[keep]
+                column = _info_column(infos, key, n)
+                column[~alive] = np.nan  # an ended episode's sub-environment has begun the next one
+                out[ti, ei, t] = torch.as_tensor(column, dtype=torch.float32)[keep]
             alive &= ~(np.asarray(terminated) | np.asarray(truncated))
             if not alive.any():
                 break

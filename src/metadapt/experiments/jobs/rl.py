@@ -17,8 +17,9 @@ distribution, the return after 0 .. ``eval.steps`` inner steps of
 ``eval.episodes`` fresh episodes each, for MAML, the pretrained policy, a
 randomly initialised one and the oracle, with the same tasks and seeds. For
 robots with a posture (the cheetahs, the ant) each step also records the share
-of the episodes' steps the robot spent on its back (``upside_down``): a return
-earned running on the back is a return, but not a gait anyone wants.
+of the episodes' steps the robot spent on its back (``upside_down``, over the
+tasks that have not diverged): a return earned running on the back is a
+return, but not a gait anyone wants.
 
 No policy acts with non-finite parameters. In meta-training, an iteration whose
 inner step or outer step gives a NaN or an infinity (in the adapted parameters,
@@ -49,7 +50,6 @@ import torch
 
 from metadapt.adapt.base import params_are_finite
 from metadapt.envs import make_env, registered_id
-from metadapt.envs.posture import UPSIDE_DOWN
 from metadapt.errors import CheckpointError, ConfigError, MetadaptError
 from metadapt.experiments.configuration.config import dump_config
 from metadapt.experiments.configuration.files import write_json
@@ -70,7 +70,7 @@ from metadapt.rl.maml_rl import (
     scale_rates,
 )
 from metadapt.rl.sampler import Episodes, make_vector_env, sample_episodes, sample_tasks, to_env_action
-from metadapt.types import Params
+from metadapt.types import UPSIDE_DOWN, Params
 
 STATE_FORMAT = "metadapt.rl_state.v1"
 MODEL_FORMAT = "metadapt.rl_policies.v1"

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from metadapt.envs.posture import UPSIDE_DOWN
 from metadapt.errors import MetadaptError, one_line
 from metadapt.experiments.configuration.config import load_config
 from metadapt.experiments.reporting.report import fmt, numeric_columns, plt, read_csv, read_json, save_figure
+from metadapt.types import UPSIDE_DOWN
 
 NAMES = {"maml": "MAML-RL", "pretrained": "pretrained, fine-tuned", "random": "random init, fine-tuned",
          "oracle": "oracle (task observed)"}
