@@ -34,6 +34,10 @@ def _label(cfg: dict[str, Any]) -> str:
     return f"MAML-RL ({kind}{order}, {m['outer'].upper()} outer step)"
 
 
+def _method(name: str, cfg: dict[str, Any]) -> str:
+    return _label(cfg) if name == "maml" else NAMES.get(name, name)
+
+
 def _cell(r: dict[str, Any] | None, tasks: int) -> str:
     """``mean ± half-width`` of one method and step; a step with a diverged task has no mean."""
     if r is None:
@@ -49,14 +53,14 @@ def results_table(summary: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
              "|---|" + "---:|" * len(steps)]
     for name, per in summary["methods"].items():
         cells = [_cell(per.get(str(s)), summary["tasks"]) for s in steps]
-        lines.append(f"| {_label(cfg) if name == 'maml' else NAMES.get(name, name)} | {' | '.join(cells)} |")
+        lines.append(f"| {_method(name, cfg)} | {' | '.join(cells)} |")
     if any(UPSIDE_DOWN in r for per in summary["methods"].values() for r in per.values()):
         lines += ["", "Share of the held-out episodes' steps spent on the back (up axis below the horizon):",
                   "", "| method | " + " | ".join(f"after {s} step{'s' if s != 1 else ''}" for s in steps) + " |",
                   "|---|" + "---:|" * len(steps)]
         for name, per in summary["methods"].items():
             cells = [fmt(_number((per.get(str(s)) or {}).get(UPSIDE_DOWN)), ".1%") for s in steps]
-            lines.append(f"| {_label(cfg) if name == 'maml' else NAMES.get(name, name)} | {' | '.join(cells)} |")
+            lines.append(f"| {_method(name, cfg)} | {' | '.join(cells)} |")
     return lines
 
 
