@@ -14,7 +14,7 @@ import torch
 
 from killing import kill_when
 from metadapt.data.sinusoid import SinusoidTasks
-from metadapt.meta.inner import init_rates, inner_adapt, inner_adapt_with_loss
+from metadapt.meta.inner import freeze_rates, init_rates, inner_adapt, inner_adapt_with_loss
 from metadapt.meta.outer import MAML, evaluate_adaptation, maml_loss, maml_task_losses, mean_interval
 from metadapt.models.base import FunctionalModel, check_params
 from metadapt.models.regressor import MLPRegressor
@@ -93,6 +93,34 @@ def test_outer_gradient_equals_a_plain_autograd_maml(first_order, stacked):
         second = torch.autograd.grad(maml_loss(model.loss, params, tasks, 0.01, 2, False, stacked),
                                      list(params.values()))
         assert max(float((a - b).abs().max()) for a, b in zip(ours, second, strict=True)) > 1e-6
+
+
+def test_frozen_tensors_keep_their_values_in_the_inner_loop_and_are_still_meta_learned():
+    gen = torch.Generator().manual_seed(3)
+    model = MLPRegressor(1, 1, [8, 8])
+    params = model.init_params(gen)
+    head = tuple(k for k in params if k.startswith("layers.2"))
+    assert head  # the output layer is frozen below: the inner loop may adapt only the body
+    rates = freeze_rates(0.1, params, ["layers.2"])
+    assert {k: float(v) for k, v in rates.items()} == pytest.approx({k: 0.0 if k in head else 0.1 for k in params})
+    assert freeze_rates(0.1, params, []) == 0.1
+    tasks = SinusoidTasks(5, 5).sample(4, gen)
+    fast = inner_adapt(model.loss, params, (tasks.support[0][0], tasks.support[1][0]), rates, steps=3)
+    for k in params:
+        assert torch.equal(fast[k], params[k]) == (k in head), k
+    # Meta-SGD with a frozen head: the head's rates stay zero, the others are learned; the outer loop learns all
+    maml = MAML(model.loss, params, init_rates(params, "entry", 0.1), learn_rates=True, frozen=["layers.2"])
+    before = {k: v.detach().clone() for k, v in maml.params.items()}
+    for _ in range(3):
+        maml.step(tasks)
+    for k in params:
+        assert not torch.equal(maml.params[k], before[k]), k
+        assert torch.equal(maml.rates[k], torch.zeros_like(params[k]) if k in head
+                           else maml.rates[k]) and (k in head or not torch.all(maml.rates[k] == 0.1)), k
+    with pytest.raises(ValueError, match="names no parameter"):
+        freeze_rates(0.1, params, ["norm."])
+    with pytest.raises(ValueError, match="leave no parameter"):
+        freeze_rates(0.1, params, ["layers."])
 
 
 def test_learned_rates_get_the_autograd_gradient():
@@ -277,6 +305,9 @@ def test_a_kill_before_the_first_checkpoint_resumes_from_the_start(tmp_path):
     (["task.data=/nonexistent"], "task.data"),
     (["train.checkpoint_every=130"], "train.checkpoint_every"),
     (["eval.steps=[-1]"], "eval.steps"),
+    (["meta.inner_frozen=[norm.]"], "meta.inner_frozen"),  # the sinusoid network has no batch norm
+    (["meta.inner_frozen=[layers.]"], "leave no parameter"),
+    (["meta.inner_frozen=norm."], "meta.inner_frozen"),
 ])
 def test_bad_supervised_config_is_one_line_and_exit_2(tmp_path, extra, message):
     res = _cli("train", str(CONFIG), *SMALL, *extra, "--out", str(tmp_path / "x"), "--quiet")
@@ -291,6 +322,11 @@ def test_checkpoint_of_another_architecture_and_an_edited_resume_are_refused(tmp
                "--out", str(tmp_path / "other"), "--quiet")
     assert res.returncode == 2 and "do not match the model" in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+    # the same shapes under another activation is another network: refused, not evaluated (it was, before)
+    res = _cli("train", str(CONFIG), *SMALL, "model.activation=tanh", f"model.checkpoint={out}",
+               "--out", str(tmp_path / "tanh"), "--quiet")
+    assert res.returncode == 2 and "model.activation=relu, the config asks for model.activation=tanh" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     res = _cli("train", str(CONFIG), *SMALL, f"model.checkpoint={tmp_path / 'none.pt'}", "--out",
                str(tmp_path / "o2"), "--quiet")
     assert res.returncode == 2 and "not found" in res.stderr
@@ -335,7 +371,9 @@ def test_bad_dataset_folders_and_episode_sizes_are_one_line(tmp_path, make, extr
     assert not (tmp_path / "x").exists()  # nothing written for a run that cannot start
 
 
-def test_classification_trains_from_the_command_line_with_its_baselines(tmp_path):
+@pytest.mark.parametrize("code_norm", [[], ["model.norm_scale=false", "meta.inner_frozen=[norm.]",
+                                               "model.pool=stride"]])
+def test_classification_trains_from_the_command_line_with_its_baselines(tmp_path, code_norm):
     from metadapt.data.glyphs import generate_glyphs
 
     root = generate_glyphs(tmp_path / "glyphs", seed=0, alphabets=["Latin", "Greek_1", "Armenian", "Hebrew"],
@@ -343,8 +381,15 @@ def test_classification_trains_from_the_command_line_with_its_baselines(tmp_path
     out = tmp_path / "run"
     res = _cli("train", str(ROOT / "configs" / "maml_omniglot.yaml"), f"task.data={root}", "model.filters=8",
                "meta.iterations=20", "baseline.iterations=20", "meta.meta_batch=4", "eval.tasks=12", "eval.batch=6",
-               "task.eval_query=2", "train.checkpoint_every=10", "train.log_every=10", "--out", str(out), "--quiet")
+               "task.eval_query=2", "train.checkpoint_every=10", "train.log_every=10", *code_norm, "--out", str(out),
+               "--quiet")
     assert res.returncode == 0, res.stderr
+    saved = torch.load(out / "model.pt", weights_only=True)
+    assert ("norm.0.weight" in saved["params"]) == (not code_norm)
+    if code_norm:  # the shifts are meta-learned (moved from zero) but their inner rate is zero
+        assert float(saved["params"]["norm.0.bias"].abs().max()) > 0
+        assert float(saved["rates"]["norm.0.bias"]) == 0
+        assert float(saved["rates"]["conv.0.weight"]) == pytest.approx(0.4)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metric"] == "accuracy"
     assert set(summary["methods"]) == {"maml", "pretrained", "nearest_neighbour"}
@@ -353,6 +398,13 @@ def test_classification_trains_from_the_command_line_with_its_baselines(tmp_path
     # the pretrained network's head is replaced by a zero one: before fine-tuning it guesses (1 / N)
     assert summary["methods"]["pretrained"]["0"]["mean"] == pytest.approx(0.2)
     assert "nearest neighbour" in (out / "report.md").read_text()
+    # the other pooling has parameters of the same shapes: its checkpoint is refused, not evaluated
+    other = ["model.norm_scale=false", "meta.inner_frozen=[norm.]", "model.pool=max"] if code_norm else \
+        ["model.pool=stride"]
+    res = _cli("train", str(ROOT / "configs" / "maml_omniglot.yaml"), f"task.data={root}", "model.filters=8",
+               *other, f"model.checkpoint={out}", "--out", str(tmp_path / "other"), "--quiet")
+    assert res.returncode == 2 and "model.pool" in res.stderr and len(res.stderr.strip().splitlines()) == 1, \
+        res.stderr
 
 
 def test_diverged_tasks_are_counted_and_the_summary_stays_strict_json():

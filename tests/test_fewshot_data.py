@@ -15,6 +15,7 @@ from metadapt.data.episodes import NWayKShot, nearest_neighbour_accuracy
 from metadapt.data.glyphs import EVALUATION_BLOCKS, generate_glyphs, glyph_alphabets
 from metadapt.data.omniglot import ImageClasses, load_omniglot
 from metadapt.errors import MetadaptError
+from metadapt.meta.inner import freeze_rates
 from metadapt.meta.outer import maml_loss
 from metadapt.models.base import check_params
 from metadapt.models.classifier import ConvClassifier, batch_norm
@@ -296,6 +297,45 @@ def test_batch_norm_is_torch_batch_norm_in_training_mode():
     x, w, b = torch.randn(6, 4, 5, 5, dtype=torch.float64), torch.randn(4, dtype=torch.float64), torch.randn(4)
     torch.testing.assert_close(batch_norm(x, w, b.double()),
                                F.batch_norm(x, None, None, w, b.double(), training=True), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(batch_norm(x, None, b.double()),
+                               F.batch_norm(x, None, None, None, b.double(), training=True), rtol=1e-12, atol=1e-12)
+
+
+def test_the_maml_codes_batch_norm_is_a_shift_only():
+    full, shift = ConvClassifier(5, filters=8), ConvClassifier(5, filters=8, norm_scale=False)
+    params = full.init_params(torch.Generator().manual_seed(0))
+    mine = shift.init_params(torch.Generator().manual_seed(0))
+    assert set(params) - set(mine) == {f"norm.{i}.weight" for i in range(4)} and set(mine) < set(params)
+    assert all(torch.equal(mine[k], params[k]) for k in mine)  # the same draws: only the scales are gone
+    check_params(shift, mine)
+    with pytest.raises(ValueError):
+        check_params(shift, params)
+    images = torch.rand(2, 6, 1, 28, 28)
+    # a scale of one everywhere is the shift-only network, in the plain and the stacked path
+    torch.testing.assert_close(shift.forward(mine, images[0]), full.forward(params, images[0]))
+    stacked = {k: v.expand(2, *v.shape) for k, v in params.items()}
+    stacked_mine = {k: v.expand(2, *v.shape) for k, v in mine.items()}
+    torch.testing.assert_close(shift.forward(stacked_mine, images), full.forward(stacked, images))
+
+
+def test_the_maml_codes_omniglot_network_strides_and_averages():
+    model = ConvClassifier(5, filters=8, pool="stride")
+    params = model.init_params(torch.Generator().manual_seed(0))
+    assert model.features == 8 and params["out.weight"].shape == (5, 8)
+    images = torch.rand(2, 6, 1, 28, 28)
+    x = images[1]
+    for i in range(4):  # the oracle: torch's own layers, the maps 28 -> 14 -> 7 -> 4 -> 2
+        x = F.conv2d(x, params[f"conv.{i}.weight"], padding=1, stride=2)
+        x = F.relu(F.batch_norm(x, None, None, params[f"norm.{i}.weight"], params[f"norm.{i}.bias"], training=True))
+    assert x.shape[-2:] == (2, 2)
+    expected = F.linear(x.mean(dim=(2, 3)), params["out.weight"], params["out.bias"])
+    torch.testing.assert_close(model.forward(params, images[1]), expected, rtol=1e-5, atol=1e-5)
+    per_task = {k: torch.stack([v, v + 0.01]) for k, v in params.items()}
+    both = model.forward(per_task, images)
+    torch.testing.assert_close(both[1], model.forward({k: v[1] for k, v in per_task.items()}, images[1]),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="pool"):
+        ConvClassifier(5, pool="avg")
 
 
 def test_classifier_fits_one_episode(small):
@@ -314,25 +354,30 @@ def test_classifier_fits_one_episode(small):
     assert float(model.accuracy(params, batch)) == 1.0
 
 
+@pytest.mark.parametrize("code_norm", [False, True])
 @pytest.mark.parametrize("stacked", [False, True])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_maml_loss_gradient_matches_a_per_task_loop(small, first_order, stacked):
+def test_maml_loss_gradient_matches_a_per_task_loop(small, first_order, stacked, code_norm):
     """Both paths the job can take (one vmap lane per task, or the stacked grouped convolutions the shipped
-    configs run) against plain autograd, one task at a time."""
-    model = ConvClassifier(5, filters=8)
+    configs run) against plain autograd, one task at a time; also with the MAML code's batch norm (no scale,
+    shifts left out of the inner loop)."""
+    model = ConvClassifier(5, filters=8, norm_scale=not code_norm, pool="stride" if code_norm else "max")
     params = {k: v.double().requires_grad_() for k, v in model.init_params(torch.Generator().manual_seed(0)).items()}
+    assert code_norm != ("norm.0.weight" in params)
     tasks = NWayKShot(load_omniglot(small, "background"), 5, 1, 2).sample(3, torch.Generator().manual_seed(3))
     tasks = TaskBatch(support=(tasks.support[0].double(), tasks.support[1]),
                       query=(tasks.query[0].double(), tasks.query[1]))
     rate = 0.4
-    loss = maml_loss(model.loss, params, tasks, rate, steps=1, first_order=first_order, stacked=stacked)
+    rates = freeze_rates(rate, params, ["norm."] if code_norm else [])
+    loss = maml_loss(model.loss, params, tasks, rates, steps=1, first_order=first_order, stacked=stacked)
     grads = torch.autograd.grad(loss, list(params.values()))
     losses = []
     for b in range(3):
         support = (tasks.support[0][b], tasks.support[1][b])
         query = (tasks.query[0][b], tasks.query[1][b])
         inner = torch.autograd.grad(model.loss(params, support), list(params.values()), create_graph=not first_order)
-        fast = {k: p - rate * g for (k, p), g in zip(params.items(), inner, strict=True)}
+        fast = {k: p if code_norm and k.startswith("norm.") else p - rate * g
+                for (k, p), g in zip(params.items(), inner, strict=True)}
         losses.append(model.loss(fast, query))
     ref_loss = torch.stack(losses).mean()
     ref = torch.autograd.grad(ref_loss, list(params.values()))

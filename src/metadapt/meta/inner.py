@@ -27,7 +27,7 @@ gradients as constants (FOMAML).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -111,6 +111,32 @@ def init_rates(params: Params, mode: str, value: float) -> Rates:
     if mode == "tensor":
         return {k: torch.full((), value, dtype=v.dtype, device=v.device) for k, v in params.items()}
     return {k: torch.full_like(v, value) for k, v in params.items()}
+
+
+def freeze_rates(rates: Rates, params: Params, frozen: Sequence[str]) -> Rates:
+    """``rates`` with a zero rate for every tensor of ``params`` whose name starts with one of the ``frozen``
+    prefixes: the inner loop leaves those tensors as they are, while the outer loop still learns them (the
+    MAML code's batch-norm shifts, ``["norm."]``; ANIL adapts the head alone). One number becomes per-tensor
+    rates (shape ``()``); without prefixes ``rates`` comes back as it is.
+
+    Raises:
+        ValueError: a prefix that names no parameter, or prefixes that leave nothing to adapt.
+    """
+    if not frozen:
+        return rates
+    for prefix in frozen:
+        if not any(k.startswith(prefix) for k in params):
+            raise ValueError(f"frozen prefix {prefix!r} names no parameter (parameters: {', '.join(params)})")
+    still = [k for k in params if not k.startswith(tuple(frozen))]
+    if not still:
+        raise ValueError(f"frozen prefixes {list(frozen)} leave no parameter for the inner loop to adapt")
+    out: Params = {}
+    for k, v in params.items():
+        if isinstance(rates, dict):
+            out[k] = torch.zeros_like(rates[k]) if k not in still else rates[k]
+        else:
+            out[k] = torch.full((), 0.0 if k not in still else float(rates), dtype=v.dtype, device=v.device)
+    return out
 
 
 def stack_params(params: Params, num: int) -> Params:

@@ -11,12 +11,13 @@ batched pass; any other model runs one ``torch.func.vmap`` lane per task.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch.func import vmap
 
-from metadapt.meta.inner import LossFn, Rates, inner_adapt, stack_params
+from metadapt.meta.inner import LossFn, Rates, freeze_rates, inner_adapt, stack_params
 from metadapt.types import Params, TaskBatch
 
 
@@ -68,6 +69,8 @@ class MAML:
         stacked: the model takes stacked parameters (one batched pass per meta-batch).
         outer_lr: Adam's step size.
         learn_rates: learn ``rates`` (which must then be a dict) with the parameters.
+        frozen: name prefixes of parameters the inner loop leaves alone (``inner.freeze_rates``); the outer
+            loop still learns them, and their zero rates stay zero when the others are learned.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class MAML:
         stacked: bool = False,
         outer_lr: float = 1e-3,
         learn_rates: bool = False,
+        frozen: Sequence[str] = (),
     ) -> None:
         if steps < 1:
             raise ValueError(f"meta-training needs at least one inner step, got {steps}")
@@ -90,15 +94,17 @@ class MAML:
             raise ValueError(f"the outer learning rate must be > 0, got {outer_lr}")
         self.loss_fn, self.steps, self.first_order, self.stacked = loss_fn, steps, first_order, stacked
         self.params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-        self.learn_rates = learn_rates
+        self.learn_rates, self.frozen = learn_rates, tuple(frozen)
+        rates = freeze_rates(rates, self.params, self.frozen)
         if isinstance(rates, dict):
-            self.rates: Rates = {k: v.detach().clone().requires_grad_(learn_rates) for k, v in rates.items()}
+            self.rates: Rates = {k: v.detach().clone().requires_grad_(learn_rates and not k.startswith(self.frozen))
+                                 for k, v in rates.items()}
         else:
             self.rates = float(rates)
         leaves = list(self.params.values())
         if learn_rates:
             assert isinstance(self.rates, dict)
-            leaves += list(self.rates.values())
+            leaves += [v for v in self.rates.values() if v.requires_grad]
         self.optimizer = torch.optim.Adam(leaves, lr=outer_lr)
 
     def step(self, tasks: TaskBatch) -> float:

@@ -4,12 +4,19 @@ Vinyals et al.'s embedding network with a linear head: ``layers`` blocks of
 3 x 3 convolution (``filters`` channels, padding 1), batch normalisation,
 ReLU and 2 x 2 max-pooling, then a linear map of the flattened features to
 ``n_way`` logits. On 28 x 28 Omniglot images four blocks leave 64 features
-(28 -> 14 -> 7 -> 3 -> 1).
+(28 -> 14 -> 7 -> 3 -> 1). ``pool="stride"`` is the MAML code's Omniglot
+network instead (the paper: "strided convolutions instead of max-pooling"):
+convolutions of stride 2 (28 -> 14 -> 7 -> 4 -> 2) and the features averaged
+over the last map, as that code does; its first block computes a quarter of
+the feature map.
 
 Batch normalisation always uses the statistics of the batch it is given and
 keeps no running averages, as the MAML code does (so a test batch is
-normalised by its own statistics, which is transductive); its scale and shift
-are parameters like the rest and are adapted by the inner loop. It is written
+normalised by its own statistics, which is transductive). Its scale and shift
+are parameters like the rest; ``norm_scale=False`` drops the scale, as the MAML
+code's ``tf.contrib.layers.batch_norm`` (``scale=False`` by default) does (that
+code also leaves the shifts out of the inner loop: ``meta.inner_frozen:
+["norm."]``, see ``meta.inner.freeze_rates``). It is written
 out in tensor operations rather than calling ``F.batch_norm``: the same values
 (to rounding), but under ``vmap`` the fused kernel's double backward is wrong
 (pytorch/functorch#534: the batching rule of ``native_batch_norm_backward``
@@ -37,14 +44,19 @@ import torch.nn.functional as F
 
 from metadapt.types import Params
 
+POOLS = ("max", "stride")
 
-def batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+
+def batch_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """``F.batch_norm(x, None, None, weight, bias, training=True, eps=eps)`` of ``N x C x H x W`` in plain tensor
-    operations, whose derivatives of every order are right under ``vmap`` (see the module docstring)."""
+    operations, whose derivatives of every order are right under ``vmap`` (see the module docstring); ``weight``
+    ``None`` is a scale of one."""
     mean = x.mean(dim=(0, 2, 3), keepdim=True)
     centred = x - mean
     var = (centred * centred).mean(dim=(0, 2, 3), keepdim=True)  # biased, as batch norm's; a product backpropagates
-    scale = torch.rsqrt(var + eps) * weight.view(1, -1, 1, 1)      # faster than square() or var_mean on the CPU
+    scale = torch.rsqrt(var + eps)  # faster than square() or var_mean on the CPU
+    if weight is not None:
+        scale = scale * weight.view(1, -1, 1, 1)
     return centred * scale + bias.view(1, -1, 1, 1)
 
 
@@ -57,30 +69,39 @@ class ConvClassifier:
         image_size: side of the (square) images.
         filters: channels of every convolution (MAML: 64).
         layers: convolution blocks (MAML: 4); the image must survive ``layers`` halvings.
+        norm_scale: batch norm has a learned scale (``False``: a shift only, as the MAML code's).
+        pool: ``"max"`` (2 x 2 max-pooling after each block) or ``"stride"`` (stride-2 convolutions, features
+            averaged over the last map: the MAML code's Omniglot network).
     """
 
     stacked = True
 
     def __init__(self, n_way: int, in_channels: int = 1, image_size: int = 28, filters: int = 64,
-                 layers: int = 4) -> None:
+                 layers: int = 4, norm_scale: bool = True, pool: str = "max") -> None:
         if min(n_way, in_channels, image_size, filters, layers) < 1:
             raise ValueError(f"sizes must be >= 1, got n_way={n_way}, in_channels={in_channels}, "
                              f"image_size={image_size}, filters={filters}, layers={layers}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
         side = image_size
         for _ in range(layers):
-            side //= 2  # max-pooling 2 x 2 floors odd sides (7 -> 3), as the MAML code's pooling does
+            # max-pooling 2 x 2 floors odd sides (7 -> 3), as the MAML code's pooling does; a stride-2
+            # convolution with padding 1 rounds them up (7 -> 4), as its SAME padding does
+            side = side // 2 if pool == "max" else (side + 1) // 2
         if side < 1:
             raise ValueError(f"{layers} poolings leave nothing of a {image_size}-pixel image")
+        self.pool = pool
         self.n_way, self.in_channels, self.image_size = int(n_way), int(in_channels), int(image_size)
-        self.filters, self.layers = int(filters), int(layers)
-        self.features = self.filters * side * side
+        self.filters, self.layers, self.norm_scale = int(filters), int(layers), bool(norm_scale)
+        self.features = self.filters * side * side if pool == "max" else self.filters
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         shapes: dict[str, tuple[int, ...]] = {}
         for i in range(self.layers):
             c_in = self.in_channels if i == 0 else self.filters
             shapes[f"conv.{i}.weight"] = (self.filters, c_in, 3, 3)
-            shapes[f"norm.{i}.weight"] = (self.filters,)
+            if self.norm_scale:
+                shapes[f"norm.{i}.weight"] = (self.filters,)
             shapes[f"norm.{i}.bias"] = (self.filters,)
         shapes["out.weight"] = (self.n_way, self.features)
         shapes["out.bias"] = (self.n_way,)
@@ -109,10 +130,21 @@ class ConvClassifier:
             return self._forward_stacked(params, images)
         x = images
         for i in range(self.layers):
-            x = F.conv2d(x, params[f"conv.{i}.weight"], padding=1)
-            x = batch_norm(x, params[f"norm.{i}.weight"], params[f"norm.{i}.bias"])
-            x = F.max_pool2d(F.relu(x), 2)
-        return F.linear(x.flatten(1), params["out.weight"], params["out.bias"])
+            x = F.conv2d(x, params[f"conv.{i}.weight"], padding=1, stride=self.stride)
+            x = batch_norm(x, params[f"norm.{i}.weight"] if self.norm_scale else None, params[f"norm.{i}.bias"])
+            x = self._pool(F.relu(x))
+        return F.linear(self._features(x), params["out.weight"], params["out.bias"])
+
+    @property
+    def stride(self) -> int:
+        return 1 if self.pool == "max" else 2
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x, 2) if self.pool == "max" else x
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """``N x C x h x w`` maps -> ``N x features``: flattened after max-pooling, averaged after strides."""
+        return x.flatten(1) if self.pool == "max" else x.mean(dim=(2, 3))
 
     def _forward_stacked(self, params: Params, images: torch.Tensor) -> torch.Tensor:
         b, n = images.shape[:2]
@@ -120,10 +152,11 @@ class ConvClassifier:
         x = images.transpose(0, 1).reshape(n, b * images.shape[2], *images.shape[3:])
         for i in range(self.layers):
             w = params[f"conv.{i}.weight"]
-            x = F.conv2d(x, w.reshape(b * w.shape[1], *w.shape[2:]), padding=1, groups=b)
-            x = batch_norm(x, params[f"norm.{i}.weight"].reshape(-1), params[f"norm.{i}.bias"].reshape(-1))
-            x = F.max_pool2d(F.relu(x), 2)
-        feats = x.reshape(n, b, -1).transpose(0, 1)  # B x N x F, each task's channels in its own block
+            x = F.conv2d(x, w.reshape(b * w.shape[1], *w.shape[2:]), padding=1, stride=self.stride, groups=b)
+            scale = params[f"norm.{i}.weight"].reshape(-1) if self.norm_scale else None
+            x = batch_norm(x, scale, params[f"norm.{i}.bias"].reshape(-1))
+            x = self._pool(F.relu(x))
+        feats = self._features(x).reshape(n, b, -1).transpose(0, 1)  # B x N x F, each task's channels in a block
         return torch.baddbmm(params["out.bias"].unsqueeze(1), feats, params["out.weight"].transpose(1, 2))
 
     def loss(self, params: Params, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

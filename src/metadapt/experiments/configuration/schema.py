@@ -19,7 +19,7 @@ from metadapt.errors import ConfigError
 class Field:
     """One config key: its kind, default and allowed values."""
 
-    kind: str  # int | float | str | name | bool | ints | ints0 | mapping
+    kind: str  # int | float | str | name | bool | ints | ints0 | strs | mapping
     default: Any
     low: float | None = None
     high: float | None = None
@@ -35,7 +35,8 @@ class Field:
         names = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
                  "name": "a name without path separators (a folder of the runs directory)",
                  "ints": "a list of positive integers",
-                 "ints0": "a list of integers >= 0", "mapping": "a mapping of keyword arguments"}
+                 "ints0": "a list of integers >= 0", "strs": "a list of non-empty strings",
+                 "mapping": "a mapping of keyword arguments"}
         text = names[self.kind]
         if self.low is not None:
             text += f" {'>' if self.low_open else '>='} {_number(self.low)}"
@@ -117,6 +118,9 @@ def _check(key: str, field: Field, value: Any) -> Any:
             isinstance(v, bool) or not isinstance(v, int) or v < least or v > INT_LIMIT for v in value
         ):
             raise bad(f"{value!r} is not a non-empty list of integers >= {least}")
+    elif field.kind == "strs":
+        if not isinstance(value, list) or any(not isinstance(v, str) or not v or "\0" in v for v in value):
+            raise bad(f"{value!r} is not a list of non-empty strings")
     elif field.kind == "mapping":
         if not isinstance(value, dict):
             raise bad(f"{value!r} is not a mapping")

@@ -29,6 +29,11 @@ SUPERVISED_SCHEMA: dict[str, Any] = {
         "hidden": Field("ints", [40, 40], doc="regression: hidden widths"),
         "activation": Field("str", "relu", choices=("relu", "tanh", "silu", "elu", "gelu")),
         "filters": Field("int", 64, low=1, doc="classification: filters of each of the 4 conv blocks"),
+        "pool": Field("str", "max", choices=("max", "stride"),
+                      doc="classification: 2x2 max-pooling after each block, or stride-2 convolutions and the "
+                          "features averaged (the MAML code's Omniglot network)"),
+        "norm_scale": Field("bool", True, doc="classification: batch norm learns a scale (false: a shift only, as "
+                                              "the MAML code's batch norm)"),
         "checkpoint": Field("str", None, nullable=True,
                             doc="a model.pt (or run directory) to evaluate instead of meta-training"),
     },
@@ -39,6 +44,9 @@ SUPERVISED_SCHEMA: dict[str, Any] = {
         "learn_inner_lr": Field("bool", False, doc="learn the inner rates too (Meta-SGD with inner_lr_per=entry)"),
         "inner_lr_per": Field("str", "entry", choices=("entry", "tensor"),
                               doc="learned rates: one per parameter entry (Meta-SGD) or one per tensor"),
+        "inner_frozen": Field("strs", [], doc="name prefixes of parameters the inner loop leaves alone (meta-learned "
+                                              "only; the pretrained baseline's fine-tuning too): [norm.] is the "
+                                              "MAML code's batch norm"),
         "meta_batch": Field("int", 25, low=1, doc="tasks per outer step"),
         "outer_lr": Field("float", 1e-3, low=0, low_open=True, doc="Adam's rate (beta)"),
         "iterations": Field("int", 70000, low=1, doc="outer steps"),

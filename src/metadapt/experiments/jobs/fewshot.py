@@ -85,9 +85,9 @@ def omniglot_problem(cfg: dict[str, Any], device: torch.device) -> Problem:
     except ValueError as exc:
         raise MetadaptError(f"task: {exc}") from None
     side = int(background.images.shape[-1])
-    model = ConvClassifier(t["ways"], 1, side, m["filters"])
+    model = ConvClassifier(t["ways"], 1, side, m["filters"], norm_scale=m["norm_scale"], pool=m["pool"])
     pool = AllClasses(background, t["rotations"], device)
-    wide = ConvClassifier(pool.num_classes, 1, side, m["filters"])
+    wide = ConvClassifier(pool.num_classes, 1, side, m["filters"], norm_scale=m["norm_scale"], pool=m["pool"])
 
     def nearest(generator: torch.Generator, tasks: int, batch: int) -> dict[str, Any]:
         scores, left = [], tasks
@@ -98,4 +98,4 @@ def omniglot_problem(cfg: dict[str, Any], device: torch.device) -> Problem:
         return {"nearest_neighbour": {"0": summarize(torch.cat(scores))}}
 
     return Problem(model, train, test, "accuracy", model.accuracy, extra=nearest,
-                   pretrain=Pretrain(wide, pool.sample, _fresh_head(t["ways"])))
+                   pretrain=Pretrain(wide, pool.sample, _fresh_head(t["ways"])), architecture=("pool", "norm_scale"))

@@ -31,14 +31,15 @@ from typing import Any
 import torch
 
 from metadapt.data.sinusoid import SinusoidTasks
-from metadapt.errors import CheckpointError, MetadaptError
+from metadapt.errors import CheckpointError, ConfigError, MetadaptError
 from metadapt.experiments.configuration.components import TASKS
 from metadapt.experiments.configuration.config import dump_config, refuse_result_changing_edits
 from metadapt.experiments.configuration.files import write_json
 from metadapt.experiments.configuration.resources import FLOAT, Need, check_memory, mlp_param_count
+from metadapt.experiments.configuration.supervised_schema import SUPERVISED_SCHEMA
 from metadapt.experiments.reporting.progress import Reporter
 from metadapt.meta.checkpoint import check_finite, load_checkpoint, save_atomic
-from metadapt.meta.inner import Rates, init_rates, inner_adapt
+from metadapt.meta.inner import Rates, freeze_rates, init_rates, inner_adapt
 from metadapt.meta.outer import MAML, evaluate_adaptation, maml_task_losses, mean_interval
 from metadapt.models.base import FunctionalModel, check_params
 from metadapt.models.regressor import MLPRegressor
@@ -63,6 +64,9 @@ class Problem:
     extra: Any = None
     # how the pretrained baseline trains when it is not the task model on pooled tasks
     pretrain: Pretrain | None = None
+    # the ``model.*`` keys that change the network without changing its parameters' shapes (an activation, a
+    # pooling): a checkpoint trained under other values is refused rather than evaluated as another network
+    architecture: tuple[str, ...] = ()
 
 
 @dataclass
@@ -84,7 +88,8 @@ def sinusoid_problem(cfg: dict[str, Any], device: torch.device) -> Problem:
     t, m = cfg["task"], cfg["model"]
     model = MLPRegressor(1, 1, m["hidden"], m["activation"])
     return Problem(model, SinusoidTasks(t["shots"], t["query"], device=device),
-                   SinusoidTasks(t["shots"], t["eval_query"], device=device), "mse", model.loss)
+                   SinusoidTasks(t["shots"], t["eval_query"], device=device), "mse", model.loss,
+                   architecture=("activation",))
 
 
 def build_problem(cfg: dict[str, Any]) -> Problem:
@@ -94,6 +99,10 @@ def build_problem(cfg: dict[str, Any]) -> Problem:
     problem = TASKS[cfg["task"]["type"]].build(cfg, device)
     if not isinstance(problem, Problem):
         raise MetadaptError(f"task type '{cfg['task']['type']}' built {type(problem).__name__}, not a Problem")
+    try:  # the prefixes are names of the model's parameters: checked here, before anything trains
+        freeze_rates(1.0, {k: torch.empty(()) for k in problem.model.param_shapes()}, cfg["meta"]["inner_frozen"])
+    except ValueError as exc:
+        raise ConfigError(f"config key 'meta.inner_frozen': {exc}") from None
     return problem
 
 
@@ -123,7 +132,7 @@ class _Trainer:
         else:
             self.maml = MAML(model.loss, params, _initial_rates(cfg, params), steps=m["inner_steps"],
                              first_order=m["first_order"], stacked=stacked, outer_lr=m["outer_lr"],
-                             learn_rates=m["learn_inner_lr"])
+                             learn_rates=m["learn_inner_lr"], frozen=m["inner_frozen"])
 
     def step(self, gen: torch.Generator) -> float:
         if not self.pretrain:
@@ -227,7 +236,8 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
     if not resume:
         dump_config(cfg, run_dir / "config.yaml")
     if cfg["model"]["checkpoint"]:
-        meta_params, rates, baseline = load_supervised(cfg["model"]["checkpoint"], problem.model)
+        meta_params, rates, baseline = load_supervised(cfg["model"]["checkpoint"], problem.model,
+                                                       _architecture(cfg, problem))
     else:
         meta_params, rates, baseline = _fit(cfg, problem, run_dir, reporter, resume)
     out = run_dir / "model.pt"
@@ -240,6 +250,10 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
 
     write_supervised_report(run_dir, cfg, problem, meta_params, rates, baseline)
     return out
+
+
+def _architecture(cfg: dict[str, Any], problem: Problem) -> dict[str, Any]:
+    return {k: cfg["model"][k] for k in problem.architecture}
 
 
 def _cpu(params: Params) -> Params:
@@ -337,16 +351,25 @@ def _save_state(run_dir: Path, cfg: dict[str, Any], stage: str, iteration: int, 
     _write_metrics(rows, run_dir / "metrics.csv")
 
 
-def load_supervised(path: str | Path, model: FunctionalModel) -> tuple[Params, Rates, Params | None]:
+def load_supervised(path: str | Path, model: FunctionalModel,
+                    architecture: dict[str, Any] | None = None) -> tuple[Params, Rates, Params | None]:
     """The meta-learned parameters, inner rates and baseline of a ``model.pt`` (or run directory), checked
     against ``model`` and refused (``CheckpointError``, one line naming the file) when any of them holds a NaN
-    or an infinity: evaluating such a model gives no result, only ``null`` means."""
+    or an infinity: evaluating such a model gives no result, only ``null`` means. ``architecture``: ``model.*``
+    values the file's own ``model`` section must hold too (a key it lacks, from an older file, is the schema's
+    default)."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.pt"
     state = load_checkpoint(path, ("format", "params", "rates"))
     if state["format"] != MODEL_FORMAT:
         raise CheckpointError(f"{path} is not a supervised meta-learning model (format {state['format']!r})")
+    saved = state.get("model") if isinstance(state.get("model"), dict) else {}
+    for key, want in (architecture or {}).items():
+        had = saved.get(key, SUPERVISED_SCHEMA["model"][key].default)
+        if had != want:
+            raise CheckpointError(f"{path} holds a network with model.{key}={had}, the config asks for "
+                                  f"model.{key}={want}")
     try:
         for key, what in (("params", "parameters"), ("baseline", "baseline parameters")):
             if key == "baseline" and state.get(key) is None:
@@ -404,12 +427,14 @@ def check(cfg: dict[str, Any]) -> None:
     check_memory(memory_needs(cfg), cfg["device"])
     problem = build_problem(cfg)
     if cfg["model"]["checkpoint"]:
-        load_supervised(cfg["model"]["checkpoint"], problem.model)
+        load_supervised(cfg["model"]["checkpoint"], problem.model, _architecture(cfg, problem))
 
 
-def finetune_rate(cfg: dict[str, Any]) -> float:
-    """The pretrained baseline's fine-tuning rate: ``baseline.finetune_lr``, else MAML's inner rate."""
-    return cfg["baseline"]["finetune_lr"] or cfg["meta"]["inner_lr"]
+def finetune_rates(cfg: dict[str, Any], baseline: Params) -> Rates:
+    """The pretrained baseline's fine-tuning rate, ``baseline.finetune_lr`` (else MAML's inner rate), fine-tuning
+    it the same way as MAML: the tensors MAML's inner loop leaves alone (``meta.inner_frozen``) stay as they are."""
+    return freeze_rates(cfg["baseline"]["finetune_lr"] or cfg["meta"]["inner_lr"], baseline,
+                        cfg["meta"]["inner_frozen"])
 
 
 def evaluate(cfg: dict[str, Any], problem: Problem, params: Params, rates: Rates, baseline: Params | None,
@@ -424,7 +449,7 @@ def evaluate(cfg: dict[str, Any], problem: Problem, params: Params, rates: Rates
     stacked = bool(getattr(problem.model, "stacked", False))
     methods: dict[str, tuple[Params, Rates]] = {"maml": (params, rates)}
     if baseline is not None:
-        methods["pretrained"] = (baseline, finetune_rate(cfg))
+        methods["pretrained"] = (baseline, finetune_rates(cfg, baseline))
     # On the device once; every chunk of held-out tasks adapts from the same tensors.
     methods = {name: (_to_device(p, device), _to_device(r, device) if isinstance(r, dict) else r)
                for name, (p, r) in methods.items()}

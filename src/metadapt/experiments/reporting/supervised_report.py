@@ -67,7 +67,7 @@ def plot_training(run_dir: Path) -> Path | None:
 
 
 def plot_sinusoid_fits(run_dir: Path, cfg: dict[str, Any], model: Any, params: Params, rates: Rates,
-                       baseline: Params | None, baseline_rates: Rates) -> Path:
+                       baseline: Params | None, baseline_rates: Rates | None) -> Path:
     """The MAML paper's Figure 2: a held-out task, its K points, and the fits after 0, 1 and 10 steps."""
     from metadapt.data.sinusoid import SinusoidTasks
     from metadapt.experiments.jobs.supervised import EVAL_STREAM, adapt_one
@@ -111,9 +111,13 @@ def write_supervised_report(run_dir: Path, cfg: dict[str, Any], problem: Any, pa
                             f"({type(exc).__name__}: {one_line(exc)})") from exc
 
 
+def _frozen_note(frozen: list[str]) -> str:
+    return f" (leaving {', '.join(f'`{p}*`' for p in frozen)} as meta-learned)" if frozen else ""
+
+
 def _write(run_dir: Path, cfg: dict[str, Any], problem: Any, params: Params, rates: Rates,
            baseline: Params | None, summary: dict[str, Any]) -> Path:
-    from metadapt.experiments.jobs.supervised import finetune_rate
+    from metadapt.experiments.jobs.supervised import finetune_rates
 
     label = _method_label(cfg)
     t, m = cfg["task"], cfg["meta"]
@@ -121,13 +125,15 @@ def _write(run_dir: Path, cfg: dict[str, Any], problem: Any, params: Params, rat
             else f"{t['ways']}-way {t['shots']}-shot classification")
     lines = [f"# {cfg['name']}: {label} on {what}", "",
              f"{m['iterations']} meta-iterations of {m['meta_batch']} tasks, {m['inner_steps']} inner step(s) at "
-             f"rate {m['inner_lr']}, Adam {m['outer_lr']}; seed {cfg['seed']}. Held-out: {summary['tasks']} tasks "
+             f"rate {m['inner_lr']}{_frozen_note(m['inner_frozen'])}, Adam {m['outer_lr']}; seed {cfg['seed']}. "
+             f"Held-out: {summary['tasks']} tasks "
              "never drawn in training, the same for every method; mean ± 95% interval (1.96 standard errors).", "",
              *results_table(summary, label), ""]
     if (fig := plot_training(run_dir)) is not None:
         lines += [f"![training]({fig.name})", ""]
     if t["type"] == "sinusoid":
-        fig = plot_sinusoid_fits(run_dir, cfg, problem.model, params, rates, baseline, finetune_rate(cfg))
+        fig = plot_sinusoid_fits(run_dir, cfg, problem.model, params, rates, baseline,
+                                 None if baseline is None else finetune_rates(cfg, baseline))
         lines += ["A held-out task: the true curve, the K points adapted on, and each network after 0, 1 and 10 "
                   "gradient steps (the MAML paper's Figure 2).", "", f"![fits]({fig.name})", ""]
     path = run_dir / "report.md"
