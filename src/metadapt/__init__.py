@@ -20,7 +20,7 @@ from metadapt.experiments.configuration.components import LEARNERS, PLANNERS, TA
 from metadapt.experiments.jobs.iterate import IterationSettings, IterativeTrainer
 from metadapt.experiments.jobs.trial import run_trial
 from metadapt.meta.checkpoint import load_model, save_model
-from metadapt.meta.inner import init_rates, inner_adapt, inner_adapt_with_loss
+from metadapt.meta.inner import freeze_rates, init_rates, inner_adapt, inner_adapt_with_loss
 from metadapt.meta.maml import MetaSettings, fit_meta
 from metadapt.meta.outer import MAML, evaluate_adaptation, maml_loss, mean_interval
 from metadapt.meta.prior import Prior, load_prior, save_prior
@@ -38,8 +38,8 @@ __all__ = [
     "FunctionalModel", "ImageClasses", "IterationSettings", "IterativeTrainer", "KShotLearner", "MLPDynamics",
     "MLPRegressor", "MOLeLearner", "MPCAgent", "MetaSettings", "NWayKShot", "Normalizer", "OnlineLearner", "Params",
     "Prior", "RandomShooting", "ReplayBuffer", "SinusoidTasks", "StaticLearner", "StepInfo", "TaskBatch",
-    "TaskSampler", "WarmStart", "Window", "check_params", "evaluate_adaptation", "fit_meta", "generate_glyphs",
-    "get_reward_fn", "init_rates", "inner_adapt", "inner_adapt_with_loss", "load_model", "load_omniglot",
-    "load_prior", "make_env", "maml_loss", "mean_interval", "nearest_neighbour_accuracy", "run_trial", "save_model",
-    "save_prior",
+    "TaskSampler", "WarmStart", "Window", "check_params", "evaluate_adaptation", "fit_meta", "freeze_rates",
+    "generate_glyphs", "get_reward_fn", "init_rates", "inner_adapt", "inner_adapt_with_loss", "load_model",
+    "load_omniglot", "load_prior", "make_env", "maml_loss", "mean_interval", "nearest_neighbour_accuracy",
+    "run_trial", "save_model", "save_prior",
 ]
