@@ -284,6 +284,40 @@ def test_a_resumed_run_may_be_given_fewer_or_more_iterations_and_equals_a_run_st
     assert res.returncode == 2 and "finished" in res.stderr, res.stderr
 
 
+def test_a_run_checkpointed_before_keys_were_added_resumes_under_their_defaults(tmp_path):
+    """A checkpoint's config lacks the keys later versions added (model.pool, model.norm_scale,
+    meta.inner_frozen); resuming it was refused as an edit of those keys."""
+    out = tmp_path / "run"
+    assert _cli("train", str(CONFIG), *SMALL, "meta.iterations=200", "baseline.pretrained=false", "eval.tasks=5",
+                "--out", str(out), "--quiet").returncode == 0
+    expected = json.loads((out / "summary.json").read_text())
+    path = out / "checkpoints" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    older = json.loads(state["config"])
+    for section, key in (("model", "pool"), ("model", "norm_scale"), ("meta", "inner_frozen")):
+        del older[section][key]
+    torch.save({**state, "config": json.dumps(older)}, path)
+    (out / "summary.json").unlink()
+    res = _cli("train", "--resume", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((out / "summary.json").read_text()) == expected
+
+
+def test_an_evaluated_checkpoint_must_have_frozen_what_the_config_freezes(tmp_path):
+    out = tmp_path / "run"
+    assert _cli("train", str(CONFIG), *SMALL, "meta.iterations=100", "baseline.pretrained=false", "eval.tasks=5",
+                "meta.inner_frozen=[layers.2]", "--out", str(out), "--quiet").returncode == 0
+    res = _cli("train", str(CONFIG), *SMALL, f"model.checkpoint={out}", "eval.tasks=5", "--out",
+               str(tmp_path / "unfrozen"), "--quiet")
+    assert res.returncode == 2 and "meta.inner_frozen=['layers.2'], the config asks for meta.inner_frozen=[]" \
+        in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    res = _cli("train", str(CONFIG), *SMALL, f"model.checkpoint={out}", "eval.tasks=5", "meta.inner_frozen=[layers.2]",
+               "--out", str(tmp_path / "same"), "--quiet")
+    assert res.returncode == 0, res.stderr
+    with pytest.raises(TypeError, match="not the string"):
+        freeze_rates(0.1, {"w": torch.zeros(2)}, "w")
+
+
 def test_a_kill_before_the_first_checkpoint_resumes_from_the_start(tmp_path):
     out = tmp_path / "run"
     out.mkdir()

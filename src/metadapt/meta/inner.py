@@ -115,13 +115,15 @@ def init_rates(params: Params, mode: str, value: float) -> Rates:
 
 def freeze_rates(rates: Rates, params: Params, frozen: Sequence[str]) -> Rates:
     """``rates`` with a zero rate for every tensor of ``params`` whose name starts with one of the ``frozen``
-    prefixes: the inner loop leaves those tensors as they are, while the outer loop still learns them (the
-    MAML code's batch-norm shifts, ``["norm."]``; ANIL adapts the head alone). One number becomes per-tensor
-    rates (shape ``()``); without prefixes ``rates`` comes back as it is.
+    prefixes: the inner steps do not change those tensors (their gradients are still computed, times zero), while
+    the outer loop still learns them (the MAML code's batch-norm shifts, ``["norm."]``; ANIL adapts the head
+    alone). One number becomes per-tensor rates (shape ``()``); without prefixes ``rates`` comes back as it is.
 
     Raises:
         ValueError: a prefix that names no parameter, or prefixes that leave nothing to adapt.
     """
+    if isinstance(frozen, str):  # a string is a sequence of one-letter prefixes, never what was meant
+        raise TypeError(f"frozen must be a list of name prefixes, not the string {frozen!r}")
     if not frozen:
         return rates
     for prefix in frozen:

@@ -70,7 +70,8 @@ class MAML:
         outer_lr: Adam's step size.
         learn_rates: learn ``rates`` (which must then be a dict) with the parameters.
         frozen: name prefixes of parameters the inner loop leaves alone (``inner.freeze_rates``); the outer
-            loop still learns them, and their zero rates stay zero when the others are learned.
+            loop still learns them, and their zero rates stay zero when the others are learned. With prefixes,
+            ``self.rates`` is a dict (one number becomes per-tensor rates of shape ``()``).
     """
 
     def __init__(

@@ -4,11 +4,14 @@ Vinyals et al.'s embedding network with a linear head: ``layers`` blocks of
 3 x 3 convolution (``filters`` channels, padding 1), batch normalisation,
 ReLU and 2 x 2 max-pooling, then a linear map of the flattened features to
 ``n_way`` logits. On 28 x 28 Omniglot images four blocks leave 64 features
-(28 -> 14 -> 7 -> 3 -> 1). ``pool="stride"`` is the MAML code's Omniglot
-network instead (the paper: "strided convolutions instead of max-pooling"):
-convolutions of stride 2 (28 -> 14 -> 7 -> 4 -> 2) and the features averaged
-over the last map, as that code does; its first block computes a quarter of
-the feature map.
+(28 -> 14 -> 7 -> 3 -> 1). ``pool="stride"`` is the layout of the MAML code's
+Omniglot network instead (the paper: "strided convolutions instead of
+max-pooling"): convolutions of stride 2 with the same map sizes (28 -> 14 -> 7
+-> 4 -> 2) and the features averaged over the last map, as that code does; its
+first block computes a quarter of the feature map. Two details differ from
+TensorFlow's: the padding is one pixel on every side (SAME pads an even side
+by 0 before and 1 after) and batch norm's epsilon is 1e-5 (TensorFlow's
+1e-3).
 
 Batch normalisation always uses the statistics of the batch it is given and
 keeps no running averages, as the MAML code does (so a test batch is

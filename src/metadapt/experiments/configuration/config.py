@@ -276,8 +276,8 @@ def without_later_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def with_later_defaults(started: dict[str, Any]) -> dict[str, Any]:
-    """A model-based config recorded by an earlier metadapt, with the keys added since at their defaults.
+def with_later_defaults(started: dict[str, Any], system: str = DEFAULT_SYSTEM) -> dict[str, Any]:
+    """A config of ``system`` recorded by an earlier metadapt, with the keys added since at their defaults.
 
     A new key's default keeps what the code computed before it existed (``planner.objective: reward``), so a
     run started before the key was added resumes unless the user set it to something else.
@@ -288,7 +288,7 @@ def with_later_defaults(started: dict[str, Any]) -> dict[str, Any]:
                     **{k: fill(v, default.get(k)) for k, v in value.items()}}
         return value
 
-    return fill(started, schema_defaults(SCHEMA))
+    return fill(started, defaults(system))
 
 
 def refuse_result_changing_edits(started: dict[str, Any], cfg: dict[str, Any], may_change: tuple[str, ...],

@@ -33,7 +33,7 @@ import torch
 from metadapt.data.sinusoid import SinusoidTasks
 from metadapt.errors import CheckpointError, ConfigError, MetadaptError
 from metadapt.experiments.configuration.components import TASKS
-from metadapt.experiments.configuration.config import dump_config, refuse_result_changing_edits
+from metadapt.experiments.configuration.config import dump_config, refuse_result_changing_edits, with_later_defaults
 from metadapt.experiments.configuration.files import write_json
 from metadapt.experiments.configuration.resources import FLOAT, Need, check_memory, mlp_param_count
 from metadapt.experiments.configuration.supervised_schema import SUPERVISED_SCHEMA
@@ -64,8 +64,9 @@ class Problem:
     extra: Any = None
     # how the pretrained baseline trains when it is not the task model on pooled tasks
     pretrain: Pretrain | None = None
-    # the ``model.*`` keys that change the network without changing its parameters' shapes (an activation, a
-    # pooling): a checkpoint trained under other values is refused rather than evaluated as another network
+    # the ``model.*`` keys of the network's architecture that its parameters' shapes may not reveal (an
+    # activation, a pooling): a checkpoint trained under other values is refused rather than evaluated as another
+    # network
     architecture: tuple[str, ...] = ()
 
 
@@ -213,6 +214,8 @@ def _load_state(run_dir: Path, problem: Problem, cfg: dict[str, Any]) -> dict[st
         saved = json.loads(state["config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} holds no readable config: start a new run") from exc
+    # a run started by an earlier metadapt lacks the keys added since; their defaults are what it ran with
+    saved = with_later_defaults(saved, "supervised") if isinstance(saved, dict) else saved
     _check_resume_edits(saved, json.loads(json.dumps(cfg)), state["stage"], int(state["iteration"]), run_dir)
     try:
         for name, result in state["results"].items():
@@ -237,11 +240,12 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
         dump_config(cfg, run_dir / "config.yaml")
     if cfg["model"]["checkpoint"]:
         meta_params, rates, baseline = load_supervised(cfg["model"]["checkpoint"], problem.model,
-                                                       _architecture(cfg, problem))
+                                                       _expected(cfg, problem))
     else:
         meta_params, rates, baseline = _fit(cfg, problem, run_dir, reporter, resume)
     out = run_dir / "model.pt"
     save_atomic({"format": MODEL_FORMAT, "task": cfg["task"], "model": cfg["model"],
+                 "meta": {"inner_frozen": cfg["meta"]["inner_frozen"]},
                  "params": _cpu(meta_params), "rates": _cpu(rates) if isinstance(rates, dict) else float(rates),
                  "baseline": _cpu(baseline) if baseline is not None else None}, out)
     summary = evaluate(cfg, problem, meta_params, rates, baseline, reporter)
@@ -252,8 +256,22 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
     return out
 
 
-def _architecture(cfg: dict[str, Any], problem: Problem) -> dict[str, Any]:
-    return {k: cfg["model"][k] for k in problem.architecture}
+def _check_saved_keys(state: dict[str, Any], expect: dict[str, Any], path: Path) -> None:
+    """Refuse a ``model.pt`` whose recorded config sections differ from ``expect`` (dotted keys)."""
+    for dotted, want in expect.items():
+        section, key = dotted.split(".", 1)
+        saved = state.get(section) if isinstance(state.get(section), dict) else {}
+        field = SUPERVISED_SCHEMA.get(section, {}).get(key)
+        had = saved.get(key, field.default if field is not None else None)
+        if had != want:
+            raise CheckpointError(f"{path} was trained with {dotted}={had}, the config asks for {dotted}={want}")
+
+
+def _expected(cfg: dict[str, Any], problem: Problem) -> dict[str, Any]:
+    """What a ``model.checkpoint`` must have been trained with: the architecture and the frozen prefixes (its
+    rates hold them, and the baseline's fine-tuning takes them from the config)."""
+    return {**{f"model.{k}": cfg["model"][k] for k in problem.architecture},
+            "meta.inner_frozen": cfg["meta"]["inner_frozen"]}
 
 
 def _cpu(params: Params) -> Params:
@@ -352,24 +370,18 @@ def _save_state(run_dir: Path, cfg: dict[str, Any], stage: str, iteration: int, 
 
 
 def load_supervised(path: str | Path, model: FunctionalModel,
-                    architecture: dict[str, Any] | None = None) -> tuple[Params, Rates, Params | None]:
+                    expect: dict[str, Any] | None = None) -> tuple[Params, Rates, Params | None]:
     """The meta-learned parameters, inner rates and baseline of a ``model.pt`` (or run directory), checked
     against ``model`` and refused (``CheckpointError``, one line naming the file) when any of them holds a NaN
-    or an infinity: evaluating such a model gives no result, only ``null`` means. ``architecture``: ``model.*``
-    values the file's own ``model`` section must hold too (a key it lacks, from an older file, is the schema's
-    default)."""
+    or an infinity: evaluating such a model gives no result, only ``null`` means. ``expect``: dotted config keys
+    (``model.pool``, ``meta.inner_frozen``) whose values the file's own sections must hold too (a key an older
+    file lacks is the schema's default)."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.pt"
     state = load_checkpoint(path, ("format", "params", "rates"))
     if state["format"] != MODEL_FORMAT:
         raise CheckpointError(f"{path} is not a supervised meta-learning model (format {state['format']!r})")
-    saved = state.get("model") if isinstance(state.get("model"), dict) else {}
-    for key, want in (architecture or {}).items():
-        had = saved.get(key, SUPERVISED_SCHEMA["model"][key].default)
-        if had != want:
-            raise CheckpointError(f"{path} holds a network with model.{key}={had}, the config asks for "
-                                  f"model.{key}={want}")
     try:
         for key, what in (("params", "parameters"), ("baseline", "baseline parameters")):
             if key == "baseline" and state.get(key) is None:
@@ -387,6 +399,7 @@ def load_supervised(path: str | Path, model: FunctionalModel,
             raise ValueError(f"{path}'s inner rate is {rates}, not a finite number")
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise CheckpointError(str(exc)) from exc
+    _check_saved_keys(state, expect or {}, path)
     return state["params"], rates, state.get("baseline")
 
 
@@ -427,12 +440,13 @@ def check(cfg: dict[str, Any]) -> None:
     check_memory(memory_needs(cfg), cfg["device"])
     problem = build_problem(cfg)
     if cfg["model"]["checkpoint"]:
-        load_supervised(cfg["model"]["checkpoint"], problem.model, _architecture(cfg, problem))
+        load_supervised(cfg["model"]["checkpoint"], problem.model, _expected(cfg, problem))
 
 
 def finetune_rates(cfg: dict[str, Any], baseline: Params) -> Rates:
     """The pretrained baseline's fine-tuning rate, ``baseline.finetune_lr`` (else MAML's inner rate), fine-tuning
-    it the same way as MAML: the tensors MAML's inner loop leaves alone (``meta.inner_frozen``) stay as they are."""
+    it the same way as MAML: the tensors MAML's inner loop leaves alone (``meta.inner_frozen``) stay as they are.
+    One number without frozen prefixes, else one rate per tensor (shape ``()``, zero for the frozen ones)."""
     return freeze_rates(cfg["baseline"]["finetune_lr"] or cfg["meta"]["inner_lr"], baseline,
                         cfg["meta"]["inner_frozen"])
 
