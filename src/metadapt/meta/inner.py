@@ -27,7 +27,7 @@ gradients as constants (FOMAML).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -113,6 +113,25 @@ def init_rates(params: Params, mode: str, value: float) -> Rates:
     return {k: torch.full_like(v, value) for k, v in params.items()}
 
 
+def frozen_names(names: Iterable[str], frozen: Sequence[str]) -> set[str]:
+    """The parameter names (of ``names``) that start with one of the ``frozen`` prefixes.
+
+    Raises:
+        TypeError: ``frozen`` is a string (a sequence of one-letter prefixes, never what was meant).
+        ValueError: a prefix that names no parameter, or prefixes that leave nothing to adapt.
+    """
+    if isinstance(frozen, str):
+        raise TypeError(f"frozen must be a list of name prefixes, not the string {frozen!r}")
+    names = list(names)
+    for prefix in frozen:
+        if not any(k.startswith(prefix) for k in names):
+            raise ValueError(f"frozen prefix {prefix!r} names no parameter (parameters: {', '.join(names)})")
+    out = {k for k in names if k.startswith(tuple(frozen))}
+    if frozen and len(out) == len(names):
+        raise ValueError(f"frozen prefixes {list(frozen)} leave no parameter for the inner loop to adapt")
+    return out
+
+
 def freeze_rates(rates: Rates, params: Params, frozen: Sequence[str]) -> Rates:
     """``rates`` with a zero rate for every tensor of ``params`` whose name starts with one of the ``frozen``
     prefixes: the inner steps do not change those tensors (their gradients are still computed, times zero), while
@@ -120,25 +139,15 @@ def freeze_rates(rates: Rates, params: Params, frozen: Sequence[str]) -> Rates:
     alone). One number becomes per-tensor rates (shape ``()``); without prefixes ``rates`` comes back as it is.
 
     Raises:
-        ValueError: a prefix that names no parameter, or prefixes that leave nothing to adapt.
+        TypeError, ValueError: as ``frozen_names``.
     """
-    if isinstance(frozen, str):  # a string is a sequence of one-letter prefixes, never what was meant
-        raise TypeError(f"frozen must be a list of name prefixes, not the string {frozen!r}")
+    names = frozen_names(params, frozen)
     if not frozen:
         return rates
-    for prefix in frozen:
-        if not any(k.startswith(prefix) for k in params):
-            raise ValueError(f"frozen prefix {prefix!r} names no parameter (parameters: {', '.join(params)})")
-    still = [k for k in params if not k.startswith(tuple(frozen))]
-    if not still:
-        raise ValueError(f"frozen prefixes {list(frozen)} leave no parameter for the inner loop to adapt")
-    out: Params = {}
-    for k, v in params.items():
-        if isinstance(rates, dict):
-            out[k] = torch.zeros_like(rates[k]) if k not in still else rates[k]
-        else:
-            out[k] = torch.full((), 0.0 if k not in still else float(rates), dtype=v.dtype, device=v.device)
-    return out
+    if isinstance(rates, dict):
+        return {k: torch.zeros_like(rates[k]) if k in names else rates[k] for k in params}
+    return {k: torch.full((), 0.0 if k in names else float(rates), dtype=v.dtype, device=v.device)
+            for k, v in params.items()}
 
 
 def stack_params(params: Params, num: int) -> Params:

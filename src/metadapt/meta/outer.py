@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.func import vmap
 
-from metadapt.meta.inner import LossFn, Rates, freeze_rates, inner_adapt, stack_params
+from metadapt.meta.inner import LossFn, Rates, freeze_rates, frozen_names, inner_adapt, stack_params
 from metadapt.types import Params, TaskBatch
 
 
@@ -96,9 +96,9 @@ class MAML:
         self.loss_fn, self.steps, self.first_order, self.stacked = loss_fn, steps, first_order, stacked
         self.params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
         self.learn_rates, self.frozen = learn_rates, tuple(frozen)
-        rates = freeze_rates(rates, self.params, self.frozen)
+        rates, fixed = freeze_rates(rates, self.params, self.frozen), frozen_names(self.params, self.frozen)
         if isinstance(rates, dict):
-            self.rates: Rates = {k: v.detach().clone().requires_grad_(learn_rates and not k.startswith(self.frozen))
+            self.rates: Rates = {k: v.detach().clone().requires_grad_(learn_rates and k not in fixed)
                                  for k, v in rates.items()}
         else:
             self.rates = float(rates)

@@ -39,7 +39,7 @@ from metadapt.experiments.configuration.resources import FLOAT, Need, check_memo
 from metadapt.experiments.configuration.supervised_schema import SUPERVISED_SCHEMA
 from metadapt.experiments.reporting.progress import Reporter
 from metadapt.meta.checkpoint import check_finite, load_checkpoint, save_atomic
-from metadapt.meta.inner import Rates, freeze_rates, init_rates, inner_adapt
+from metadapt.meta.inner import Rates, freeze_rates, frozen_names, init_rates, inner_adapt
 from metadapt.meta.outer import MAML, evaluate_adaptation, maml_task_losses, mean_interval
 from metadapt.models.base import FunctionalModel, check_params
 from metadapt.models.regressor import MLPRegressor
@@ -101,7 +101,7 @@ def build_problem(cfg: dict[str, Any]) -> Problem:
     if not isinstance(problem, Problem):
         raise MetadaptError(f"task type '{cfg['task']['type']}' built {type(problem).__name__}, not a Problem")
     try:  # the prefixes are names of the model's parameters: checked here, before anything trains
-        freeze_rates(1.0, {k: torch.empty(()) for k in problem.model.param_shapes()}, cfg["meta"]["inner_frozen"])
+        frozen_names(problem.model.param_shapes(), cfg["meta"]["inner_frozen"])
     except ValueError as exc:
         raise ConfigError(f"config key 'meta.inner_frozen': {exc}") from None
     return problem
