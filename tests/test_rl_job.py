@@ -31,6 +31,13 @@ SMALL = ["meta.iterations=4", "meta.meta_batch=4", "meta.episodes=5", "policy.hi
          "eval.episodes=4", "eval.steps=2", "train.checkpoint_every=2"]
 
 
+def _without_timings(path: Path) -> list[list[str]]:
+    """``metrics.csv``'s rows without the wall-clock columns (which differ between runs of the same seed)."""
+    rows = [r.split(",") for r in path.read_text().splitlines()]
+    keep = [i for i, name in enumerate(rows[0]) if name not in ("sample_s", "update_s")]
+    return [[r[i] for i in keep] for r in rows]
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "metadapt.cli", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=600)
@@ -48,6 +55,12 @@ def test_a_small_run_trains_every_method_reports_and_evaluates_again(tmp_path):
         assert all("upside_down" not in per[s] for s in per)  # a point has no posture
     rows = (out / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 3 * 4  # three trained stages of 4 iterations
+    table = [dict(zip(rows[0].split(","), r.split(","), strict=True)) for r in rows[1:]]
+    assert all(r["upside_down"] == "" for r in table)  # a point has no posture
+    saved = torch.load(out / "model.pt", weights_only=True)["methods"]
+    for stage in ("maml", "pretrained", "oracle"):  # the last row of a stage: its final policy's spread
+        last = [r for r in table if r["stage"] == stage][-1]
+        assert float(last["action_std"]) == pytest.approx(float(saved[stage]["params"]["log_std"].exp().mean()))
     report = (out / "report.md").read_text()
     assert "MAML-RL (second order, TRPO outer step)" in report and "oracle" in report
     assert (out / "adaptation.png").is_file() and (out / "learning.png").is_file()
@@ -74,8 +87,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     for method in a["methods"]:
         for k, v in a["methods"][method]["params"].items():
             assert torch.equal(v, b["methods"][method]["params"][k]), (method, k)
-    strip = [",".join(r.split(",")[:-2]) for r in (whole / "metrics.csv").read_text().splitlines()]  # no timings
-    assert strip == [",".join(r.split(",")[:-2]) for r in (cut / "metrics.csv").read_text().splitlines()]
+    assert _without_timings(whole / "metrics.csv") == _without_timings(cut / "metrics.csv")
     assert (whole / "summary.json").read_text() == (cut / "summary.json").read_text()
     assert (whole / "heldout.csv").read_text() == (cut / "heldout.csv").read_text()
 
@@ -87,8 +99,7 @@ def test_the_held_out_curve_leaves_training_alone_and_ends_at_the_last_iteration
     res = _cli("train", str(CONFIG), *args, "eval.curve_every=2", "eval.curve_tasks=3", "eval.curve_steps=2",
                "--out", str(curved), "--quiet")
     assert res.returncode == 0, res.stderr
-    strip = [",".join(r.split(",")[:-2]) for r in (plain / "metrics.csv").read_text().splitlines()]
-    assert strip == [",".join(r.split(",")[:-2]) for r in (curved / "metrics.csv").read_text().splitlines()]
+    assert _without_timings(plain / "metrics.csv") == _without_timings(curved / "metrics.csv")
     assert (plain / "summary.json").read_text() == (curved / "summary.json").read_text()
     rows = (curved / "heldout.csv").read_text().splitlines()
     assert rows[0] == "stage,iteration,env_steps,return_0,ci95_0,return_1,ci95_1,return_2,ci95_2"
@@ -223,6 +234,10 @@ def test_a_legged_robots_evaluation_reports_the_share_of_steps_on_its_back(tmp_p
     for per in summary["methods"].values():
         assert all(0.0 <= per[s]["upside_down"] <= 1.0 for s in ("0", "1"))
     assert "spent on the back" in (out / "report.md").read_text()
+    rows = (out / "metrics.csv").read_text().splitlines()
+    row = dict(zip(rows[0].split(","), rows[1].split(","), strict=True))
+    assert 0.0 <= float(row["upside_down"]) <= 1.0 and float(row["action_std"]) > 0  # recorded while training
+    assert "spent on the back, mean of each stage" in (out / "report.md").read_text()
 
 
 def test_one_inner_step_of_a_meta_trained_navigation_policy_beats_its_start():

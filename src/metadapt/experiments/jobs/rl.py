@@ -19,7 +19,11 @@ randomly initialised one and the oracle, with the same tasks and seeds. For
 robots with a posture (the cheetahs, the ant) each step also records the share
 of the episodes' steps the robot spent on its back (``upside_down``, over the
 tasks that have not diverged): a return earned running on the back is a
-return, but not a gait anyone wants.
+return, but not a gait anyone wants. Meta-training records the same share of
+each iteration's sampled steps (after the inner step) in ``metrics.csv``, with
+the Gaussian policy's mean action standard deviation (``action_std``): a run
+stuck on its back, or one whose exploration collapsed, shows there while it
+trains, not only in the final evaluation.
 
 No policy acts with non-finite parameters. In meta-training, an iteration whose
 inner step or outer step gives a NaN or an infinity (in the adapted parameters,
@@ -60,7 +64,7 @@ from metadapt.experiments.reporting.progress import Reporter
 from metadapt.meta.checkpoint import check_finite, load_checkpoint, save_atomic
 from metadapt.meta.inner import Rates, stack_params
 from metadapt.models.base import check_params
-from metadapt.models.policy import CategoricalMLPPolicy, GaussianMLPPolicy, Policy
+from metadapt.models.policy import LOG_STD, CategoricalMLPPolicy, GaussianMLPPolicy, Policy
 from metadapt.rl.maml_rl import (
     MAMLRL,
     MAMLRLSettings,
@@ -76,8 +80,10 @@ STATE_FORMAT = "metadapt.rl_state.v1"
 MODEL_FORMAT = "metadapt.rl_policies.v1"
 TRAINED = ("maml", "pretrained", "oracle")  # the stages whose policies model.pt holds
 # ``refused``: 1 on an iteration whose step was refused for a NaN or an infinity (its numbers are then NaN)
+# ``upside_down`` and ``action_std`` are empty where the robot has no posture or the policy is categorical (and
+# in the rows of runs checkpointed before they were recorded)
 METRICS = ("stage", "iteration", "return_pre", "return_post", "kl", "loss_before", "loss_after", "step_fraction",
-           "env_steps", "refused", "sample_s", "update_s")
+           "env_steps", "refused", "sample_s", "update_s", "upside_down", "action_std")
 # Refused meta-iterations in a row that stop a stage: each draws new tasks and episodes from an unchanged policy,
 # so one refusal can be a rare batch, while this many say the settings themselves diverge.
 REFUSED_IN_A_ROW = 5
@@ -220,6 +226,12 @@ def _cpu(params: Params) -> Params:
     return {k: v.detach().cpu().clone() for k, v in params.items()}
 
 
+def _action_std(learner: MAMLRL) -> float | None:
+    """The mean over action dimensions of the Gaussian policy's ``exp(log_std)`` (``None`` for a categorical)."""
+    log_std = learner.params.get(LOG_STD)
+    return None if log_std is None else float(log_std.detach().exp().mean())
+
+
 def _plain_rates(rates: Rates) -> Any:
     return _cpu(rates) if isinstance(rates, dict) else float(rates)
 
@@ -342,7 +354,8 @@ def _fit(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool) -
                 if not params_are_finite(params):  # only an adapted policy can be: theta is kept finite
                     raise _Diverged("the inner step gave non-finite adapted parameters", "meta.inner_lr")
                 episodes = sample_episodes(fam.envs, pol, params, tasks, m["episodes"], fam.horizon, s,
-                                           normalize_actions=cfg["env"]["normalize_actions"])
+                                           normalize_actions=cfg["env"]["normalize_actions"],
+                                           info_keys=(UPSIDE_DOWN,))
                 count[0] += episodes.steps()
                 if not _episodes_are_finite(episodes):  # adapted (stacked) parameters, or theta itself
                     raise _Diverged("the sampled episodes hold non-finite values",
@@ -381,7 +394,8 @@ def _fit(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool) -
                 timing["update_s"] += t2 - t1
                 if refusal is None:
                     pre = rollouts.inner[0] if rollouts.inner else rollouts.post
-                    numbers = {"return_pre": pre.mean_return(), "return_post": rollouts.post.mean_return(), **info}
+                    numbers = {"return_pre": pre.mean_return(), "return_post": rollouts.post.mean_return(), **info,
+                               "upside_down": rollouts.post.info_mean(UPSIDE_DOWN), "action_std": _action_std(learner)}
                 else:
                     numbers = {**dict.fromkeys(("return_pre", "return_post", "kl", "loss_before", "loss_after"),
                                                math.nan), "step_fraction": 0.0}

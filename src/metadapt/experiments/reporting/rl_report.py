@@ -102,16 +102,34 @@ def _finish(fig: Any, ax: Any, xlabel: str, ylabel: str, path: Path, legend_size
     return path
 
 
+TAIL = 10  # the last meta-iterations whose posture the report quotes
+
+
 def plot_learning(run_dir: Path) -> Path | None:
     m = _metrics(run_dir)
     if not m:
         return None
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    # a robot with a posture gets a second panel: the share of the sampled steps spent on its back (a return
+    # earned on the back, or a run stuck there, shows while it trains)
+    back = m.get("upside_down")
+    posture = back is not None and back.dtype != object and bool(np.isfinite(back).any())
+    fig, axes = plt.subplots(2 if posture else 1, 1, figsize=(7, 5.6 if posture else 3.4), sharex=True,
+                             squeeze=False)
+    ax = axes[0, 0]
     for stage in dict.fromkeys(m["stage"].tolist()):
         sel = m["stage"] == stage
         ax.plot(m["iteration"][sel], m["return_post"][sel], lw=1.2, label=STAGES.get(stage, stage))
         if stage == "maml":
             ax.plot(m["iteration"][sel], m["return_pre"][sel], lw=1, ls="--", label="MAML-RL (before adaptation)")
+        if posture:
+            axes[1, 0].plot(m["iteration"][sel], back[sel], lw=1.2, label=STAGES.get(stage, stage))
+    if posture:
+        ax.set_ylabel("mean return of the sampled episodes")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        ax = axes[1, 0]
+        ax.set_ylim(-0.02, 1.02)
+        return _finish(fig, ax, "meta-iteration", "share of steps on its back", run_dir / "learning.png")
     return _finish(fig, ax, "meta-iteration", "mean return of the sampled episodes", run_dir / "learning.png")
 
 
@@ -241,6 +259,12 @@ def _write(run_dir: Path, cfg: dict[str, Any], summary: dict[str, Any]) -> Path:
         stages = list(dict.fromkeys(m["stage"].tolist()))
         last = {stage: fmt(m["env_steps"][m["stage"] == stage][-1], ",.0f") for stage in stages}
         lines += ["Environment steps of meta-training: " + ", ".join(f"{k} {v}" for k, v in last.items()), ""]
+        back = m.get("upside_down")
+        if back is not None and back.dtype != object and bool(np.isfinite(back).any()):
+            tail = {stage: back[m["stage"] == stage][-TAIL:] for stage in stages}
+            lines += [f"Share of the sampled steps spent on the back, mean of each stage's last {TAIL} iterations: "
+                      + ", ".join(f"{k} {fmt(float(np.nanmean(v)) if np.isfinite(v).any() else None, '.1%')}"
+                                  for k, v in tail.items()), ""]
         if "refused" in m and m["refused"].dtype != object and np.nansum(m["refused"]) > 0:
             counts = {stage: int(np.nansum(m["refused"][m["stage"] == stage])) for stage in stages}
             lines += ["Meta-iterations refused (their step gave a NaN or an infinity; the policy stayed as it was): "
