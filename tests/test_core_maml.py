@@ -405,9 +405,10 @@ def test_bad_dataset_folders_and_episode_sizes_are_one_line(tmp_path, make, extr
     assert not (tmp_path / "x").exists()  # nothing written for a run that cannot start
 
 
-@pytest.mark.parametrize("code_norm", [[], ["model.norm_scale=false", "meta.inner_frozen=[norm.]",
-                                               "model.pool=stride"]])
-def test_classification_trains_from_the_command_line_with_its_baselines(tmp_path, code_norm):
+@pytest.mark.parametrize("affine", [[], ["model.norm_scale=true", "meta.inner_frozen=[]", "model.pool=stride"]])
+def test_classification_trains_from_the_command_line_with_its_baselines(tmp_path, affine):
+    """The shipped network (the MAML code's batch norm, max-pooling), and the affine batch norm adapted whole on
+    the strided network."""
     from metadapt.data.glyphs import generate_glyphs
 
     root = generate_glyphs(tmp_path / "glyphs", seed=0, alphabets=["Latin", "Greek_1", "Armenian", "Hebrew"],
@@ -415,13 +416,15 @@ def test_classification_trains_from_the_command_line_with_its_baselines(tmp_path
     out = tmp_path / "run"
     res = _cli("train", str(ROOT / "configs" / "maml_omniglot.yaml"), f"task.data={root}", "model.filters=8",
                "meta.iterations=20", "baseline.iterations=20", "meta.meta_batch=4", "eval.tasks=12", "eval.batch=6",
-               "task.eval_query=2", "train.checkpoint_every=10", "train.log_every=10", *code_norm, "--out", str(out),
+               "task.eval_query=2", "train.checkpoint_every=10", "train.log_every=10", *affine, "--out", str(out),
                "--quiet")
     assert res.returncode == 0, res.stderr
     saved = torch.load(out / "model.pt", weights_only=True)
-    assert ("norm.0.weight" in saved["params"]) == (not code_norm)
-    if code_norm:  # the shifts are meta-learned (moved from zero) but their inner rate is zero
-        assert float(saved["params"]["norm.0.bias"].abs().max()) > 0
+    assert ("norm.0.weight" in saved["params"]) == bool(affine)
+    assert float(saved["params"]["norm.0.bias"].abs().max()) > 0  # meta-learned (moved from zero) either way
+    if affine:  # one rate for every tensor: the shifts are adapted too
+        assert float(saved["rates"]) == pytest.approx(0.4)
+    else:  # the shipped network leaves the shifts out of the inner loop
         assert float(saved["rates"]["norm.0.bias"]) == 0
         assert float(saved["rates"]["conv.0.weight"]) == pytest.approx(0.4)
     summary = json.loads((out / "summary.json").read_text())
@@ -433,8 +436,7 @@ def test_classification_trains_from_the_command_line_with_its_baselines(tmp_path
     assert summary["methods"]["pretrained"]["0"]["mean"] == pytest.approx(0.2)
     assert "nearest neighbour" in (out / "report.md").read_text()
     # the other pooling has parameters of the same shapes: its checkpoint is refused, not evaluated
-    other = ["model.norm_scale=false", "meta.inner_frozen=[norm.]", "model.pool=max"] if code_norm else \
-        ["model.pool=stride"]
+    other = ["model.norm_scale=true", "meta.inner_frozen=[]", "model.pool=max"] if affine else ["model.pool=stride"]
     res = _cli("train", str(ROOT / "configs" / "maml_omniglot.yaml"), f"task.data={root}", "model.filters=8",
                *other, f"model.checkpoint={out}", "--out", str(tmp_path / "other"), "--quiet")
     assert res.returncode == 2 and "model.pool" in res.stderr and len(res.stderr.strip().splitlines()) == 1, \

@@ -251,6 +251,8 @@ def test_a_meta_iteration_whose_outer_step_diverges_is_refused_and_the_policy_ke
     rows = [r.split(",") for r in (out / "metrics.csv").read_text().splitlines()]
     refused = rows[0].index("refused")
     assert [r[refused] for r in rows[1:]] == ["0", "1", "0", "0"]
+    spread = rows[0].index("action_std")  # the refused iteration kept the policy, and so its spread
+    assert rows[2][spread] == rows[1][spread] and float(rows[2][spread]) > 0
     assert all(torch.equal(entries[2][k], v) for k, v in entries[1].items())
     saved = torch.load(out / "model.pt", weights_only=True)["methods"]["maml"]["params"]
     assert all(bool(torch.isfinite(v).all()) for v in saved.values())

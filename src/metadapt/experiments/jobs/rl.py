@@ -81,7 +81,8 @@ MODEL_FORMAT = "metadapt.rl_policies.v1"
 TRAINED = ("maml", "pretrained", "oracle")  # the stages whose policies model.pt holds
 # ``refused``: 1 on an iteration whose step was refused for a NaN or an infinity (its numbers are then NaN)
 # ``upside_down`` and ``action_std`` are empty where the robot has no posture or the policy is categorical (and
-# in the rows of runs checkpointed before they were recorded)
+# in the rows of runs checkpointed before they were recorded); a refused iteration's ``upside_down`` is NaN like
+# its other numbers, its ``action_std`` the kept policy's
 METRICS = ("stage", "iteration", "return_pre", "return_post", "kl", "loss_before", "loss_after", "step_fraction",
            "env_steps", "refused", "sample_s", "update_s", "upside_down", "action_std")
 # Refused meta-iterations in a row that stop a stage: each draws new tasks and episodes from an unchanged policy,
@@ -397,8 +398,9 @@ def _fit(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool) -
                     numbers = {"return_pre": pre.mean_return(), "return_post": rollouts.post.mean_return(), **info,
                                "upside_down": rollouts.post.info_mean(UPSIDE_DOWN), "action_std": _action_std(learner)}
                 else:
-                    numbers = {**dict.fromkeys(("return_pre", "return_post", "kl", "loss_before", "loss_after"),
-                                               math.nan), "step_fraction": 0.0}
+                    numbers = {**dict.fromkeys(("return_pre", "return_post", "kl", "loss_before", "loss_after",
+                                                "upside_down"), math.nan), "step_fraction": 0.0,
+                               "action_std": _action_std(learner)}  # the policy kept
                 rows.append({"stage": stage, "iteration": it + 1, **numbers, "env_steps": env_steps,
                              "refused": int(refusal is not None), "sample_s": round(t1 - t0, 4),
                              "update_s": round(t2 - t1, 4)})
