@@ -92,14 +92,26 @@ def check_summary(summary: dict[str, Any], path: Path) -> None:
                     refuse(f"method '{name}' step {step}: '{key}' is not a number")
 
 
-def _finish(fig: Any, ax: Any, xlabel: str, ylabel: str, path: Path, legend_size: int = 8) -> Path:
-    """Label, legend and grid ``ax``, then save ``fig`` to ``path``."""
-    ax.set_xlabel(xlabel)
+def _style(ax: Any, ylabel: str, legend_size: int = 8) -> None:
+    """Label, legend and grid ``ax``."""
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=legend_size)
     ax.grid(alpha=0.3)
+
+
+def _finish(fig: Any, ax: Any, xlabel: str, ylabel: str, path: Path, legend_size: int = 8) -> Path:
+    """Label, legend and grid ``ax`` (the bottom panel), then save ``fig`` to ``path``."""
+    ax.set_xlabel(xlabel)
+    _style(ax, ylabel, legend_size)
     save_figure(fig, path)
     return path
+
+
+def _posture(m: dict[str, np.ndarray]) -> np.ndarray | None:
+    """``metrics.csv``'s ``upside_down`` column, or ``None`` where no step recorded it (no posture, or a run
+    checkpointed before it was recorded)."""
+    back = m.get("upside_down")
+    return back if back is not None and back.dtype != object and bool(np.isfinite(back).any()) else None
 
 
 TAIL = 10  # the last meta-iterations whose posture the report quotes
@@ -111,26 +123,24 @@ def plot_learning(run_dir: Path) -> Path | None:
         return None
     # a robot with a posture gets a second panel: the share of the sampled steps spent on its back (a return
     # earned on the back, or a run stuck there, shows while it trains)
-    back = m.get("upside_down")
-    posture = back is not None and back.dtype != object and bool(np.isfinite(back).any())
-    fig, axes = plt.subplots(2 if posture else 1, 1, figsize=(7, 5.6 if posture else 3.4), sharex=True,
+    back = _posture(m)
+    fig, axes = plt.subplots(1 if back is None else 2, 1, figsize=(7, 3.4 if back is None else 5.6), sharex=True,
                              squeeze=False)
     ax = axes[0, 0]
     for stage in dict.fromkeys(m["stage"].tolist()):
         sel = m["stage"] == stage
-        ax.plot(m["iteration"][sel], m["return_post"][sel], lw=1.2, label=STAGES.get(stage, stage))
+        (line,) = ax.plot(m["iteration"][sel], m["return_post"][sel], lw=1.2, label=STAGES.get(stage, stage))
         if stage == "maml":
             ax.plot(m["iteration"][sel], m["return_pre"][sel], lw=1, ls="--", label="MAML-RL (before adaptation)")
-        if posture:
-            axes[1, 0].plot(m["iteration"][sel], back[sel], lw=1.2, label=STAGES.get(stage, stage))
-    if posture:
-        ax.set_ylabel("mean return of the sampled episodes")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        ax = axes[1, 0]
-        ax.set_ylim(-0.02, 1.02)
-        return _finish(fig, ax, "meta-iteration", "share of steps on its back", run_dir / "learning.png")
-    return _finish(fig, ax, "meta-iteration", "mean return of the sampled episodes", run_dir / "learning.png")
+        if back is not None:  # each stage in its colour of the panel above
+            axes[1, 0].plot(m["iteration"][sel], back[sel], lw=1.2, color=line.get_color(),
+                            label=STAGES.get(stage, stage))
+    returns = "mean return of the sampled episodes"
+    if back is None:
+        return _finish(fig, ax, "meta-iteration", returns, run_dir / "learning.png")
+    _style(ax, returns)
+    axes[1, 0].set_ylim(-0.02, 1.02)
+    return _finish(fig, axes[1, 0], "meta-iteration", "share of steps on its back", run_dir / "learning.png")
 
 
 def plot_heldout(run_dir: Path) -> tuple[Path, list[str]] | None:
@@ -259,8 +269,8 @@ def _write(run_dir: Path, cfg: dict[str, Any], summary: dict[str, Any]) -> Path:
         stages = list(dict.fromkeys(m["stage"].tolist()))
         last = {stage: fmt(m["env_steps"][m["stage"] == stage][-1], ",.0f") for stage in stages}
         lines += ["Environment steps of meta-training: " + ", ".join(f"{k} {v}" for k, v in last.items()), ""]
-        back = m.get("upside_down")
-        if back is not None and back.dtype != object and bool(np.isfinite(back).any()):
+        back = _posture(m)
+        if back is not None:
             tail = {stage: back[m["stage"] == stage][-TAIL:] for stage in stages}
             lines += [f"Share of the sampled steps spent on the back, mean of each stage's last {TAIL} iterations: "
                       + ", ".join(f"{k} {fmt(float(np.nanmean(v)) if np.isfinite(v).any() else None, '.1%')}"
