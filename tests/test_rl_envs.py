@@ -67,6 +67,19 @@ def test_goal_and_velocity_distributions_stay_in_their_bounds():
         assert drawn == {1, -1} == {env.sample_test_task(rng).params["direction"] for _ in range(50)}
 
 
+@pytest.mark.parametrize("env_id", ["metadapt/HalfCheetahDir-v0", "metadapt/HalfCheetahVel-v0"])
+def test_goal_cheetahs_act_at_rllabs_control_period(env_id: str) -> None:
+    """rllab's half_cheetah.xml steps 0.01 s per action: 200 steps are 2 s, as in the MAML paper (not
+    Gymnasium's 5 physics steps per action); frame_skip=5 gives Gymnasium's period back."""
+    env = make_env(env_id).unwrapped
+    assert env.frame_skip == 1 and env.dt == pytest.approx(0.01)
+    env.reset(seed=0)
+    before = env.data.qpos[0]
+    obs, *_ = env.step(np.full(6, 0.5))
+    assert obs[17] == pytest.approx((env.data.qpos[0] - before) / 0.01)
+    assert make_env(env_id, frame_skip=5).unwrapped.dt == pytest.approx(0.05)
+
+
 def test_nav_renders_with_numpy():
     env = make_env(NAV, render_mode="rgb_array", width=64, height=48)
     env.reset(seed=0)

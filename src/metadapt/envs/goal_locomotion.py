@@ -11,6 +11,14 @@ baseline), which appends it as the last entry.
 Forward velocities are the torso's average x velocity over the step (the last
 robot entry of the observation), where rllab read the centre-of-mass velocity
 at the end of the step.
+
+The cheetahs act at rllab's control period: one physics step of 0.01 s per
+action (``frame_skip=1``; Gymnasium's HalfCheetah-v5 steps 5), so an episode of
+200 steps is the original's 2 seconds, not 10. At Gymnasium's period the action
+noise of a fresh policy (standard deviation 1, held for 5 physics steps) flips
+the cheetah onto its back in a tenth of the steps, and some initialisations
+never got up again; at rllab's it almost never does (``docs/results.md``).
+Pass ``frame_skip=5`` for Gymnasium's period.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from metadapt.envs.tasks import Task
 from metadapt.errors import ConfigError
 
 CHEETAH_CTRL_COST = 0.05  # rllab: 0.5 * 1e-1 * sum(a^2)
+CHEETAH_FRAME_SKIP = 1  # rllab's half_cheetah.xml: timestep 0.01 s and no frame_skip entry, so 1
 VELOCITY_LOW, VELOCITY_HIGH = 0.0, 2.0  # goal velocities (train and test), m/s
 CHEETAH_OBS = 18  # metadapt/HalfCheetah-v0's observation; the step's mean x velocity is its last entry
 ANT_QPOS_QVEL = 27  # qpos[2:] (13) and qvel (14)
@@ -75,6 +84,7 @@ class _GoalCheetah(_TaskObservation, ParametricTasks, HalfCheetahEnv):
 
     def __init__(self, *, task_in_obs: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("ctrl_cost_weight", CHEETAH_CTRL_COST)
+        kwargs.setdefault("frame_skip", CHEETAH_FRAME_SKIP)
         self.task_in_obs = bool(task_in_obs)
         super().__init__(**kwargs)
         self.observation_space = Box(-np.inf, np.inf, shape=(CHEETAH_OBS + self.task_in_obs,), dtype=np.float64)
@@ -114,7 +124,7 @@ class HalfCheetahVelEnv(_GoalCheetah):
     """
 
     INFO: ClassVar[EnvInfo] = EnvInfo(
-        robot="HalfCheetah-v5 (dt 0.05 s)",
+        robot="HalfCheetah-v5 at rllab's dt 0.01 s",
         obs="18: as metadapt/HalfCheetah-v0; + goal velocity with task_in_obs",
         action="6 torques in [-1, 1]",
         reward="-|v_x - v_goal| - 0.05 |a|^2",
@@ -156,7 +166,7 @@ class HalfCheetahDirEnv(_GoalCheetah):
     """
 
     INFO: ClassVar[EnvInfo] = EnvInfo(
-        robot="HalfCheetah-v5 (dt 0.05 s)",
+        robot="HalfCheetah-v5 at rllab's dt 0.01 s",
         obs="18: as metadapt/HalfCheetah-v0; + direction with task_in_obs",
         action="6 torques in [-1, 1]",
         reward="d v_x - 0.05 |a|^2, d = +-1",
