@@ -139,6 +139,29 @@ def test_a_policy_checkpoint_for_another_observation_size_is_refused(tmp_path):
     assert res.returncode == 2 and "observation size" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
+def test_policies_trained_at_another_control_period_are_refused(tmp_path):
+    """A run records its env's seconds per action: loading its policies into an env that steps at another period
+    (a changed default, or env.kwargs) is refused in one line, when evaluating a checkpoint and when resuming."""
+    out = tmp_path / "run"
+    tiny = ["env.id=metadapt/HalfCheetahDir-v0", "env.vector=sync", "env.num_envs=2", "env.kwargs={}",
+            "env.horizon=5", "meta.iterations=1", "meta.meta_batch=2", "meta.episodes=2", "policy.hidden=[8]",
+            "baselines.pretrained=false", "baselines.oracle=false", "baselines.random=false", "eval.tasks=2",
+            "eval.episodes=1", "eval.steps=1", "eval.curve_every=null"]
+    assert _cli("train", str(CONFIG), *tiny, "--out", str(out), "--quiet").returncode == 0
+    assert torch.load(out / "model.pt", weights_only=True)["env_dt"] == pytest.approx(0.01)
+    res = _cli("train", str(CONFIG), *tiny, f"policy.checkpoint={out}", "env.kwargs={frame_skip: 5}",
+               "--out", str(tmp_path / "y"), "--quiet")
+    assert res.returncode == 2 and "stepping 0.01 s per action, it now steps 0.05 s" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    state_path = out / "checkpoints" / "state.pt"
+    state = torch.load(state_path, weights_only=True)
+    assert state["env_dt"] == pytest.approx(0.01)
+    torch.save({**state, "env_dt": 0.05}, state_path)  # as if the env's default period had changed since
+    res = _cli("train", "--resume", str(out), "--quiet")
+    assert res.returncode == 2 and "stepping 0.05 s per action, it now steps 0.01 s" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
 def test_stacked_sampling_equals_sampling_each_task_alone():
     """Per-task parameters acting in one vector env give each task the episodes it gets on its own."""
     envs = make_vector_env("metadapt/PointNav-v0", 6, "sync")

@@ -125,6 +125,7 @@ class TaskFamily:
             self.num_envs = e["num_envs"] or (m["meta_batch"] * m["episodes"] if self.native else m["episodes"])
             self.obs_dim = int(np.prod(self.probe.observation_space.shape))
             self.action_space = self.probe.action_space
+            self.dt = control_period(self.probe)
             check_memory(memory_needs(cfg, self), cfg["device"])
             try:
                 self.envs = make_vector_env(gym_id, num_envs or self.num_envs, e["vector"], kwargs)
@@ -242,6 +243,22 @@ def _rates_are_finite(rates: Rates) -> bool:
     return params_are_finite(rates) if isinstance(rates, dict) else math.isfinite(float(rates))
 
 
+def control_period(env: gym.Env) -> float | None:
+    """Seconds of simulation per action (a MuJoCo env's ``dt``), or ``None`` for an env without one."""
+    dt = getattr(env.unwrapped, "dt", None)
+    return float(dt) if isinstance(dt, int | float) and not isinstance(dt, bool) else None
+
+
+def _check_period(saved: Any, current: float | None, source: str, env_id: str) -> None:
+    """Refuse policies trained at another control period than ``env_id`` steps now (a changed default or
+    ``env.kwargs``): they would act at a rate they never saw. Files written before the period was recorded pass."""
+    if saved is None or current is None:
+        return
+    if not isinstance(saved, int | float) or isinstance(saved, bool) or not math.isclose(saved, current, rel_tol=1e-9):
+        raise CheckpointError(f"{source} was trained with {env_id} stepping {saved!r} s per action, it now steps "
+                              f"{current:g} s (set env.kwargs, e.g. a MuJoCo env's frame_skip, to the run's period)")
+
+
 def _check_finite_policy(params: Params, rates: Any, what: str, source: str) -> None:
     """Refuse ``source`` in one line when a trained policy's parameters or inner rates hold a NaN or an infinity
     (``what``: whose, e.g. "maml policy's")."""
@@ -262,8 +279,9 @@ def _write_metrics(rows: list[dict[str, Any]], path: Path, fields: tuple[str, ..
 
 
 def _save_state(run_dir: Path, cfg: dict[str, Any], stage: str, iteration: int, learner: dict[str, Any] | None,
-                rows: list[dict[str, Any]], results: dict[str, dict[str, Any]], curve: list[dict[str, Any]]) -> None:
-    save_atomic({"format": STATE_FORMAT, "config": json.dumps(cfg, sort_keys=True), "stage": stage,
+                rows: list[dict[str, Any]], results: dict[str, dict[str, Any]], curve: list[dict[str, Any]],
+                dt: float | None) -> None:
+    save_atomic({"format": STATE_FORMAT, "config": json.dumps(cfg, sort_keys=True), "env_dt": dt, "stage": stage,
                  "iteration": iteration, "learner": learner, "metrics": list(rows), "results": results,
                  "curve": list(curve)}, run_dir / "checkpoints" / "state.pt")
     _write_metrics(rows, run_dir / "metrics.csv")
@@ -273,7 +291,7 @@ def _save_state(run_dir: Path, cfg: dict[str, Any], stage: str, iteration: int, 
                        CURVE + tuple(f"{p}_{i}" for i in range(k + 1) for p in ("return", "ci95")))
 
 
-def _load_state(run_dir: Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
+def _load_state(run_dir: Path, cfg: dict[str, Any], dt: float | None) -> dict[str, Any] | None:
     path = run_dir / "checkpoints" / "state.pt"
     if not path.is_file():
         return None  # killed before the first checkpoint: start over
@@ -283,6 +301,7 @@ def _load_state(run_dir: Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
     if json.loads(state["config"]) != json.loads(json.dumps(cfg, sort_keys=True)):
         raise CheckpointError(f"{run_dir}/config.yaml differs from the run's checkpoint: resume continues the same "
                               "run (start a new run to change it)")
+    _check_period(state.get("env_dt"), dt, str(path), cfg["env"]["id"])
     # training never saves a non-finite policy, so one here is a damaged file: refused before it acts
     try:
         trained = dict(state["results"])
@@ -322,12 +341,14 @@ def _refused_in_a_row(rows: list[dict[str, Any]], stage: str) -> int:
     return n
 
 
-def _fit(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool) -> dict[str, dict[str, Any]]:
-    """Train every stage; returns ``{stage: {"params", "rates"}}`` (CPU tensors)."""
+def _fit(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool,
+         dt: float | None) -> dict[str, dict[str, Any]]:
+    """Train every stage; returns ``{stage: {"params", "rates"}}`` (CPU tensors). ``dt``: the env's control period,
+    recorded in the checkpoints and checked on resume."""
     seed, device = cfg["seed"], torch.device(cfg["device"])
     stages = _stages(cfg)
     names = [s for s, _ in stages] + ["done"]
-    state = _load_state(run_dir, cfg) if resume else None
+    state = _load_state(run_dir, cfg, dt) if resume else None
     rows: list[dict[str, Any]] = list(state["metrics"]) if state else []
     results: dict[str, dict[str, Any]] = dict(state["results"]) if state else {}
     curve: list[dict[str, Any]] = list(state.get("curve", [])) if state else []
@@ -416,10 +437,10 @@ def _fit(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool) -
                 if every and ((it + 1) % every == 0 or it + 1 == total):  # before the checkpoint that saves it
                     curve.append(_curve_point(cfg, family, policy, learner, stage, it + 1, env_steps))
                 if (it + 1) % ckpt == 0 and it + 1 < total:
-                    _save_state(run_dir, cfg, stage, it + 1, learner.state_dict(), rows, results, curve)
+                    _save_state(run_dir, cfg, stage, it + 1, learner.state_dict(), rows, results, curve, dt)
             results[stage] = {"params": _cpu(learner.params), "rates": _plain_rates(learner.rates)}
             _record_time(run_dir, stage, total - start, timing)
-            _save_state(run_dir, cfg, names[index + 1], 0, None, rows, results, curve)
+            _save_state(run_dir, cfg, names[index + 1], 0, None, rows, results, curve, dt)
             state = None
         finally:
             family.close()
@@ -457,16 +478,19 @@ def _record_time(run_dir: Path, stage: str, iterations: int, timing: dict[str, f
 
 
 # -- checkpoints of the trained policies ------------------------------------------------------------------------
-def save_policies(path: Path, cfg: dict[str, Any], results: dict[str, dict[str, Any]], obs_dim: int) -> None:
-    save_atomic({"format": MODEL_FORMAT, "env_id": cfg["env"]["id"], "obs_dim": obs_dim, "policy": cfg["policy"],
-                 "methods": results}, path)
+def save_policies(path: Path, cfg: dict[str, Any], results: dict[str, dict[str, Any]], obs_dim: int,
+                  dt: float | None = None) -> None:
+    """The trained policies, the observation size and control period ``dt`` (seconds per action) they act at."""
+    save_atomic({"format": MODEL_FORMAT, "env_id": cfg["env"]["id"], "obs_dim": obs_dim, "env_dt": dt,
+                 "policy": cfg["policy"], "methods": results}, path)
 
 
 def load_policies(path: str | Path, policy: Policy, env_id: str,
-                  oracle: Callable[[], Policy] | None = None) -> dict[str, dict[str, Any]]:
+                  oracle: Callable[[], Policy] | None = None, dt: float | None = None) -> dict[str, dict[str, Any]]:
     """The trained policies of a run (``model.pt`` or its directory): ``{method: {"params", "rates"}}``.
 
-    Refused in one line (``CheckpointError`` naming the file) when they do not fit ``env_id``'s observation size,
+    Refused in one line (``CheckpointError`` naming the file) when they do not fit ``env_id``'s observation size
+    or were trained at another control period than ``dt`` (seconds per action; unchecked when ``None``),
     when ``methods`` is not a mapping of trained policies, or when a policy's parameters do not match ``policy``
     (the oracle's: ``oracle()``, built only when the file holds one; without ``oracle`` its sizes go unchecked)
     or hold a NaN or an infinity.
@@ -479,6 +503,7 @@ def load_policies(path: str | Path, policy: Policy, env_id: str,
     if state["obs_dim"] != policy.obs_dim:
         raise CheckpointError(f"{p} holds policies for observation size {state['obs_dim']!r}, {env_id} has "
                               f"{policy.obs_dim}")
+    _check_period(state.get("env_dt"), dt, str(p), env_id)
     methods = state["methods"]
     if not isinstance(methods, dict) or not methods:
         found = "an empty mapping" if isinstance(methods, dict) else f"a {type(methods).__name__}"
@@ -686,13 +711,13 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
     """Meta-train, train the baselines, evaluate and report into ``run_dir``; returns ``model.pt``."""
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
-    obs_dim, loaded = _check(cfg)  # one line now rather than after meta-training, and before anything is written
+    obs_dim, dt, loaded = _check(cfg)  # one line now rather than after meta-training, before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         dump_config(cfg, run_dir / "config.yaml")
-    results = loaded if loaded is not None else _fit(cfg, run_dir, reporter, resume)
+    results = loaded if loaded is not None else _fit(cfg, run_dir, reporter, resume, dt)
     out = run_dir / "model.pt"
-    save_policies(out, cfg, results, obs_dim)
+    save_policies(out, cfg, results, obs_dim, dt)
     summary = evaluate(cfg, results, reporter)
     write_json(run_dir / "summary.json", summary)
     from metadapt.experiments.reporting.rl_report import write_rl_report
@@ -710,13 +735,17 @@ def check(cfg: dict[str, Any]) -> None:
     _check(cfg)
 
 
-def _check(cfg: dict[str, Any]) -> tuple[int, dict[str, dict[str, Any]] | None]:
-    """``check``; returns the observation size and ``policy.checkpoint``'s policies (``None`` without one)."""
+def _check(cfg: dict[str, Any]) -> tuple[int, float | None, dict[str, dict[str, Any]] | None]:
+    """``check``; returns the observation size, the control period and ``policy.checkpoint``'s policies (``None``
+    without one)."""
     if cfg["device"] == "cuda" and not torch.cuda.is_available():
         raise ConfigError("config key 'device' is cuda, but this PyTorch sees no CUDA GPU (allowed: cpu)")
 
+    periods: list[float | None] = []
+
     def policy_of(oracle: bool) -> Policy:
         family = TaskFamily(cfg, oracle=oracle, num_envs=1)
+        periods.append(family.dt)
         try:
             return build_policy(cfg, family.obs_dim, family.action_space)
         finally:
@@ -734,8 +763,8 @@ def _check(cfg: dict[str, Any]) -> tuple[int, dict[str, dict[str, Any]] | None]:
         oracle_policy()
     loaded = None
     if cfg["policy"]["checkpoint"]:
-        loaded = load_policies(cfg["policy"]["checkpoint"], policy, cfg["env"]["id"], oracle_policy)
-    return policy.obs_dim, loaded
+        loaded = load_policies(cfg["policy"]["checkpoint"], policy, cfg["env"]["id"], oracle_policy, periods[0])
+    return policy.obs_dim, periods[0], loaded
 
 
 def report_run(run_dir: Path) -> Path:
