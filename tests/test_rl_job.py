@@ -159,7 +159,16 @@ def test_policies_trained_at_another_control_period_are_refused(tmp_path):
     torch.save({**state, "env_dt": 0.05}, state_path)  # as if the env's default period had changed since
     res = _cli("train", "--resume", str(out), "--quiet")
     assert res.returncode == 2 and "stepping 0.05 s per action, it now steps 0.01 s" in res.stderr, res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
+    assert "start a new run" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    # a policy file from before periods were recorded: this cheetah's were trained at Gymnasium's 0.05 s
+    model = torch.load(out / "model.pt", weights_only=True)
+    del model["env_dt"]
+    torch.save(model, out / "model.pt")
+    res = _cli("train", str(CONFIG), *tiny, f"policy.checkpoint={out}", "--out", str(tmp_path / "z"), "--quiet")
+    assert res.returncode == 2 and "stepping 0.05 s per action, it now steps 0.01 s" in res.stderr, res.stderr
+    res = _cli("train", str(CONFIG), *tiny, f"policy.checkpoint={out}", "env.kwargs={frame_skip: 5}",
+               "--out", str(tmp_path / "w"), "--quiet")
+    assert res.returncode == 0, res.stderr
 
 
 def test_stacked_sampling_equals_sampling_each_task_alone():

@@ -81,6 +81,9 @@ class _GoalCheetah(_TaskObservation, ParametricTasks, HalfCheetahEnv):
     """metadapt/HalfCheetah-v0 with a task-dependent reward and rllab's control cost (0.05)."""
 
     OBJECTIVES: ClassVar[dict[str, str]] = {}  # the authors' cost rewards running forward, whatever the task
+    # Policy files written before runs recorded their control period (2026-12-06) were trained at Gymnasium's
+    # 0.05 s: a run refuses to load or resume them at another period.
+    UNRECORDED_DT: ClassVar[float] = 0.05
 
     def __init__(self, *, task_in_obs: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("ctrl_cost_weight", CHEETAH_CTRL_COST)

@@ -43,10 +43,11 @@ import copy
 import csv
 import json
 import math
+import numbers
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -243,20 +244,39 @@ def _rates_are_finite(rates: Rates) -> bool:
     return params_are_finite(rates) if isinstance(rates, dict) else math.isfinite(float(rates))
 
 
-def control_period(env: gym.Env) -> float | None:
-    """Seconds of simulation per action (a MuJoCo env's ``dt``), or ``None`` for an env without one."""
-    dt = getattr(env.unwrapped, "dt", None)
-    return float(dt) if isinstance(dt, int | float) and not isinstance(dt, bool) else None
+class Period(NamedTuple):
+    """An env's control period ``dt`` (seconds per action; ``None`` for an env without one) and ``unrecorded``,
+    the period a policy file that recorded none was trained at (``None``: unknown, such files are not checked)."""
+
+    dt: float | None
+    unrecorded: float | None = None
 
 
-def _check_period(saved: Any, current: float | None, source: str, env_id: str) -> None:
+def _seconds(value: Any) -> float | None:
+    return float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else None
+
+
+def control_period(env: gym.Env) -> Period:
+    """``env``'s ``Period``: its ``dt`` and, for an env whose default period changed, its ``UNRECORDED_DT``."""
+    base = env.unwrapped
+    return Period(_seconds(getattr(base, "dt", None)), _seconds(getattr(base, "UNRECORDED_DT", None)))
+
+
+def _check_period(saved: Any, period: Period | None, source: str, env_id: str, hint: str) -> None:
     """Refuse policies trained at another control period than ``env_id`` steps now (a changed default or
-    ``env.kwargs``): they would act at a rate they never saw. Files written before the period was recorded pass."""
-    if saved is None or current is None:
+    ``env.kwargs``): they would act at a rate they never saw. A file without a recorded period is taken to be at
+    the env's ``unrecorded`` period, and passes when that is unknown."""
+    if period is None or period.dt is None:
         return
-    if not isinstance(saved, int | float) or isinstance(saved, bool) or not math.isclose(saved, current, rel_tol=1e-9):
-        raise CheckpointError(f"{source} was trained with {env_id} stepping {saved!r} s per action, it now steps "
-                              f"{current:g} s (set env.kwargs, e.g. a MuJoCo env's frame_skip, to the run's period)")
+    if saved is None:
+        saved = period.unrecorded
+        if saved is None:
+            return
+    seconds = _seconds(saved)
+    if seconds is None or not math.isclose(seconds, period.dt, rel_tol=1e-9):
+        shown = f"{seconds:g}" if seconds is not None else repr(saved)
+        raise CheckpointError(f"{source} was trained with {env_id} stepping {shown} s per action, it now steps "
+                              f"{period.dt:g} s ({hint})")
 
 
 def _check_finite_policy(params: Params, rates: Any, what: str, source: str) -> None:
@@ -280,8 +300,9 @@ def _write_metrics(rows: list[dict[str, Any]], path: Path, fields: tuple[str, ..
 
 def _save_state(run_dir: Path, cfg: dict[str, Any], stage: str, iteration: int, learner: dict[str, Any] | None,
                 rows: list[dict[str, Any]], results: dict[str, dict[str, Any]], curve: list[dict[str, Any]],
-                dt: float | None) -> None:
-    save_atomic({"format": STATE_FORMAT, "config": json.dumps(cfg, sort_keys=True), "env_dt": dt, "stage": stage,
+                period: Period) -> None:
+    save_atomic({"format": STATE_FORMAT, "config": json.dumps(cfg, sort_keys=True), "env_dt": period.dt,
+                 "stage": stage,
                  "iteration": iteration, "learner": learner, "metrics": list(rows), "results": results,
                  "curve": list(curve)}, run_dir / "checkpoints" / "state.pt")
     _write_metrics(rows, run_dir / "metrics.csv")
@@ -291,7 +312,7 @@ def _save_state(run_dir: Path, cfg: dict[str, Any], stage: str, iteration: int, 
                        CURVE + tuple(f"{p}_{i}" for i in range(k + 1) for p in ("return", "ci95")))
 
 
-def _load_state(run_dir: Path, cfg: dict[str, Any], dt: float | None) -> dict[str, Any] | None:
+def _load_state(run_dir: Path, cfg: dict[str, Any], period: Period) -> dict[str, Any] | None:
     path = run_dir / "checkpoints" / "state.pt"
     if not path.is_file():
         return None  # killed before the first checkpoint: start over
@@ -301,7 +322,8 @@ def _load_state(run_dir: Path, cfg: dict[str, Any], dt: float | None) -> dict[st
     if json.loads(state["config"]) != json.loads(json.dumps(cfg, sort_keys=True)):
         raise CheckpointError(f"{run_dir}/config.yaml differs from the run's checkpoint: resume continues the same "
                               "run (start a new run to change it)")
-    _check_period(state.get("env_dt"), dt, str(path), cfg["env"]["id"])
+    _check_period(state.get("env_dt"), period, str(path), cfg["env"]["id"],
+                  "resume continues a run at its own period: start a new run")
     # training never saves a non-finite policy, so one here is a damaged file: refused before it acts
     try:
         trained = dict(state["results"])
@@ -342,13 +364,13 @@ def _refused_in_a_row(rows: list[dict[str, Any]], stage: str) -> int:
 
 
 def _fit(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool,
-         dt: float | None) -> dict[str, dict[str, Any]]:
-    """Train every stage; returns ``{stage: {"params", "rates"}}`` (CPU tensors). ``dt``: the env's control period,
-    recorded in the checkpoints and checked on resume."""
+         period: Period) -> dict[str, dict[str, Any]]:
+    """Train every stage; returns ``{stage: {"params", "rates"}}`` (CPU tensors). ``period``: the env's control
+    period, recorded in the checkpoints and checked on resume."""
     seed, device = cfg["seed"], torch.device(cfg["device"])
     stages = _stages(cfg)
     names = [s for s, _ in stages] + ["done"]
-    state = _load_state(run_dir, cfg, dt) if resume else None
+    state = _load_state(run_dir, cfg, period) if resume else None
     rows: list[dict[str, Any]] = list(state["metrics"]) if state else []
     results: dict[str, dict[str, Any]] = dict(state["results"]) if state else {}
     curve: list[dict[str, Any]] = list(state.get("curve", [])) if state else []
@@ -437,10 +459,10 @@ def _fit(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool,
                 if every and ((it + 1) % every == 0 or it + 1 == total):  # before the checkpoint that saves it
                     curve.append(_curve_point(cfg, family, policy, learner, stage, it + 1, env_steps))
                 if (it + 1) % ckpt == 0 and it + 1 < total:
-                    _save_state(run_dir, cfg, stage, it + 1, learner.state_dict(), rows, results, curve, dt)
+                    _save_state(run_dir, cfg, stage, it + 1, learner.state_dict(), rows, results, curve, period)
             results[stage] = {"params": _cpu(learner.params), "rates": _plain_rates(learner.rates)}
             _record_time(run_dir, stage, total - start, timing)
-            _save_state(run_dir, cfg, names[index + 1], 0, None, rows, results, curve, dt)
+            _save_state(run_dir, cfg, names[index + 1], 0, None, rows, results, curve, period)
             state = None
         finally:
             family.close()
@@ -485,12 +507,12 @@ def save_policies(path: Path, cfg: dict[str, Any], results: dict[str, dict[str, 
                  "policy": cfg["policy"], "methods": results}, path)
 
 
-def load_policies(path: str | Path, policy: Policy, env_id: str,
-                  oracle: Callable[[], Policy] | None = None, dt: float | None = None) -> dict[str, dict[str, Any]]:
+def load_policies(path: str | Path, policy: Policy, env_id: str, oracle: Callable[[], Policy] | None = None,
+                  period: Period | None = None) -> dict[str, dict[str, Any]]:
     """The trained policies of a run (``model.pt`` or its directory): ``{method: {"params", "rates"}}``.
 
     Refused in one line (``CheckpointError`` naming the file) when they do not fit ``env_id``'s observation size
-    or were trained at another control period than ``dt`` (seconds per action; unchecked when ``None``),
+    or were trained at another control period than ``period`` (unchecked when ``None``),
     when ``methods`` is not a mapping of trained policies, or when a policy's parameters do not match ``policy``
     (the oracle's: ``oracle()``, built only when the file holds one; without ``oracle`` its sizes go unchecked)
     or hold a NaN or an infinity.
@@ -503,7 +525,8 @@ def load_policies(path: str | Path, policy: Policy, env_id: str,
     if state["obs_dim"] != policy.obs_dim:
         raise CheckpointError(f"{p} holds policies for observation size {state['obs_dim']!r}, {env_id} has "
                               f"{policy.obs_dim}")
-    _check_period(state.get("env_dt"), dt, str(p), env_id)
+    _check_period(state.get("env_dt"), period, str(p), env_id,
+                  "set env.kwargs, e.g. a MuJoCo env's frame_skip, to the period it was trained at")
     methods = state["methods"]
     if not isinstance(methods, dict) or not methods:
         found = "an empty mapping" if isinstance(methods, dict) else f"a {type(methods).__name__}"
@@ -711,13 +734,13 @@ def train(cfg: dict[str, Any], run_dir: Path, reporter: Reporter, resume: bool =
     """Meta-train, train the baselines, evaluate and report into ``run_dir``; returns ``model.pt``."""
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
-    obs_dim, dt, loaded = _check(cfg)  # one line now rather than after meta-training, before anything is written
+    obs_dim, period, loaded = _check(cfg)  # one line now rather than after meta-training, before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         dump_config(cfg, run_dir / "config.yaml")
-    results = loaded if loaded is not None else _fit(cfg, run_dir, reporter, resume, dt)
+    results = loaded if loaded is not None else _fit(cfg, run_dir, reporter, resume, period)
     out = run_dir / "model.pt"
-    save_policies(out, cfg, results, obs_dim, dt)
+    save_policies(out, cfg, results, obs_dim, period.dt)
     summary = evaluate(cfg, results, reporter)
     write_json(run_dir / "summary.json", summary)
     from metadapt.experiments.reporting.rl_report import write_rl_report
@@ -735,13 +758,13 @@ def check(cfg: dict[str, Any]) -> None:
     _check(cfg)
 
 
-def _check(cfg: dict[str, Any]) -> tuple[int, float | None, dict[str, dict[str, Any]] | None]:
+def _check(cfg: dict[str, Any]) -> tuple[int, Period, dict[str, dict[str, Any]] | None]:
     """``check``; returns the observation size, the control period and ``policy.checkpoint``'s policies (``None``
     without one)."""
     if cfg["device"] == "cuda" and not torch.cuda.is_available():
         raise ConfigError("config key 'device' is cuda, but this PyTorch sees no CUDA GPU (allowed: cpu)")
 
-    periods: list[float | None] = []
+    periods: list[Period] = []
 
     def policy_of(oracle: bool) -> Policy:
         family = TaskFamily(cfg, oracle=oracle, num_envs=1)
