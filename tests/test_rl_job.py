@@ -359,7 +359,13 @@ def test_the_adapted_policy_is_rendered_after_each_step(tmp_path):
 def test_the_sampling_benchmark_prints_its_ratio_last(capsys):
     from metadapt.experiments.benchmarks.bench_sampling import bench_sampling
 
-    fraction = bench_sampling(num_envs=2, mode="sync", tasks=2, episodes=2, horizon=20, repeats=1)
+    fraction = bench_sampling(mode="sync", tasks=2, episodes=2, horizon=20, repeats=2, sizes=(1, 2))
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1] == f"sampling_fraction_of_sim={fraction:.3f}" and fraction > 0
     assert any("one TRPO meta-iteration" in line and "% sampling" in line for line in lines)
+    # each side's best over both sizes: the ratio is the best sampler line over the best raw line
+    runs = [line.split() for line in lines if line.strip().startswith("repeat")]
+    assert len(runs) == 4 and "vector env of 1:" in lines and "vector env of 2:" in lines
+    best_raw = max(float(r[3].replace(",", "")) for r in runs)
+    best_sampler = max(float(r[6].replace(",", "")) for r in runs)
+    assert fraction == pytest.approx(best_sampler / best_raw, rel=0.02)  # the printed rates are rounded
