@@ -213,6 +213,13 @@ def sample_episodes(
     act_out = torch.zeros(shape, dtype=torch.long) if discrete else torch.zeros(*shape, policy.act_dim)
     rew_out, mask_out = torch.zeros(shape), torch.zeros(shape)
     info_out = {key: torch.full(shape, math.nan) for key in info_keys}
+    # Each round is recorded step-major into these (``H x n x ...``; every row a round reads it has written) and
+    # scattered into the outputs once: an advanced-index write per step and array was a fifth of the sampler's
+    # time at rllab's cheetah period.
+    obs_buf = torch.zeros(horizon, n, *obs_out.shape[3:], dtype=obs_out.dtype)
+    act_buf = torch.zeros(horizon, n, *act_out.shape[3:], dtype=act_out.dtype)
+    rew_buf, live_buf = torch.zeros(horizon, n), torch.zeros(horizon, n)
+    info_buf = {key: torch.zeros(horizon, n) for key in info_keys}
     for r, (task_idx, ep_idx) in enumerate(_rounds(num_tasks, episodes_per_task, n)):
         envs.set_attr("next_task", [tasks[int(b)] for b in task_idx])
         obs, _ = envs.reset(seed=int(seed) + r * n)
@@ -221,12 +228,6 @@ def sample_episodes(
         keep = np.ones(n, dtype=bool)
         keep[min(n, num_tasks * episodes_per_task - r * n):] = False  # the last round's spare envs
         ti, ei = torch.as_tensor(task_idx[keep]), torch.as_tensor(ep_idx[keep])
-        # The round is recorded step-major into plain buffers and scattered into the outputs once: one
-        # advanced-index write per step and array was a fifth of the sampler's time at rllab's cheetah period.
-        obs_buf = torch.zeros(horizon, n, obs_dim)
-        act_buf = torch.zeros(horizon, n, dtype=act_out.dtype) if discrete else torch.zeros(horizon, n, policy.act_dim)
-        rew_buf, live_buf = torch.zeros(horizon, n), torch.zeros(horizon, n)
-        info_buf = {key: torch.full((horizon, n), math.nan) for key in info_keys}
         taken = 0
         for t in range(horizon):
             o = torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(n, obs_dim), device=device)

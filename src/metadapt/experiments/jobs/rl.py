@@ -126,7 +126,7 @@ class TaskFamily:
             self.num_envs = e["num_envs"] or (m["meta_batch"] * m["episodes"] if self.native else m["episodes"])
             self.obs_dim = int(np.prod(self.probe.observation_space.shape))
             self.action_space = self.probe.action_space
-            self.dt = control_period(self.probe)
+            self.period = control_period(self.probe)
             check_memory(memory_needs(cfg, self), cfg["device"])
             try:
                 self.envs = make_vector_env(gym_id, num_envs or self.num_envs, e["vector"], kwargs)
@@ -302,8 +302,7 @@ def _save_state(run_dir: Path, cfg: dict[str, Any], stage: str, iteration: int, 
                 rows: list[dict[str, Any]], results: dict[str, dict[str, Any]], curve: list[dict[str, Any]],
                 period: Period) -> None:
     save_atomic({"format": STATE_FORMAT, "config": json.dumps(cfg, sort_keys=True), "env_dt": period.dt,
-                 "stage": stage,
-                 "iteration": iteration, "learner": learner, "metrics": list(rows), "results": results,
+                 "stage": stage, "iteration": iteration, "learner": learner, "metrics": list(rows), "results": results,
                  "curve": list(curve)}, run_dir / "checkpoints" / "state.pt")
     _write_metrics(rows, run_dir / "metrics.csv")
     if curve:
@@ -768,7 +767,7 @@ def _check(cfg: dict[str, Any]) -> tuple[int, Period, dict[str, dict[str, Any]] 
 
     def policy_of(oracle: bool) -> Policy:
         family = TaskFamily(cfg, oracle=oracle, num_envs=1)
-        periods.append(family.dt)
+        periods.append(family.period)
         try:
             return build_policy(cfg, family.obs_dim, family.action_space)
         finally:
